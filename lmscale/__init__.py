@@ -1,0 +1,3 @@
+"""lmscale: scaling-law experiments in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""Orbax checkpoints of the train state plus a JSON record of everything else a resume needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Keep-last-k, atomic (Orbax writes to a temporary directory and renames on commit)."""
+
+    def __init__(self, directory: Path, keep: int, async_save: bool):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        )
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, extra: dict) -> None:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
+        )
+        self.manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
+        )
+        restored = self.manager.restore(step, args=args)
+        return restored["state"], dict(restored["extra"])
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,86 @@
+"""The `lmscale` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lmscale.config import ConfigError
+
+EPILOG = "Overrides are dotted config paths, e.g. train.seed=3 mesh.tensor=2 model.d_model=128."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lmscale", description="Scaling-law experiments in JAX/Flax: train, measure, fit."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train one run (resumes from its latest checkpoint)",
+        description="Train one model. Rerunning the same command resumes from the latest "
+        "checkpoint; a completed run is left as it is. SIGTERM checkpoints and exits.",
+        epilog=EPILOG,
+    )
+    t.add_argument("config", type=Path, help="run config YAML, e.g. experiments/tiny.yaml")
+    t.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    b = sub.add_parser(
+        "bench",
+        help="training throughput and MFU for several model sizes",
+        description="Train a few steps of several model sizes on the current devices and report "
+        "tokens/s and MFU against the device peak (on CPU, a matmul calibrated in this process).",
+    )
+    b.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    b.add_argument("--steps", type=int, default=6, help="timed steps per size (default: 6)")
+    b.add_argument("--sizes", help="comma-separated subset of size names to run")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmscale import config
+
+    cfg = config.load(args.config, args.overrides)
+    from lmscale import sharding  # jax is imported only once the config has parsed
+
+    sharding.initialize_distributed(cfg.mesh.distributed)
+    import jax
+
+    config.validate(cfg, jax.device_count())
+    out = args.out or Path("runs") / args.config.stem
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' exists and is not a directory")
+    from lmscale.train import train
+
+    summary = train(cfg, out, progress=not args.no_progress)
+    status = summary["status"]
+    print(
+        f"{status}: {out} step {summary['steps']} loss {summary['final_loss']} "
+        f"val_loss {summary['final_val_loss']} mfu {summary['mfu']}"
+    )
+    if status == "running":
+        print("stopped by SIGTERM after a checkpoint; rerun the same command to resume")
+    return 1 if status == "diverged" else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from lmscale import bench
+
+    return bench.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "bench": _bench}[args.command](args)
+    except ConfigError as e:
+        print(f"lmscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

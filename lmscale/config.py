@@ -1,0 +1,344 @@
+"""Typed run config: YAML in, dotted `key=value` overrides, validation before anything compiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key and is one line."""
+
+
+# Logical axis -> mesh axes. Order matters: a mesh axis is used at most once per array, so `batch`
+# claims `fsdp` for activations first and `embed` only picks it up on parameters (the FSDP split).
+DEFAULT_RULES: dict[str, Any] = {
+    "batch": ["data", "fsdp"],
+    "layers": None,
+    "length": None,
+    "vocab": "tensor",
+    "heads": "tensor",
+    "mlp": "tensor",
+    "kv": None,
+    "embed": "fsdp",
+}
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    vocab_size: int = 256
+    seq_len: int = 128
+    d_ff: int = 0  # 0: 4*d_model for gelu, 8/3*d_model rounded up to a multiple of 64 for swiglu
+    mlp: str = "gelu"  # gelu | swiglu
+    pos_emb: str = "rope"  # rope | learned | sinusoidal
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = True
+    compute_dtype: str = "float32"  # float32 | bfloat16; params are always float32
+    remat: bool = False
+    scan_layers: bool = True
+    norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return 4 * self.d_model
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 16  # sequences per optimizer step, across all devices
+    tokens: int = 1_000_000  # token budget; steps = tokens // (batch_size * seq_len)
+    seed: int = 0
+    lr: float = 3e-3  # peak learning rate
+    warmup_frac: float = 0.05
+    final_lr_frac: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 4
+    flops_causal_half: bool = False
+
+    def steps(self, seq_len: int) -> int:
+        return self.tokens // (self.batch_size * seq_len)
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_RULES))
+    distributed: str = "auto"  # auto | true | false: call jax.distributed.initialize()
+
+    def shape(self, n_devices: int) -> dict[str, int]:
+        sizes = {a: getattr(self, a) for a in MESH_AXES}
+        rest = [a for a, s in sizes.items() if s == -1]
+        known = math.prod(s for s in sizes.values() if s != -1)
+        if rest:
+            sizes[rest[0]] = max(n_devices // known, 1)
+        return sizes
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: int = 100
+    keep: int = 2
+    async_save: bool = True
+
+
+@dataclasses.dataclass
+class DataConfig:
+    corpus: str = "markov"
+    markov_branching: int = 8  # next-token choices per token in the Markov source
+    markov_alpha: float = 1.0  # Zipf exponent of those choices
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    @property
+    def steps(self) -> int:
+        return self.train.steps(self.model.seq_len)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r}: expected an integer") from None
+        if not f.is_integer():
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r}: expected a number") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    if typ is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping")
+        return value
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'")
+    kwargs = {}
+    for name, value in raw.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, typ)
+    for f in dataclasses.fields(cls):  # mappings merge over their defaults, keeping default order
+        if (
+            f.name in kwargs
+            and hints[f.name] is dict
+            and f.default_factory is not dataclasses.MISSING
+        ):
+            kwargs[f.name] = {**f.default_factory(), **kwargs[f.name]}
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse `a.b=value` strings; values are read as YAML scalars (`3`, `1e-3`, `true`, `[a, b]`)."""
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value")
+        parsed.append((key.strip(), yaml.safe_load(text) if text else ""))
+    return parsed
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}"
+        ) from None
+    return raw or {}
+
+
+def from_dict(raw: dict, overrides: list[str] = ()) -> Config:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    raw.pop("meta", None)  # written into run dirs; describes the run, never configures it
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(raw, key, value)
+    return _build(Config, raw, "")
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    return from_dict(read_yaml(path), overrides)
+
+
+def _positive(cfg: Config, keys: list[str]) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value <= 0:
+            raise ConfigError(f"{key}={value}: must be positive")
+
+
+def validate(cfg: Config, n_devices: int) -> Config:
+    """Raise ConfigError (one line, naming the key) for anything that would fail later."""
+    m, t, mesh = cfg.model, cfg.train, cfg.mesh
+    _positive(
+        cfg,
+        [
+            "model.n_layers", "model.d_model", "model.n_heads", "model.vocab_size",
+            "model.seq_len", "train.batch_size", "train.tokens", "train.lr", "train.grad_accum",
+            "train.log_every", "train.eval_every", "checkpoint.every_steps", "checkpoint.keep",
+        ],
+    )  # fmt: skip
+    if m.d_ff < 0:
+        raise ConfigError(f"model.d_ff={m.d_ff}: must be positive, or 0 for the default")
+    if t.eval_batches < 0:
+        raise ConfigError(f"train.eval_batches={t.eval_batches}: must be zero or positive")
+    choices = {
+        "model.mlp": ("gelu", "swiglu"),
+        "model.pos_emb": ("rope", "learned", "sinusoidal"),
+        "model.compute_dtype": ("float32", "bfloat16"),
+        "mesh.distributed": ("auto", "true", "false"),
+        "data.corpus": ("markov",),
+    }
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(
+            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}"
+        )
+    if m.pos_emb == "rope" and m.head_dim % 2:
+        raise ConfigError(
+            f"model.d_model={m.d_model}: rope needs an even head dim, got {m.head_dim}"
+        )
+    if not 0 <= t.warmup_frac < 1:
+        raise ConfigError(f"train.warmup_frac={t.warmup_frac}: must be in [0, 1)")
+    if not 0 <= t.final_lr_frac <= 1:
+        raise ConfigError(f"train.final_lr_frac={t.final_lr_frac}: must be in [0, 1]")
+    if cfg.steps < 1:
+        raise ConfigError(
+            f"train.tokens={t.tokens} is less than one batch "
+            f"({t.batch_size} x {m.seq_len} = {t.batch_size * m.seq_len} tokens)"
+        )
+    if cfg.data.markov_branching < 1 or cfg.data.markov_branching > m.vocab_size:
+        raise ConfigError(
+            f"data.markov_branching={cfg.data.markov_branching}: must be in [1, model.vocab_size]"
+        )
+    _validate_mesh(cfg, n_devices)
+    return cfg
+
+
+def _validate_mesh(cfg: Config, n_devices: int) -> None:
+    mesh, m, t = cfg.mesh, cfg.model, cfg.train
+    sizes = {a: getattr(mesh, a) for a in MESH_AXES}
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ConfigError(f"mesh.{axis}={size}: must be positive, or -1 for the rest")
+    if sum(s == -1 for s in sizes.values()) > 1:
+        raise ConfigError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if n_devices % known:
+            axis = next(a for a, s in sizes.items() if s == -1)
+            raise ConfigError(
+                f"mesh.{axis}=-1: the other axes ({known}) do not divide the {n_devices} devices"
+            )
+    elif known != n_devices:
+        raise ConfigError(
+            f"mesh: data*fsdp*tensor = {sizes['data']}*{sizes['fsdp']}*{sizes['tensor']} = {known} "
+            f"does not match the {n_devices} devices"
+        )
+    shape = mesh.shape(n_devices)
+    for name, axes in mesh.rules.items():
+        if name not in LOGICAL_AXES:
+            raise ConfigError(f"mesh.rules.{name}: unknown logical axis; known: {LOGICAL_AXES}")
+        for axis in [axes] if isinstance(axes, str) or axes is None else axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ConfigError(f"mesh.rules.{name}={axes!r}: unknown mesh axis {axis!r}")
+    dp = shape["data"] * shape["fsdp"]
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
+        )
+    micro = t.batch_size // t.grad_accum
+    if micro % dp:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the "
+            f"data-parallel size mesh.data*mesh.fsdp={dp}"
+        )
+    tp = shape["tensor"]
+    for key, value in (
+        ("model.n_heads", m.n_heads), ("model.vocab_size", m.vocab_size), ("model.d_ff", m.ff_dim)
+    ):  # fmt: skip
+        if value % tp:
+            raise ConfigError(f"{key}={value} is not divisible by mesh.tensor={tp}")
+    if m.d_model % shape["fsdp"]:
+        raise ConfigError(
+            f"model.d_model={m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}"
+        )

@@ -1,0 +1,164 @@
+"""Decoder-only Transformer: pre-norm RMSNorm, RoPE, causal attention, GELU or SwiGLU MLP.
+
+Shape suffixes: B batch, L length, D d_model, N heads, H head dim, F d_ff, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmscale.config import ModelConfig
+
+constrain = nn.with_logical_constraint
+
+
+def _weight(mod: nn.Module, name: str, shape: tuple, axes: tuple, std: float) -> jax.Array:
+    """A float32 parameter carrying logical axis names, cast to the module's compute dtype."""
+    init = nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+    return mod.param(name, init, shape, jnp.float32).astype(mod.cfg.compute_dtype)
+
+
+def matmul(x_BxLxI: jax.Array, w_IxO: jax.Array, n_in: int = 1) -> jax.Array:
+    """Contract the last `n_in` axes of x with the leading axes of w as one 2-D GEMM.
+
+    Flattening batch and length first keeps the backward pass (dW = x^T g) a plain GEMM; as a 3-D
+    einsum XLA:CPU lowers it to a transposing contraction that ran about 2x slower.
+    """
+    lead, inner = x_BxLxI.shape[: x_BxLxI.ndim - n_in], x_BxLxI.shape[x_BxLxI.ndim - n_in :]
+    out = w_IxO.shape[n_in:]
+    x_MxI = x_BxLxI.reshape(-1, math.prod(inner))
+    y_MxO = x_MxI @ w_IxO.reshape(math.prod(inner), math.prod(out))
+    return y_MxO.reshape(*lead, *out)
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+    return nn.RMSNorm(
+        epsilon=cfg.norm_eps,
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        name=name,
+    )
+
+
+def rope(x_BxLxNxH: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), applied in float32."""
+    L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[3]
+    inv_freq_h = theta ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+    angle_Lxh = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq_h[None, :]
+    sin, cos = jnp.sin(angle_Lxh)[None, :, None, :], jnp.cos(angle_Lxh)[None, :, None, :]
+    x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.astype(x_BxLxNxH.dtype)
+
+
+def sinusoid(L: int, D: int) -> jax.Array:
+    """Fixed sinusoidal positions (Vaswani et al. 2017)."""
+    inv_freq = 10_000.0 ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)
+    angle_LxD2 = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.concatenate([jnp.sin(angle_LxD2), jnp.cos(angle_LxD2)], axis=-1)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        c = self.cfg
+        D, N, H = c.d_model, c.n_heads, c.head_dim
+        std_in, std_out = D**-0.5, (N * H * 2 * c.n_layers) ** -0.5
+        qkv = []
+        for name in ("query", "key", "value"):
+            w_DxNxH = _weight(self, name, (D, N, H), ("embed", "heads", "kv"), std_in)
+            y_BxLxNxH = matmul(x_BxLxD, w_DxNxH)
+            qkv.append(constrain(y_BxLxNxH, ("batch", "length", "heads", "kv")))
+        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = qkv
+        if c.pos_emb == "rope":
+            q_BxLxNxH, k_BxLxNxH = rope(q_BxLxNxH, c.rope_theta), rope(k_BxLxNxH, c.rope_theta)
+        o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, is_causal=True)
+        o_BxLxNxH = constrain(o_BxLxNxH, ("batch", "length", "heads", "kv"))
+        w_NxHxD = _weight(self, "out", (N, H, D), ("heads", "kv", "embed"), std_out)
+        return matmul(o_BxLxNxH, w_NxHxD, n_in=2)
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        c = self.cfg
+        D, F = c.d_model, c.ff_dim
+        w_DxF = _weight(self, "wi", (D, F), ("embed", "mlp"), D**-0.5)
+        h_BxLxF = matmul(x_BxLxD, w_DxF)
+        if c.mlp == "swiglu":
+            g_DxF = _weight(self, "wg", (D, F), ("embed", "mlp"), D**-0.5)
+            h_BxLxF = jax.nn.silu(matmul(x_BxLxD, g_DxF)) * h_BxLxF
+        else:
+            h_BxLxF = jax.nn.gelu(h_BxLxF)
+        h_BxLxF = constrain(h_BxLxF, ("batch", "length", "mlp"))
+        w_FxD = _weight(self, "wo", (F, D), ("mlp", "embed"), (F * 2 * c.n_layers) ** -0.5)
+        return matmul(h_BxLxF, w_FxD)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, _: None = None) -> tuple[jax.Array, None]:
+        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(_norm(self.cfg, "attn_norm")(x_BxLxD))
+        x_BxLxD = x_BxLxD + Mlp(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x_BxLxD))
+        return constrain(x_BxLxD, ("batch", "length", "embed")), None
+
+
+class Transformer(nn.Module):
+    """Maps int tokens [B, L] to float32 logits [B, L, V]."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        c = self.cfg
+        D, V, L = c.d_model, c.vocab_size, tokens_BxL.shape[1]
+        embed_init = nn.with_logical_partitioning(
+            nn.initializers.normal(D**-0.5), ("vocab", "embed")
+        )
+        embed_VxD = self.param("embed", embed_init, (V, D), jnp.float32)
+        # The lookup reads a whole-table copy: a gather from a vocab- and fsdp-split table would
+        # make XLA replicate it anyway, and less efficiently, inside the gather.
+        table_VxD = constrain(embed_VxD, (None, None))
+        x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
+        if c.pos_emb == "learned":
+            pos_init = nn.with_logical_partitioning(
+                nn.initializers.normal(D**-0.5), ("length", "embed")
+            )
+            x_BxLxD = x_BxLxD + self.param("pos_embed", pos_init, (c.seq_len, D), jnp.float32)[:L]
+        elif c.pos_emb == "sinusoidal":
+            x_BxLxD = x_BxLxD + sinusoid(L, D).astype(c.compute_dtype) * D**-0.5
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
+
+        block = nn.remat(Block, prevent_cse=not c.scan_layers) if c.remat else Block
+        if c.scan_layers:
+            # One compiled block reused n_layers times: compile time stays flat as depth grows.
+            layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                length=c.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BxLxD, _ = layers(c, name="layers")(x_BxLxD, None)
+        else:
+            for i in range(c.n_layers):
+                x_BxLxD, _ = block(c, name=f"layer_{i}")(x_BxLxD, None)
+
+        x_BxLxD = _norm(c, "final_norm")(x_BxLxD)
+        if c.tie_embeddings:
+            logits_BxLxV = matmul(x_BxLxD, embed_VxD.astype(c.compute_dtype).T)
+        else:
+            w_DxV = _weight(self, "unembed", (D, V), ("embed", "vocab"), D**-0.5)
+            logits_BxLxV = matmul(x_BxLxD, w_DxV)
+        return constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))

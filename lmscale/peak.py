@@ -1,0 +1,72 @@
+"""Peak FLOP/s per device, the denominator of MFU.
+
+Accelerators: the vendor's dense bf16 peak, keyed by `device.device_kind`. CPUs have no such
+number, so the peak is measured: the best rate of a large float32 matmul in this process.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense (no sparsity) bf16 peak FLOP/s per chip / GPU, from the vendors' spec sheets.
+DEVICE_PEAK_FLOPS = {
+    "TPU v2": 45e12,
+    "TPU v3": 123e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # Trillium, v6e
+    "TPU v6e": 918e12,
+    "TPU7x": 2307e12,  # Ironwood
+    "NVIDIA A100": 312e12,
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100": 989e12,  # SXM
+    "NVIDIA H200": 989e12,
+    "NVIDIA GH200": 989e12,
+    "NVIDIA B200": 2250e12,
+    "NVIDIA L4": 121e12,
+    "NVIDIA A10G": 125e12,
+}
+
+
+def table_peak(device_kind: str) -> float | None:
+    """Longest table key that prefixes `device_kind` (so 'NVIDIA H100 80GB HBM3' finds H100)."""
+    keys = [k for k in DEVICE_PEAK_FLOPS if device_kind.startswith(k)]
+    return DEVICE_PEAK_FLOPS[max(keys, key=len)] if keys else None
+
+
+@functools.cache
+def calibrated_cpu_peak(n: int = 2048, repeats: int = 7) -> float:
+    """Best FLOP/s of an n x n float32 matmul on the first CPU device, measured once per process.
+
+    One CPU device already drives every core through XLA's thread pool, so this is the host's peak.
+    """
+    a = jnp.ones((n, n), jnp.float32, device=jax.devices("cpu")[0])
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def peak_flops(devices: list | None = None) -> tuple[float, str]:
+    """Peak FLOP/s of the whole run and where the figure comes from."""
+    devices = jax.devices() if devices is None else devices
+    kind = devices[0].device_kind
+    if devices[0].platform == "cpu":
+        return calibrated_cpu_peak(), "calibrated float32 matmul (host)"
+    per_device = table_peak(kind)
+    if per_device is None:
+        raise KeyError(
+            f"no peak FLOP/s known for device_kind '{kind}'; add it to DEVICE_PEAK_FLOPS"
+        )
+    return per_device * len(devices), f"table: {kind} bf16 dense x {len(devices)}"

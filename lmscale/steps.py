@@ -1,0 +1,154 @@
+"""The compiled functions of a run: sharded init, train step and eval loss, built once per config."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+
+from lmscale import sharding
+from lmscale.config import Config
+from lmscale.model import Transformer
+from lmscale.optim import optimizer, schedule
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # optimizer updates done, int32 scalar
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2]; split for anything stochastic after init
+
+
+@dataclasses.dataclass
+class Steps:
+    """Jitted, sharded functions; every call runs under the run's mesh and logical-axis rules."""
+
+    cfg: Config
+    mesh: Mesh
+    rules: tuple
+    model: Transformer
+    state_shardings: Any
+    batch_sharding: NamedSharding
+    abstract_state: Any  # ShapeDtypeStructs carrying shardings: the restore target for Orbax
+    _init: Any
+    _train: Any
+    _eval: Any
+
+    @contextlib.contextmanager
+    def context(self):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def init(self, seed: int) -> TrainState:
+        with self.context():
+            return self._init(jax.random.PRNGKey(seed))
+
+    def train_step(self, state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+        with self.context():
+            return self._train(state, batch)
+
+    def eval_loss(self, params: Any, batch: jax.Array) -> jax.Array:
+        with self.context():
+            return self._eval(params, batch)
+
+    def put_batch(self, local_batch: np.ndarray) -> jax.Array:
+        """Assemble the global batch from this process's rows."""
+        return jax.make_array_from_process_local_data(self.batch_sharding, local_batch)
+
+    def lower_train_step(self):
+        with self.context():
+            return self._train.lower(self.abstract_state, self.abstract_batch())
+
+    def compile_train_step(self):
+        """Ahead-of-time compiled train step, so step times never include compilation."""
+        return self.lower_train_step().compile()
+
+    def abstract_batch(self) -> jax.ShapeDtypeStruct:
+        shape = (self.cfg.train.batch_size, self.cfg.model.seq_len + 1)
+        return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
+
+
+def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> Steps:
+    total_steps = cfg.steps if total_steps is None else total_steps
+    model = Transformer(cfg.model)
+    tx = optimizer(cfg.train, total_steps)
+    lr_at = schedule(cfg.train, total_steps)
+    rules = sharding.rules(cfg.mesh)
+    accum = cfg.train.grad_accum
+
+    def init_boxed(rng: jax.Array) -> TrainState:
+        init_rng, rng = jax.random.split(rng)
+        tokens = jnp.zeros((1, cfg.model.seq_len), jnp.int32)
+        params = model.init(init_rng, tokens)["params"]
+        # The optimizer state mirrors the boxed params, so it inherits their logical axes.
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)
+
+    def loss_fn(params: Any, tokens_BxL1: jax.Array) -> jax.Array:
+        logits_BxLxV = model.apply({"params": params}, tokens_BxL1[:, :-1])
+        targets_BxL = tokens_BxL1[:, 1:]
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL).mean()
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def train_step(state: TrainState, batch_BxL1: jax.Array) -> tuple[TrainState, dict]:
+        if accum == 1:
+            loss, grads = grad_fn(state.params, batch_BxL1)
+        else:
+            # Micro-batch a takes rows a, a+A, a+2A, ...: each device keeps its own rows in every
+            # micro-batch, so accumulation moves no data between devices.
+            B, L1 = batch_BxL1.shape
+            micro_AxMxL1 = batch_BxL1.reshape(B // accum, accum, L1).swapaxes(0, 1)
+
+            def body(carry, micro_MxL1):
+                micro_MxL1 = nn.with_logical_constraint(micro_MxL1, ("batch", "length"))
+                return jax.tree.map(jnp.add, carry, grad_fn(state.params, micro_MxL1)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, micro_AxMxL1)
+            loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr_at(state.step)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract_boxed = jax.eval_shape(init_boxed, jax.random.PRNGKey(0))
+    state_shardings = sharding.tree_shardings(abstract_boxed, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    replicated = sharding.replicated(mesh)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.unbox(abstract_boxed),
+        state_shardings,
+    )
+    init = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=state_shardings)
+    train = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        loss_fn, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated
+    )
+    return Steps(
+        cfg,
+        mesh,
+        rules,
+        model,
+        state_shardings,
+        batch_sharding,
+        abstract_state,
+        init,
+        train,
+        evaluate,
+    )
