@@ -1,0 +1,94 @@
+"""`lmscale bench`: training throughput and MFU, each size against the device peak."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from lmscale import config, flops, peak, sharding
+from lmscale.data import make_source
+from lmscale.runlog import write_json
+from lmscale.steps import build
+
+# Shapes spanning ~30x in parameters; the largest is big enough for matmuls to dominate.
+SIZES = {
+    "s": {"n_layers": 2, "d_model": 128, "n_heads": 2},
+    "m": {"n_layers": 4, "d_model": 256, "n_heads": 4},
+    "l": {"n_layers": 6, "d_model": 384, "n_heads": 6},
+}
+SEQ_LEN, BATCH = 256, 16
+
+
+def bench_training(name: str, shape: dict, steps: int) -> dict:
+    model = {**shape, "seq_len": SEQ_LEN}
+    cfg = config.from_dict({"model": model, "train": {"batch_size": BATCH, "tokens": 10**12}})
+    config.validate(cfg, jax.device_count())
+    fns = build(cfg, sharding.make_mesh(cfg.mesh))
+    state = fns.init(0)
+    compiled = fns.compile_train_step()
+    source = make_source(cfg, "train")
+    batch = fns.put_batch(next(source))
+    state, metrics = compiled(state, batch)  # warm-up: first-touch allocations
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    tokens = BATCH * SEQ_LEN
+    flops_step = tokens * flops.train_flops_per_token(cfg.model)
+    peak_flops, _ = peak.peak_flops()
+    counts = flops.param_counts(cfg.model)
+    return {
+        "size": name,
+        **shape,
+        "seq_len": SEQ_LEN,
+        "batch_size": BATCH,
+        "params": counts.total,
+        "params_nonembedding": counts.nonembedding,
+        "step_time_s": step_s,
+        "tokens_per_s": tokens / step_s,
+        "flops_per_step": flops_step,
+        "flops_per_s": flops_step / step_s,
+        "mfu": flops_step / step_s / peak_flops,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    names = args.sizes.split(",") if args.sizes else list(SIZES)
+    unknown = [n for n in names if n not in SIZES]
+    if unknown:
+        raise config.ConfigError(f"--sizes: unknown size '{unknown[0]}'; known: {', '.join(SIZES)}")
+    if args.steps < 1:
+        raise config.ConfigError(f"--steps={args.steps}: must be positive")
+    peak_flops, source = peak.peak_flops()
+    device = jax.devices()[0]
+    rows = []
+    for name in names:
+        row = bench_training(name, SIZES[name], args.steps)
+        rows.append(row)
+        print(
+            f"train {name}: {row['params'] / 1e6:6.2f}M params  {row['tokens_per_s']:10,.0f} tok/s  "
+            f"{row['flops_per_s'] / 1e9:8.1f} GFLOP/s  MFU {row['mfu']:.1%}",
+            file=sys.stderr,
+        )
+    result = {
+        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "peak_flops": peak_flops,
+        "peak_source": source,
+        "train": rows,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.json), result)
+    return 0
