@@ -117,7 +117,7 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> Steps:
             loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr_at(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_at(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

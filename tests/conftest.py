@@ -1,0 +1,60 @@
+"""Shared fixtures. In-process tests see one CPU device; multi-device tests run in a subprocess
+with XLA_FLAGS set before jax is imported there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny.yaml"
+
+
+def lmscale_env(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str, devices: int = 1, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    """`lmscale ARGS` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "lmscale", *map(str, args)]
+    return subprocess.run(
+        cmd, env=lmscale_env(devices), capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
+def run_python(code: str, devices: int = 8, timeout: int = 600) -> dict:
+    """Run `code` in a fresh interpreter with `devices` CPU devices; it prints one JSON line last."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=lmscale_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """A few-second version of experiments/tiny.yaml."""
+    return [
+        "model.n_layers=2",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.seq_len=32",
+        "train.batch_size=8",
+        "train.tokens=10240",  # 40 steps
+        "train.log_every=1",
+        "train.eval_every=10",
+        "train.eval_batches=2",
+        "checkpoint.every_steps=5",
+    ]
