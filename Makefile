@@ -3,25 +3,28 @@ OUT ?= runs
 
 .PHONY: install demo test test-slow bench lint format
 
-install:  ## install lmscale and its dev tools into the current Python
+install: .make/installed  ## install lmscale and its dev tools into the current Python
+
+.make/installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e ".[dev]"
+	@mkdir -p .make && touch $@
 
-demo:  ## train the built-in tiny config on this machine
-	$(PYTHON) -m lmscale.cli train experiments/tiny.yaml --out $(OUT)/tiny
+demo: install  ## train the built-in tiny config on this machine
+	$(PYTHON) -m lmscale train experiments/tiny.yaml --out $(OUT)/tiny
 
-test:  ## fast tests (under 10 minutes on 2 CPU cores); pytest's 5 means no tests collected
+test: install  ## fast tests (under 10 minutes on 2 CPU cores); pytest's 5 means no tests collected
 	$(PYTHON) -m pytest -q || [ $$? -eq 5 ]
 
-test-slow:  ## the long tests only
+test-slow: install  ## the long tests only
 	$(PYTHON) -m pytest -q -m slow || [ $$? -eq 5 ]
 
-bench:  ## training throughput and MFU, as JSON
-	$(PYTHON) -m lmscale.cli bench --json $(OUT)/bench.json
+bench: install  ## training throughput and MFU, as JSON
+	$(PYTHON) -m lmscale bench --json $(OUT)/bench.json
 
-lint:
-	$(PYTHON) -m ruff check lmscale analysis tests
-	$(PYTHON) -m ruff format --check lmscale analysis tests
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 format:
-	$(PYTHON) -m ruff format lmscale analysis tests
-	$(PYTHON) -m ruff check --fix lmscale analysis tests
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .

@@ -81,7 +81,11 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     result = {
-        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "device": {
+            "platform": device.platform,
+            "kind": device.device_kind,
+            "count": jax.device_count(),
+        },
         "peak_flops": peak_flops,
         "peak_source": source,
         "train": rows,

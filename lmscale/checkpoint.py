@@ -21,9 +21,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, extra: dict) -> None:
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
         self.manager.save(step, args=args, force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:

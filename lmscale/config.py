@@ -179,11 +179,7 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
         else:
             kwargs[name] = _coerce(prefix + name, value, typ)
     for f in dataclasses.fields(cls):  # mappings merge over their defaults, keeping default order
-        if (
-            f.name in kwargs
-            and hints[f.name] is dict
-            and f.default_factory is not dataclasses.MISSING
-        ):
+        if f.name in kwargs and hints[f.name] is dict and f.default_factory is not dataclasses.MISSING:
             kwargs[f.name] = {**f.default_factory(), **kwargs[f.name]}
     return cls(**kwargs)
 
@@ -216,9 +212,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(
-            f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}"
-        ) from None
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
     return raw or {}
 
 
@@ -244,7 +238,7 @@ def _positive(cfg: Config, keys: list[str]) -> None:
 
 def validate(cfg: Config, n_devices: int) -> Config:
     """Raise ConfigError (one line, naming the key) for anything that would fail later."""
-    m, t, mesh = cfg.model, cfg.train, cfg.mesh
+    m, t = cfg.model, cfg.train
     _positive(
         cfg,
         [
@@ -270,13 +264,9 @@ def validate(cfg: Config, n_devices: int) -> Config:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
     if m.d_model % m.n_heads:
-        raise ConfigError(
-            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}"
-        )
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
     if m.pos_emb == "rope" and m.head_dim % 2:
-        raise ConfigError(
-            f"model.d_model={m.d_model}: rope needs an even head dim, got {m.head_dim}"
-        )
+        raise ConfigError(f"model.d_model={m.d_model}: rope needs an even head dim, got {m.head_dim}")
     if not 0 <= t.warmup_frac < 1:
         raise ConfigError(f"train.warmup_frac={t.warmup_frac}: must be in [0, 1)")
     if not 0 <= t.final_lr_frac <= 1:
@@ -339,6 +329,4 @@ def _validate_mesh(cfg: Config, n_devices: int) -> None:
         if value % tp:
             raise ConfigError(f"{key}={value} is not divisible by mesh.tensor={tp}")
     if m.d_model % shape["fsdp"]:
-        raise ConfigError(
-            f"model.d_model={m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}"
-        )
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}")

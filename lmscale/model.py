@@ -123,18 +123,14 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
         c = self.cfg
         D, V, L = c.d_model, c.vocab_size, tokens_BxL.shape[1]
-        embed_init = nn.with_logical_partitioning(
-            nn.initializers.normal(D**-0.5), ("vocab", "embed")
-        )
+        embed_init = nn.with_logical_partitioning(nn.initializers.normal(D**-0.5), ("vocab", "embed"))
         embed_VxD = self.param("embed", embed_init, (V, D), jnp.float32)
         # The lookup reads a whole-table copy: a gather from a vocab- and fsdp-split table would
         # make XLA replicate it anyway, and less efficiently, inside the gather.
         table_VxD = constrain(embed_VxD, (None, None))
         x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
         if c.pos_emb == "learned":
-            pos_init = nn.with_logical_partitioning(
-                nn.initializers.normal(D**-0.5), ("length", "embed")
-            )
+            pos_init = nn.with_logical_partitioning(nn.initializers.normal(D**-0.5), ("length", "embed"))
             x_BxLxD = x_BxLxD + self.param("pos_embed", pos_init, (c.seq_len, D), jnp.float32)[:L]
         elif c.pos_emb == "sinusoidal":
             x_BxLxD = x_BxLxD + sinusoid(L, D).astype(c.compute_dtype) * D**-0.5

@@ -66,7 +66,5 @@ def peak_flops(devices: list | None = None) -> tuple[float, str]:
         return calibrated_cpu_peak(), "calibrated float32 matmul (host)"
     per_device = table_peak(kind)
     if per_device is None:
-        raise KeyError(
-            f"no peak FLOP/s known for device_kind '{kind}'; add it to DEVICE_PEAK_FLOPS"
-        )
+        raise KeyError(f"no peak FLOP/s known for device_kind '{kind}'; add it to DEVICE_PEAK_FLOPS")
     return per_device * len(devices), f"table: {kind} bf16 dense x {len(devices)}"

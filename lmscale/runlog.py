@@ -43,9 +43,7 @@ def _jsonable(x: Any) -> Any:
 
 def finite_or_none(row: dict) -> dict:
     """JSON has no NaN or Inf: a diverged loss is written as null rather than as invalid JSON."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()
-    }
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -55,9 +55,7 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
 
 def rules(cfg: MeshConfig) -> tuple[tuple[str, Any], ...]:
     """Flax logical-axis rules, in config order (a mesh axis goes to the first name that claims it)."""
-    return tuple(
-        (name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in cfg.rules.items()
-    )
+    return tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in cfg.rules.items())
 
 
 def tree_shardings(abstract_boxed: Any, mesh: Mesh, axis_rules: tuple) -> Any:

@@ -127,9 +127,7 @@ class _Loop:
             cfg.model, cfg.train.flops_causal_half
         )
         self.peak, self.peak_source = peak.peak_flops()
-        self.ckpt = Checkpointer(
-            out / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save
-        )
+        self.ckpt = Checkpointer(out / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save)
         pi, pc = jax.process_index(), jax.process_count()
         self.source = make_source(cfg, "train", pi, pc)
         val = make_source(cfg, "val", pi, pc)
@@ -171,9 +169,7 @@ class _Loop:
             self.diverged = True
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(
-                loss=f"{m['loss']:.4f}", tok_s=f"{self.tokens_per_step / seconds:,.0f}"
-            )
+            self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{self.tokens_per_step / seconds:,.0f}")
         if step % self.cfg.train.log_every == 0 or step == self.total or self.diverged:
             step_time = self.window_s / self.window_steps
             row = {

@@ -54,9 +54,7 @@ def test_bad_values_raise_one_line_errors_naming_the_key(overrides, n_devices, k
         (["train.tokens=0"], "train.tokens"),
     ],
 )
-def test_cli_rejects_bad_configs_with_status_2_and_writes_nothing(
-    tmp_path, capsys, overrides, key
-):
+def test_cli_rejects_bad_configs_with_status_2_and_writes_nothing(tmp_path, capsys, overrides, key):
     out = tmp_path / "run"
     assert main(["train", str(TINY), "--out", str(out), *overrides]) == 2
     err = capsys.readouterr().err.strip()

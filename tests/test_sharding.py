@@ -54,7 +54,7 @@ def meshes():
 def test_mesh_matches_one_device_after_20_steps(meshes, mesh):
     single, sharded = meshes["single"], meshes[mesh]
     for key in ("loss", "grad_norm"):
-        for step, (a, b) in enumerate(zip(single[key], sharded[key]), 1):
+        for step, (a, b) in enumerate(zip(single[key], sharded[key], strict=True), 1):
             assert abs(a - b) <= 1e-5 * abs(a), f"{key} at step {step}: {a} vs {b}"
 
 

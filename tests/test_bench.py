@@ -1,0 +1,28 @@
+import json
+
+from lmscale import peak
+from lmscale.cli import main
+
+
+def test_bench_reports_throughput_and_mfu_as_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "s", "--steps", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["peak_source"].startswith("calibrated")
+    (row,) = result["train"]
+    assert row["size"] == "s" and row["tokens_per_s"] > 0
+    assert row["mfu"] == row["flops_per_s"] / result["peak_flops"]
+    assert 0 < row["mfu"] < 1.5
+
+
+def test_bench_rejects_unknown_sizes(capsys):
+    assert main(["bench", "--sizes", "xxl"]) == 2
+    assert "xxl" in capsys.readouterr().err
+
+
+def test_device_peak_table_matches_device_kind_prefixes():
+    assert peak.table_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak.table_peak("NVIDIA H100 PCIe") == 756e12
+    assert peak.table_peak("TPU v5 lite") == 197e12
+    assert peak.table_peak("TPU v5p") == 459e12
+    assert peak.table_peak("Some Future Chip") is None

@@ -1,0 +1,166 @@
+"""A run's files, its resume after SIGKILL or SIGTERM, and how it stops."""
+
+import json
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import yaml
+
+from tests.conftest import TINY, lmscale_env, run_cli
+
+SUMMARY_KEYS = {
+    "status", "params", "params_nonembedding", "n_layers", "d_model", "n_heads", "d_ff",
+    "vocab_size", "seq_len", "tokens", "flops", "flops_6nd", "final_loss", "final_val_loss",
+    "wall_time_s", "mfu", "fewshot", "flops_causal_half",
+}  # fmt: skip
+METRIC_KEYS = {
+    "step", "tokens", "flops", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "mfu",
+}  # fmt: skip
+STEPS = 40
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_params(run_dir):
+    with ocp.CheckpointManager((run_dir / "checkpoints").absolute()) as manager:
+        step = manager.latest_step()
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, restored["state"]["params"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    proc = run_cli("train", TINY, "--out", out, *_overrides())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def _overrides():
+    return [
+        "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.seq_len=32",
+        "train.batch_size=8", f"train.tokens={8 * 32 * STEPS}", "train.lr=0.02", "train.log_every=1",
+        "train.eval_every=10", "train.eval_batches=2", "checkpoint.every_steps=5",
+    ]  # fmt: skip
+
+
+def test_run_writes_the_contract_files(uninterrupted):
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed" and summary["tokens"] == 8 * 32 * STEPS
+    assert summary["flops_6nd"] == 6 * summary["params"] * summary["tokens"]
+    assert summary["final_val_loss"] < math.log(256) - 0.3  # a uniform guess scores ln(256)
+    rows = _rows(uninterrupted)
+    train = [r for r in rows if "split" not in r]
+    assert all(METRIC_KEYS <= set(r) for r in train)
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    assert [r["tokens"] for r in train] == [8 * 32 * s for s in range(1, STEPS + 1)]
+    assert train[-1]["flops"] == summary["flops"]
+    assert [r["step"] for r in rows if r.get("split") == "val"] == [10, 20, 30, 40]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.3
+    config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
+    assert config["model"]["d_model"] == 32
+    assert config["meta"]["versions"]["jax"] == jax.__version__
+    assert config["meta"]["devices"]["count"] >= 1
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth_at_the_end(uninterrupted):
+    lrs = [r["lr"] for r in _rows(uninterrupted) if "split" not in r]
+    peak = max(lrs)
+    assert lrs[0] < peak and lrs.index(peak) < STEPS // 5
+    # The row for step s carries the rate used by update s; the schedule ends at 10% of peak.
+    assert lrs[-1] == pytest.approx(0.1 * peak, rel=0.05)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lmscale", "train", str(TINY), "--out", str(out), *_overrides()]
+    kill_after = random.Random(0).randrange(5, STEPS - 10, 5)  # any checkpoint but the last
+    proc = subprocess.Popen(cmd, env=lmscale_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(p.name) for p in (out / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+        if done and max(done) >= kill_after:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"
+
+    rerun = subprocess.run(cmd, env=lmscale_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    step_a, params_a = _final_params(uninterrupted)
+    step_b, params_b = _final_params(out)
+    assert step_a == step_b == STEPS
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = _rows(out)
+    train = [r["step"] for r in rows if "split" not in r]
+    assert train == list(range(1, STEPS + 1)), "every step exactly once"
+    assert [r["loss"] for r in rows if "split" not in r] == [
+        r["loss"] for r in _rows(uninterrupted) if "split" not in r
+    ]
+    assert [r["step"] for r in rows if r.get("split") == "val"] == [10, 20, 30, 40]
+
+
+def test_sigterm_checkpoints_and_the_same_command_resumes(uninterrupted, tmp_path):
+    out = tmp_path / "preempted"
+    cmd = [sys.executable, "-m", "lmscale", "train", str(TINY), "--out", str(out), *_overrides()]
+    cmd += ["checkpoint.every_steps=1000"]  # only SIGTERM and the end save
+    proc = subprocess.Popen(cmd, env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(_rows(out)) >= 8:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert "resume" in stdout.decode()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "running" and 8 <= summary["steps"] < STEPS
+    step, _ = _final_params(out)
+    assert step == summary["steps"]
+
+    rerun = subprocess.run(cmd, env=lmscale_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    losses = [r["loss"] for r in _rows(out) if "split" not in r]
+    assert losses == [r["loss"] for r in _rows(uninterrupted) if "split" not in r]
+
+
+def test_completed_run_is_left_as_it_is(uninterrupted):
+    before = (uninterrupted / "metrics.jsonl").read_text()
+    proc = run_cli("train", TINY, "--out", uninterrupted, *_overrides())
+    assert proc.returncode == 0 and proc.stdout.startswith("completed")
+    assert (uninterrupted / "metrics.jsonl").read_text() == before
+
+
+def test_resuming_with_a_different_config_is_refused(uninterrupted):
+    proc = run_cli("train", TINY, "--out", uninterrupted, *_overrides(), "train.lr=0.1")
+    assert proc.returncode == 2
+    assert "train.lr" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_nan_loss_stops_the_run_as_diverged(tmp_path):
+    out = tmp_path / "diverged"
+    proc = run_cli(
+        "train", TINY, "--out", out, *_overrides(), "train.lr=1e30", "train.grad_clip=0",
+        "train.warmup_frac=0",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert summary["steps"] < STEPS
+    assert _rows(out)[-1]["loss"] is None  # NaN is written as null, keeping the file valid JSON
