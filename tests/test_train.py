@@ -68,6 +68,8 @@ def test_run_writes_the_contract_files(uninterrupted):
     assert train[-1]["flops"] == summary["flops"]
     assert [r["step"] for r in rows if r.get("split") == "val"] == [10, 20, 30, 40]
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
+    kept = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [STEPS - 5, STEPS]  # keep-last-2
     config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
     assert config["model"]["d_model"] == 32
     assert config["meta"]["versions"]["jax"] == jax.__version__
