@@ -16,13 +16,13 @@ from lmscale.data import make_source
 from lmscale.runlog import write_json
 from lmscale.steps import build
 
-# Shapes spanning ~30x in parameters; the largest is big enough for matmuls to dominate.
+# Shapes spanning ~60x in parameters; the largest is big enough for matmuls to dominate.
 SIZES = {
     "s": {"n_layers": 2, "d_model": 128, "n_heads": 2},
     "m": {"n_layers": 4, "d_model": 256, "n_heads": 4},
-    "l": {"n_layers": 6, "d_model": 384, "n_heads": 6},
+    "l": {"n_layers": 8, "d_model": 512, "n_heads": 8},
 }
-SEQ_LEN, BATCH = 256, 16
+SEQ_LEN, BATCH = 128, 16
 
 
 def bench_training(name: str, shape: dict, steps: int) -> dict:
