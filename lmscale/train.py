@@ -218,8 +218,11 @@ class _Loop:
         t0 = time.perf_counter()
         compiled = self.steps.compile_train_step()
         self.compile_s = time.perf_counter() - t0
-        eval_hook = Hook(self._evaluate, self.cfg.train.eval_every)
-        ckpt_hook = Hook(self._save, self.cfg.checkpoint.every_steps)
+        # Hooks run at a synchronised step, after its metrics are in; the loop itself stays short.
+        hooks = [
+            Hook(self._evaluate, self.cfg.train.eval_every),
+            Hook(self._save, self.cfg.checkpoint.every_steps),
+        ]
         self.bar = (
             tqdm(total=self.total, initial=start, unit="step", desc=self.out.name, file=sys.stderr)
             if self.progress and self.primary
@@ -233,21 +236,22 @@ class _Loop:
             if pending is not None:  # fetch the previous step's metrics while this one computes
                 self._record(*pending)
             pending = (step, metrics)
-            sync = eval_hook.due(step, self.total) or ckpt_hook.due(step, self.total)
-            if sync or stop.requested or self.diverged:
-                self._record(*pending)
-                pending = None
-                if self.diverged:
-                    status = "diverged"
-                    break
-                if eval_hook.due(step, self.total):
-                    self._evaluate(step)
-                if ckpt_hook.due(step, self.total) or stop.requested:
+            due = [hook for hook in hooks if hook.due(step, self.total)]
+            if not (due or stop.requested or self.diverged):
+                continue
+            self._record(*pending)
+            pending = None
+            if self.diverged:
+                status = "diverged"  # the diverged state is never checkpointed
+                break
+            for hook in due:
+                hook.fn(step)
+            if stop.requested:
+                if self._save not in [hook.fn for hook in due]:
                     self._save(step)
-                self.t_last = time.perf_counter()  # eval and checkpoint time is not step time
-                if stop.requested:
-                    status = "running"  # preempted: the same command resumes from this step
-                    break
+                status = "running"  # preempted: the same command resumes from this step
+                break
+            self.t_last = time.perf_counter()  # eval and checkpoint time is not step time
         self.ckpt.close()
         return self._write_summary(status)
 
