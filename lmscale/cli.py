@@ -58,9 +58,10 @@ def _train(args: argparse.Namespace) -> int:
 
     summary = train(cfg, out, progress=not args.no_progress)
     status = summary["status"]
+    fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(
-        f"{status}: {out} step {summary['steps']} loss {summary['final_loss']} "
-        f"val_loss {summary['final_val_loss']} mfu {summary['mfu']}"
+        f"{status}: {out}  step {summary['steps']}  loss {fmt(summary['final_loss'], '.4f')}  "
+        f"val_loss {fmt(summary['final_val_loss'], '.4f')}  mfu {fmt(summary['mfu'], '.1%')}"
     )
     if status == "running":
         print("stopped by SIGTERM after a checkpoint; rerun the same command to resume")
