@@ -1,0 +1,130 @@
+"""Read and validate results tables into pandas, with canonical column names.
+
+Canonical columns: `params`, `tokens`, `flops`, `loss` (plus whatever else the table carries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis; the message is one line and names the file, column or value."""
+
+
+# Where each canonical column comes from in lmscale's results.csv, in order of preference.
+DEFAULT_SOURCES = {
+    "params": ("params",),
+    "tokens": ("tokens",),
+    "flops": ("flops", "flops_6nd"),
+    "loss": ("final_val_loss", "final_loss", "loss"),
+}
+FEWSHOT_COLUMNS = ("run_id", "params", "flops", "tokens", "task", "shots", "metric", "value")
+
+
+@dataclasses.dataclass
+class Results:
+    runs: pd.DataFrame  # one row per completed run, canonical columns present
+    excluded: int  # runs dropped because their status was not `completed`
+    source: Path
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise AnalysisError(f"'{path}' does not exist")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"'{path}' is not a readable CSV: {str(e).splitlines()[0]}") from None
+
+
+def results_path(path: str | Path) -> Path:
+    """A sweep directory means its results.csv; anything else is taken as a CSV file."""
+    path = Path(path)
+    return path / "results.csv" if path.is_dir() else path
+
+
+def load_results(
+    path: str | Path,
+    params_col: str | None = None,
+    tokens_col: str | None = None,
+    flops_col: str | None = None,
+    loss_col: str | None = None,
+    require: tuple[str, ...] = ("params", "loss"),
+) -> Results:
+    """Load a results table, map its columns to canonical names and validate what is required.
+
+    Missing `tokens` is derived as flops / (6 params), missing `flops` as 6 * params * tokens.
+    """
+    csv = results_path(path)
+    df = _read_csv(csv)
+    given = {"params": params_col, "tokens": tokens_col, "flops": flops_col, "loss": loss_col}
+    out = df.copy()
+    for canon, col in given.items():
+        if col is not None:
+            if col not in df.columns:
+                raise AnalysisError(f"'{csv}': no column '{col}' (given for {canon}); has {list(df.columns)}")
+            out[canon] = df[col]
+            continue
+        found = next((c for c in DEFAULT_SOURCES[canon] if c in df.columns), None)
+        if found is not None:
+            out[canon] = df[found]
+    if "tokens" not in out and {"flops", "params"} <= set(out):
+        out["tokens"] = out["flops"] / (6.0 * out["params"])
+    if "flops" not in out and {"tokens", "params"} <= set(out):
+        out["flops"] = 6.0 * out["params"] * out["tokens"]
+    excluded = 0
+    if "status" in out.columns:
+        keep = out["status"] == "completed"
+        excluded = int((~keep).sum())
+        out = out[keep].reset_index(drop=True)
+    for canon in require:
+        if canon not in out.columns:
+            flag = f"--{canon}-col"
+            raise AnalysisError(f"'{csv}': missing column '{canon}' (map one with {flag})")
+        values = pd.to_numeric(out[canon], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values)
+        if bad.any():
+            raise AnalysisError(f"'{csv}': column '{canon}' has NaN or non-numeric values (row {int(bad.idxmax())})")
+        if (values <= 0).any():
+            row = int((values <= 0).idxmax())
+            raise AnalysisError(f"'{csv}': column '{canon}' has non-positive value {values[row]} (row {row})")
+        out[canon] = values.astype(float)
+    return Results(out, excluded, csv)
+
+
+def load_fewshot(path: str | Path) -> pd.DataFrame:
+    """The long-format few-shot table of a sweep (`fewshot.csv`)."""
+    path = Path(path)
+    csv = path / "fewshot.csv" if path.is_dir() else path
+    df = _read_csv(csv)
+    missing = [c for c in FEWSHOT_COLUMNS if c not in df.columns]
+    if missing:
+        raise AnalysisError(f"'{csv}': missing column '{missing[0]}'")
+    return df
+
+
+def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
+    """Training curves of every completed run: run_id, params, step, tokens, flops, loss."""
+    sweep_dir = Path(sweep_dir)
+    frames = []
+    for summary_path in sorted(sweep_dir.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") != "completed":
+            continue
+        metrics = summary_path.parent / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        train = pd.DataFrame([r for r in rows if "split" not in r and r.get("loss") is not None])
+        if train.empty:
+            continue
+        train["run_id"] = summary_path.parent.name
+        train["params"] = summary["params"]
+        frames.append(train[["run_id", "params", "step", "tokens", "flops", "loss"]])
+    if not frames:
+        raise AnalysisError(f"'{sweep_dir}': no completed runs with metrics.jsonl")
+    return pd.concat(frames, ignore_index=True)
