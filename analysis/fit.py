@@ -236,8 +236,8 @@ def approach1(curves: pd.DataFrame, n_budgets: int = 30) -> Fit:
     ok = np.isfinite(best_N)
     C, N_opt = budgets[ok], best_N[ok]
     frontier = [
-        {"C": c, "N_opt": n, "D_opt": c / (6 * n), "loss": l}
-        for c, n, l in zip(C, N_opt, best_loss[ok], strict=True)
+        {"C": c, "N_opt": n, "D_opt": c / (6 * n), "loss": loss}
+        for c, n, loss in zip(C, N_opt, best_loss[ok], strict=True)
     ]
     if len(np.unique(N_opt)) < 2:
         raise AnalysisError("approach1: one size is optimal at every budget; the exponent is not identified")

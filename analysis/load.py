@@ -90,7 +90,9 @@ def load_results(
         values = pd.to_numeric(out[canon], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
         if bad.any():
-            raise AnalysisError(f"'{csv}': column '{canon}' has NaN or non-numeric values (row {int(bad.idxmax())})")
+            raise AnalysisError(
+                f"'{csv}': column '{canon}' has NaN or non-numeric values (row {int(bad.idxmax())})"
+            )
         if (values <= 0).any():
             row = int((values <= 0).idxmax())
             raise AnalysisError(f"'{csv}': column '{canon}' has non-positive value {values[row]} (row {row})")
