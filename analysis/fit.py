@@ -17,6 +17,8 @@ from analysis import optimize
 from analysis.load import AnalysisError
 
 CI_LEVEL = 0.95
+# Resamples start at the full-data optimum and need percentiles, not 1e-10 gradients.
+BOOTSTRAP_SOLVER = {"max_iter": 200, "tol": 1e-7}
 
 
 # -- the laws, in log space ------------------------------------------------------------------------
@@ -136,7 +138,9 @@ def fit_power(
     fit = Fit("power", params, f, len(x), x=x_name)
     if bootstrap:
         w = optimize.bootstrap_weights(len(x), bootstrap, seed)
-        thetas, fs, _ = optimize.minimize(log_pred, np.tile(theta, (bootstrap, 1)), logx, logy, w, delta)
+        thetas, fs, _ = optimize.minimize(
+            log_pred, np.tile(theta, (bootstrap, 1)), logx, logy, w, delta, **BOOTSTRAP_SOLVER
+        )
         fit.samples = _power_params(np.where(np.isfinite(fs)[:, None], thetas, np.nan), offset)
         fit.ci = _intervals(fit.samples)
     return fit
@@ -174,7 +178,9 @@ def fit_chinchilla(
         # Each resample restarts from the full-data optimum: the same basin, found in a few steps.
         w = optimize.bootstrap_weights(len(N), bootstrap, seed)
         starts_R = np.tile(theta, (bootstrap, 1))
-        thetas, fs, _ = optimize.minimize(chinchilla_log_pred, starts_R, logx, logy, w, delta)
+        thetas, fs, _ = optimize.minimize(
+            chinchilla_log_pred, starts_R, logx, logy, w, delta, **BOOTSTRAP_SOLVER
+        )
         fit.samples = _chinchilla_params(np.where(np.isfinite(fs)[:, None], thetas, np.nan))
         fit.ci = _intervals(fit.samples)
     return fit

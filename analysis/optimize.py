@@ -25,6 +25,12 @@ def huber(r: jax.Array, delta: float) -> jax.Array:
     return jnp.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
+def huber_np(r: np.ndarray, delta: float) -> np.ndarray:
+    """The same Huber loss in numpy, for baselines that run outside JAX."""
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
 def objective(log_pred: LogPred, delta: float) -> Callable:
     """sum_i w_i Huber_delta(log_pred(theta, x_i) - log L_i): Hoffmann et al. 2022, eq. (3)."""
 

@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, help="also write the results to this JSON file")
     b.add_argument("--steps", type=int, default=6, help="timed steps per size (default: 6)")
     b.add_argument("--sizes", help="comma-separated subset of size names to run")
+
+    from analysis.cli import add_commands  # the reading side: fit, plot, report
+
+    add_commands(sub)
     return p
 
 
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.command in ("fit", "plot", "report"):
+        from analysis.cli import run
+
+        return run(args)
     try:
         return {"train": _train, "bench": _bench}[args.command](args)
     except ConfigError as e:

@@ -1,0 +1,82 @@
+"""Fitting speed against scipy: the Approach-3 multistart fit and its bootstrap, in one process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import fit as fits
+from analysis.optimize import huber_np
+
+# Hoffmann et al.'s published law, used to draw a 240-point stand-in when no data is given.
+PUBLISHED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+def synthetic_points(n: int = 240, seed: int = 0, noise: float = 0.01) -> pd.DataFrame:
+    """IsoFLOP-style points (N, D) from the published law with multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    N = 10 ** rng.uniform(7.5, 10.5, n)
+    D = 10 ** rng.uniform(9, 12, n)
+    p = PUBLISHED
+    loss = p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
+    return pd.DataFrame({"params": N, "tokens": D, "loss": loss * np.exp(noise * rng.standard_normal(n))})
+
+
+def reference_points(csv: Path) -> pd.DataFrame:
+    """The Chinchilla replication's 245 points, less the 5 highest losses (Besiroglu et al. 2024)."""
+    df = pd.read_csv(csv).sort_values("loss").iloc[:-5]
+    N = df["Model Size"].to_numpy(float)
+    return pd.DataFrame(
+        {"params": N, "tokens": df["Training FLOP"].to_numpy(float) / (6 * N), "loss": df["loss"]}
+    )
+
+
+def _scipy_seconds_per_start(points: pd.DataFrame, starts: np.ndarray, delta: float) -> float:
+    """scipy L-BFGS-B with finite-difference gradients, one start at a time (the published loop)."""
+    from scipy.optimize import minimize
+
+    logN, logD = np.log(points["params"].to_numpy()), np.log(points["tokens"].to_numpy())
+    logL = np.log(points["loss"].to_numpy())
+
+    def objective(t):
+        pred = np.logaddexp(np.logaddexp(t[0] - t[3] * logN, t[1] - t[4] * logD), t[2])
+        return huber_np(pred - logL, delta).sum()
+
+    t0 = time.perf_counter()
+    for s in starts:
+        minimize(objective, s, method="L-BFGS-B")
+    return (time.perf_counter() - t0) / len(starts)
+
+
+def bench_fit(points: pd.DataFrame, scipy_starts: int = 90, bootstrap: int = 1000, seed: int = 0) -> dict:
+    grid = fits.hoffmann_grid()
+    N, D, L = points["params"], points["tokens"], points["loss"]
+    t0 = time.perf_counter()
+    fits.fit_chinchilla(N, D, L)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit = fits.fit_chinchilla(N, D, L)
+    warm = time.perf_counter() - t0
+    subset = grid[np.random.default_rng(seed).choice(len(grid), scipy_starts, replace=False)]
+    per_start = _scipy_seconds_per_start(points, subset, 1e-3)
+    scipy_total = per_start * len(grid)
+    t0 = time.perf_counter()
+    fits.fit_chinchilla(N, D, L, bootstrap=bootstrap, seed=seed)
+    boot = time.perf_counter() - t0
+    return {
+        "points": len(points),
+        "starts": len(grid),
+        "objective": fit.objective,
+        "jax_fit_s": warm,
+        "jax_fit_cold_s": cold,
+        "scipy_s_per_start": per_start,
+        "scipy_starts_timed": scipy_starts,
+        "scipy_loop_s_estimated": scipy_total,
+        "speedup_vs_scipy": scipy_total / warm,
+        "speedup_vs_scipy_cold": scipy_total / cold,
+        "bootstrap_resamples": bootstrap,
+        "bootstrap_s": boot,
+    }
