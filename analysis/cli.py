@@ -61,10 +61,7 @@ def _fit(args: argparse.Namespace) -> dict:
     runs = results.runs
     if args.drop_worst:
         runs = runs.sort_values("loss").iloc[: len(runs) - args.drop_worst].reset_index(drop=True)
-    print(
-        f"{len(runs)} runs from {results.source} ({results.excluded} not completed, excluded)",
-        file=sys.stderr,
-    )
+    print(f"{len(runs)} runs from {results.source} ({results.excluded} not completed, excluded)")
     if law == "power":
         fit = fits.fit_power(
             runs[args.x], runs["loss"], args.x, not args.no_offset, args.bootstrap, args.seed, args.delta

@@ -337,7 +337,11 @@ def extrapolation_check(runs: pd.DataFrame, holdout_frac: float = 0.2) -> pd.Dat
         raise AnalysisError(f"holdout fraction {holdout_frac}: must be in (0, 1)")
     runs = runs.sort_values("flops").reset_index(drop=True)
     n_hold = max(1, int(round(holdout_frac * len(runs))))
-    train, held = runs.iloc[:-n_hold], runs.iloc[-n_hold:]
+    # Runs at the same compute stay on one side, so an IsoFLOP budget is never split.
+    cut = runs["flops"].iloc[len(runs) - n_hold]
+    train, held = runs[runs["flops"] < cut], runs[runs["flops"] >= cut]
+    if train.empty:
+        raise AnalysisError(f"extrapolation: no runs below the held-out compute {cut:.3g}")
     threshold = float(train["flops"].max())
     rows = []
     fits = {"power(flops)": lambda t: fit_power(t["flops"], t["loss"], "flops")}

@@ -1,0 +1,196 @@
+"""Scaling-law fits against published results, known laws, and bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import fit as fits
+from analysis import optimize
+from analysis.bench import reference_points
+from analysis.cli import main
+from analysis.load import AnalysisError
+from tests.conftest import ROOT
+
+REFERENCE = ROOT.parent / "shared" / "reference-data" / "chinchilla_epoch_svg_extracted.csv"
+needs_reference = pytest.mark.skipif(
+    not REFERENCE.exists(), reason=f"reference data not found at {REFERENCE} (it lives beside the repo)"
+)
+TRUE = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
+
+
+def chinchilla_points(n: int, seed: int, noise: float = 0.01) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    N, D = 10 ** rng.uniform(7, 10, n), 10 ** rng.uniform(9, 12, n)
+    loss = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+    return pd.DataFrame({"params": N, "tokens": D, "loss": loss * np.exp(noise * rng.standard_normal(n))})
+
+
+@needs_reference
+def test_approach3_matches_the_published_replication():
+    pts = reference_points(REFERENCE)
+    assert len(pts) == 240
+    fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"])
+    published = {"A": 477.84, "B": 2143.86, "E": 1.8172, "alpha": 0.3473, "beta": 0.3672}
+    for k, v in published.items():
+        assert fit.params[k] == pytest.approx(v, rel=0.005), k
+    # Published to 6 significant digits: 0.00101827 (half a unit in the last place is 5e-9).
+    assert abs(fit.objective - 0.00101827) <= 5e-9
+
+
+@needs_reference
+def test_approach3_optimum_cannot_be_improved_by_scipy():
+    minimize = pytest.importorskip("scipy.optimize").minimize
+    pts = reference_points(REFERENCE)
+    fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"])
+    logN, logD, logL = (np.log(pts[c].to_numpy(float)) for c in ("params", "tokens", "loss"))
+
+    def objective(t):
+        pred = np.logaddexp(np.logaddexp(t[0] - t[3] * logN, t[1] - t[4] * logD), t[2])
+        return optimize.huber_np(pred - logL, 1e-3).sum()
+
+    p = fit.params
+    theta = np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+    assert objective(theta) == pytest.approx(fit.objective, rel=1e-12)
+    polished = minimize(objective, theta, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12})
+    assert polished.fun >= fit.objective * (1 - 1e-6)
+
+
+def test_approach3_recovers_a_known_law_and_its_allocation():
+    pts = chinchilla_points(120, seed=1)
+    fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"], bootstrap=100, seed=0)
+    assert fit.params["alpha"] == pytest.approx(TRUE["alpha"], rel=0.1)
+    assert fit.params["E"] == pytest.approx(TRUE["E"], rel=0.05)
+    lo, hi = fit.ci["beta"]
+    assert lo < fit.params["beta"] < hi
+    a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.params["a"] == pytest.approx(a, abs=0.05)
+    alloc = fits.compute_optimal(fit, np.array([1e20, 1e22]))
+    np.testing.assert_allclose(6 * alloc["N_opt"] * alloc["D_opt"], [1e20, 1e22], rtol=1e-9)
+    assert fit.params["a"] + fit.params["b"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("x_name, offset", [("flops", True), ("params", False)])
+def test_power_law_recovers_its_parameters_inside_the_interval(x_name, offset):
+    rng = np.random.default_rng(3)
+    x = np.geomspace(1e15, 1e20, 25) if x_name == "flops" else np.geomspace(1e6, 1e9, 25)
+    E, A, alpha = (2.0, 40.0, 0.12) if offset else (0.0, 30.0, 0.2)
+    loss = (E + A * x**-alpha) * np.exp(0.003 * rng.standard_normal(len(x)))
+    fit = fits.fit_power(x, loss, x_name, offset=offset, bootstrap=200, seed=0)
+    assert fit.params["alpha"] == pytest.approx(alpha, rel=0.15)
+    assert fit.ci["alpha"][0] <= alpha <= fit.ci["alpha"][1]
+    assert ("E" in fit.params) == offset
+
+
+def _isoflop_runs() -> pd.DataFrame:
+    rows = []
+    for C in (1e18, 1e19, 1e20):
+        G = (TRUE["alpha"] * TRUE["A"] / (TRUE["beta"] * TRUE["B"])) ** (1 / (TRUE["alpha"] + TRUE["beta"]))
+        n_opt = G * (C / 6) ** (TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"]))
+        for N in n_opt * np.geomspace(0.25, 4, 7):
+            D = C / (6 * N)
+            loss = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+            rows.append({"params": N, "tokens": D, "flops": C, "loss": loss})
+    return pd.DataFrame(rows)
+
+
+def test_approach2_finds_the_isoflop_minima_and_exponent():
+    fit = fits.approach2(_isoflop_runs(), bootstrap=200, seed=0)
+    a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.params["a"] == pytest.approx(a, abs=0.03)
+    assert fit.params["a"] + fit.params["b"] == pytest.approx(1.0, abs=1e-9)
+    assert len(fit.extra["isoflop"]) == 3
+    assert fit.ci["a"][0] <= fit.params["a"] <= fit.ci["a"][1]
+
+
+def test_approach1_follows_the_lower_envelope():
+    runs = _isoflop_runs()
+    curves = []
+    for i, (_, r) in enumerate(runs.iterrows()):  # learning curves: loss vs flops along each run
+        frac = np.geomspace(0.05, 1, 20)
+        D = r["tokens"] * frac
+        loss = TRUE["E"] + TRUE["A"] / r["params"] ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+        curves.append(
+            pd.DataFrame({"run_id": i, "params": r["params"], "flops": r["flops"] * frac, "loss": loss})
+        )
+    fit = fits.approach1(pd.concat(curves))
+    assert 0.3 < fit.params["a"] < 0.8  # grows with compute, sub-linearly
+    frontier = fit.extra["frontier"]
+    assert all(f2["N_opt"] >= f1["N_opt"] for f1, f2 in zip(frontier, frontier[1:], strict=False))
+
+
+def test_extrapolation_check_predicts_held_out_runs():
+    runs = _isoflop_runs()
+    table = fits.extrapolation_check(runs, holdout_frac=0.2)
+    chin = table[table["law"] == "approach3"]
+    assert len(chin) == 7  # the whole top budget, never half an IsoFLOP profile
+    assert (chin["flops"] > chin["fit_below_flops"]).all()
+    assert chin["rel_error"].abs().max() < 0.01  # noiseless data from the same law
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def _csv(tmp_path, df: pd.DataFrame):
+    path = tmp_path / "results.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_cli_fit_writes_the_approach3_json_keys(tmp_path):
+    path = _csv(tmp_path, chinchilla_points(40, seed=2).assign(status="completed"))
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(path), "--law", "chinchilla", "--bootstrap", "20", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"E", "A", "B", "alpha", "beta", "objective", "a", "b", "ci"} <= set(result)
+    assert set(result["ci"]) >= {"E", "A", "B", "alpha", "beta", "a", "b"}
+
+
+def test_cli_counts_and_excludes_runs_that_did_not_complete(tmp_path, capsys):
+    df = chinchilla_points(40, seed=2).assign(status="completed")
+    df.loc[:2, "status"] = "diverged"
+    df.loc[:2, "loss"] = np.nan  # a diverged run's loss must not reach the fit
+    path = _csv(tmp_path, df)
+    assert main(["fit", str(path), "--law", "power", "--x", "params"]) == 0
+    assert "3 not completed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "df, message",
+    [
+        (pd.DataFrame({"params": [1e6, 1e7], "loss": [3.0, 2.5]}), "missing column 'tokens'"),
+        (
+            pd.DataFrame({"params": [1e6, 1e7, 1e8], "tokens": [1e9] * 3, "loss": [3.0, 2.9, 2.8]}),
+            "cannot determine",
+        ),
+        (
+            pd.DataFrame({"params": [1e6] * 8, "tokens": [1e9] * 8, "loss": [3.0] * 7 + [-1.0]}),
+            "non-positive",
+        ),
+        (pd.DataFrame({"params": [1e6] * 8, "tokens": [1e9] * 8, "loss": [3.0] * 7 + [np.nan]}), "NaN"),
+    ],
+    ids=["missing-column", "too-few-points", "non-positive-loss", "nan-loss"],
+)
+def test_bad_tables_exit_2_with_one_line(tmp_path, capsys, df, message):
+    assert main(["fit", str(_csv(tmp_path, df)), "--law", "approach3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_fit_that_does_not_converge_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(optimize, "multistart", lambda *a, **k: (np.zeros(5), 1.0, 0.5))
+    path = _csv(tmp_path, chinchilla_points(40, seed=2))
+    assert main(["fit", str(path), "--law", "approach3"]) == 2
+    assert "did not converge" in capsys.readouterr().err
+
+
+def test_missing_file_and_mapped_column_are_named(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "none.csv")]) == 2
+    assert "none.csv" in capsys.readouterr().err
+    path = _csv(tmp_path, chinchilla_points(10, seed=0))
+    assert main(["fit", str(path), "--params-col", "Model Size"]) == 2
+    assert "Model Size" in capsys.readouterr().err
+
+
+def test_fit_errors_are_analysis_errors():
+    with pytest.raises(AnalysisError, match="positive"):
+        fits.fit_power([1.0, 2.0, 0.0, 4.0], [3.0, 2.0, 1.5, 1.2])
