@@ -1,12 +1,14 @@
 import json
 
+import pytest
+
 from lmscale import peak
 from lmscale.cli import main
 
 
 def test_bench_reports_throughput_and_mfu_as_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--sizes", "s", "--steps", "1", "--json", str(out)]) == 0
+    assert main(["bench", "--sizes", "s", "--steps", "1", "--no-fit", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["peak_source"].startswith("calibrated")
     (row,) = result["train"]
@@ -26,3 +28,13 @@ def test_device_peak_table_matches_device_kind_prefixes():
     assert peak.table_peak("TPU v5 lite") == 197e12
     assert peak.table_peak("TPU v5p") == 459e12
     assert peak.table_peak("Some Future Chip") is None
+
+
+def test_fit_bench_times_jax_against_scipy_on_the_same_starts():
+    from analysis.bench import bench_fit, synthetic_points
+
+    row = bench_fit(synthetic_points(60, seed=0), scipy_starts=3, bootstrap=10)
+    assert row["starts"] == 4500 and row["scipy_starts_timed"] == 3
+    assert row["scipy_loop_s_estimated"] == pytest.approx(row["scipy_s_per_start"] * 4500)
+    assert row["speedup_vs_scipy"] == pytest.approx(row["scipy_loop_s_estimated"] / row["jax_fit_s"])
+    assert row["bootstrap_s"] > 0 and row["objective"] > 0
