@@ -1,0 +1,372 @@
+"""Figures of a sweep, each saved as PNG and PDF: loss against compute, IsoFLOP profiles, compute-optimal
+allocation, L(N, D) contours, learning curves and emergence. `analyse` gathers the data and fits they need.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never pyplot, so importing this module
+changes no global backend and leaks no open figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from analysis.emergence import emergence_curves, emergence_midpoints, metric_kind, metric_order
+from analysis.fit import Fit, approach1, approach2, compute_optimal, fit_chinchilla, fit_power, isoflop_groups
+from analysis.load import AnalysisError, Results, load_curves, load_fewshot, load_results
+
+log = logging.getLogger(__name__)
+
+FIGSIZE = (6.0, 4.0)  # inches: one column of a two-column paper page at readable font sizes
+DPI = 150
+COMPUTE = "Training compute C (FLOPs)"
+PARAMS = "Parameters N"
+TOKENS = "Training tokens D"
+METRIC_UNITS = {
+    "exact_match": "fraction correct",
+    "token_accuracy": "fraction of tokens",
+    "edit_distance": "edits",
+    "logprob_sum": "nats",
+    "logprob_per_token": "nats/token",
+}
+APPROACH_LABELS = {
+    "approach1": "Approach 1 (training-curve envelope)",
+    "approach2": "Approach 2 (IsoFLOP minima)",
+    "chinchilla": "Approach 3 (parametric L(N, D))",
+}
+
+
+def loss_label(runs: pd.DataFrame) -> str:
+    """Axis label of the results' loss column, naming the split when the table says which it is."""
+    if "final_val_loss" in runs and np.allclose(runs["final_val_loss"], runs["loss"]):
+        return "Validation loss (nats/token)"
+    if "final_loss" in runs and np.allclose(runs["final_loss"], runs["loss"]):
+        return "Training loss (nats/token)"
+    return "Loss (nats/token)"
+
+
+def _figure(figsize: tuple[float, float] = FIGSIZE, **subplots) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(squeeze=False, **subplots)
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=DPI)
+    return paths
+
+
+def _size_colours(params: pd.Series) -> tuple[LogNorm, str]:
+    lo, hi = float(params.min()), float(params.max())
+    return LogNorm(lo, hi if hi > lo else lo * 1.01), "viridis"
+
+
+def frontier(runs: pd.DataFrame) -> pd.DataFrame:
+    """The best run of each compute budget (IsoFLOP group), kept where it beats all cheaper budgets' best."""
+    best = runs.loc[runs.groupby(isoflop_groups(runs))["loss"].idxmin()].sort_values("flops")
+    return best[best["loss"] < best["loss"].cummin().shift(fill_value=np.inf)]
+
+
+def _plain_loss_ticks(ax) -> None:
+    """Loss axes are log-scaled but read best as plain numbers (3, 3.5, 4), not 3x10^0."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _band(fit: Fit, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """2.5-97.5 percentile band of the predictions of the bootstrap draws, or None without draws."""
+    if not fit.samples:
+        return None
+    draws = len(next(iter(fit.samples.values())))
+    preds = [
+        fit.predict(x, params={**fit.params, **{k: v[i] for k, v in fit.samples.items()}})
+        for i in range(draws)
+    ]
+    preds_SxX = np.asarray(preds, float)
+    return tuple(np.nanpercentile(preds_SxX, [2.5, 97.5], axis=0))
+
+
+def plot_loss_vs_compute(
+    runs: pd.DataFrame, fit: Fit | None, out_dir: Path, name="loss_vs_compute"
+) -> list[Path]:
+    """Every run's loss against compute, the Pareto frontier and its power law, extrapolated one decade."""
+    fig, ((ax,),) = _figure()
+    norm, cmap = _size_colours(runs["params"])
+    ax.scatter(runs["flops"], runs["loss"], c=runs["params"], norm=norm, cmap=cmap, s=22, zorder=3)
+    edge = frontier(runs)
+    ax.scatter(
+        edge["flops"], edge["loss"], facecolors="none", edgecolors="black", s=60, zorder=4, label="frontier"
+    )
+    if fit is not None:
+        c_max = float(runs["flops"].max())
+        c_grid = np.logspace(np.log10(runs["flops"].min()), np.log10(c_max) + 1.0, 200)
+        p = fit.params
+        law = (
+            (f"{p['E']:.3g} + " if "E" in p else "") + f"{p['A']:.3g}" + r"\,C^{-" + f"{p['alpha']:.3f}" + "}"
+        )
+        ax.plot(c_grid, fit.predict(c_grid), color="black", lw=1.5, label=f"$L(C) = {law}$")
+        band = _band(fit, c_grid)
+        if band is not None:
+            ax.fill_between(c_grid, *band, color="grey", alpha=0.3, lw=0, label="95% bootstrap band")
+        ax.axvline(c_max, color="grey", ls=":", lw=1)
+        ax.text(c_max, ax.get_ylim()[1], " extrapolation", va="top", fontsize=8, color="dimgrey")
+    ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=loss_label(runs), title="Loss against compute")
+    _plain_loss_ticks(ax)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=PARAMS)
+    return _save(fig, out_dir, name)
+
+
+def _budget_index(runs: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
+    """Index into `budgets` of each run's IsoFLOP group (the budget nearest the group's median compute)."""
+    labels = isoflop_groups(runs)
+    median = runs.groupby(labels)["flops"].transform("median").to_numpy()
+    return np.abs(np.log(median[:, None]) - np.log(budgets[None, :])).argmin(1)
+
+
+def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") -> list[Path]:
+    """Loss against N at each compute budget, the fitted parabolas in log N, and their minima."""
+    profiles = sorted(fit.extra["isoflop"], key=lambda p: p["C"])
+    budgets = np.array([p["C"] for p in profiles])
+    which = _budget_index(runs, budgets)
+    fig, ((ax,),) = _figure()
+    colours = ScalarMappable(Normalize(-0.15, max(len(profiles) - 1, 1) / 0.85), "plasma")  # no pale yellow
+    for i, p in enumerate(profiles):
+        colour = colours.to_rgba(i)
+        group = runs[which == i]
+        ax.scatter(group["params"], group["loss"], color=colour, s=22, zorder=3)
+        log_n = np.log(group["params"].to_numpy()) if len(group) else np.log([p["N_star"]])
+        grid = np.linspace(log_n.min() - 0.2, log_n.max() + 0.2, 100)
+        ax.plot(
+            np.exp(grid), np.polyval(p["coef"], grid), color=colour, lw=1.2, label=f"C = {p['C']:.2g} FLOPs"
+        )
+        ax.scatter(
+            [p["N_star"]], [p["loss_star"]], marker="*", s=120, color=colour, edgecolors="black", zorder=5
+        )
+    ax.scatter([], [], marker="*", s=120, color="white", edgecolors="black", label="fitted minimum")
+    ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, name)
+
+
+def plot_compute_optimal(
+    fits: dict[str, Fit], c_range: tuple[float, float], out_dir: Path, name="compute_optimal"
+) -> list[Path]:
+    """N_opt and D_opt against C for each compute-optimal approach, extrapolated two decades, log-log."""
+    fig, ((ax_n, ax_d),) = _figure((9.0, 4.0), ncols=2)
+    c_grid = np.logspace(np.log10(c_range[0]), np.log10(c_range[1]) + 2.0, 100)
+    for i, (key, fit) in enumerate(fits.items()):
+        colour = f"C{i}"
+        opt = compute_optimal(fit, c_grid)
+        label = f"{APPROACH_LABELS.get(key, key)}: a = {fit.params['a']:.2f}, b = {fit.params['b']:.2f}"
+        ax_n.plot(c_grid, opt["N_opt"], color=colour, label=label)
+        ax_d.plot(c_grid, opt["D_opt"], color=colour, label=label)
+        points = fit.extra.get("isoflop") or fit.extra.get("frontier") or []
+        if points:
+            c = np.array([p["C"] for p in points])
+            n = np.array([p.get("N_star", p.get("N_opt")) for p in points])
+            d = np.array([p.get("D_opt", np.nan) for p in points]) if "frontier" in fit.extra else c / (6 * n)
+            ax_n.scatter(c, n, color=colour, s=18, zorder=3)
+            ax_d.scatter(c, d, color=colour, s=18, zorder=3)
+    panels = (
+        (ax_n, "Compute-optimal parameters N_opt", "N_opt ∝ C^a"),
+        (ax_d, "Compute-optimal tokens D_opt", "D_opt ∝ C^b"),
+    )
+    for ax, ylabel, title in panels:
+        ax.axvline(c_range[1], color="grey", ls=":", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=ylabel, title=title)
+    ax_n.legend(fontsize=7, loc="upper left")
+    return _save(fig, out_dir, name)
+
+
+def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_contours") -> list[Path]:
+    """Contours of the fitted L(N, D), the runs on top and the compute-optimal path through them."""
+    log_n = np.linspace(np.log10(runs["params"].min()) - 0.5, np.log10(runs["params"].max()) + 0.5, 150)
+    log_d = np.linspace(np.log10(runs["tokens"].min()) - 0.5, np.log10(runs["tokens"].max()) + 0.5, 150)
+    n_DxN, d_DxN = np.meshgrid(10**log_n, 10**log_d)
+    loss_DxN = np.asarray(fit.predict(N=n_DxN.ravel(), D=d_DxN.ravel()), float).reshape(n_DxN.shape)
+    fig, ((ax,),) = _figure()
+    levels = np.quantile(loss_DxN, np.linspace(0.0, 0.95, 14))
+    filled = ax.contourf(n_DxN, d_DxN, loss_DxN, levels=levels, cmap="viridis_r", extend="max")
+    ax.contour(n_DxN, d_DxN, loss_DxN, levels=levels, colors="white", linewidths=0.4)
+    ax.scatter(
+        runs["params"], runs["tokens"], color="white", edgecolors="black", s=22, zorder=3, label="runs"
+    )
+    c_lo, c_hi = 6 * 10 ** (log_n[0] + log_d[0]), 6 * 10 ** (log_n[-1] + log_d[-1])
+    opt = compute_optimal(fit, np.logspace(np.log10(c_lo), np.log10(c_hi), 200))
+    ax.plot(opt["N_opt"], opt["D_opt"], color="red", lw=1.5, label="compute-optimal N_opt(C), D_opt(C)")
+    ax.set(xscale="log", yscale="log", xlabel=PARAMS, ylabel=TOKENS, title="Fitted L(N, D) (approach 3)")
+    ax.set(xlim=(10 ** log_n[0], 10 ** log_n[-1]), ylim=(10 ** log_d[0], 10 ** log_d[-1]))
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    fig.colorbar(filled, ax=ax, label="Predicted loss (nats/token)")
+    return _save(fig, out_dir, name)
+
+
+def plot_learning_curves(curves: pd.DataFrame, out_dir: Path, x: str = "tokens", name=None) -> list[Path]:
+    """Training loss against tokens or compute, one line per run, coloured by parameter count."""
+    if x not in ("tokens", "flops"):
+        raise AnalysisError(f"learning curves: x must be 'tokens' or 'flops', got '{x}'")
+    fig, ((ax,),) = _figure()
+    norm, cmap = _size_colours(curves["params"])
+    colours = ScalarMappable(norm, cmap)
+    for _, run in curves.groupby("run_id", sort=False):
+        run = run[run[x] > 0].sort_values("step")
+        ax.plot(run[x], run["loss"], color=colours.to_rgba(run["params"].iloc[0]), lw=1.0)
+    ax.set(xscale="log", yscale="log", ylabel="Training loss (nats/token)")
+    _plain_loss_ticks(ax)
+    ax.set(xlabel=TOKENS if x == "tokens" else COMPUTE, title="Learning curves")
+    fig.colorbar(colours, ax=ax, label=PARAMS)
+    return _save(fig, out_dir, name or f"learning_curves_{x}")
+
+
+def _metric_label(metric: str) -> str:
+    unit = METRIC_UNITS.get(metric)
+    return f"{metric} ({unit})" if unit else metric
+
+
+def plot_emergence_grid(
+    fewshot: pd.DataFrame, out_dir: Path, midpoints: pd.DataFrame | None = None, name="emergence"
+) -> list[Path]:
+    """Rows are tasks, columns metrics (exact match first), x = parameters, one line per shot count."""
+    curves = emergence_curves(fewshot)
+    tasks, metrics = sorted(curves["task"].unique()), metric_order(curves["metric"])
+    shots = sorted(curves["shots"].unique())
+    fig, axes = _figure(
+        (2.9 * len(metrics) + 0.6, 2.4 * len(tasks) + 0.6), nrows=len(tasks), ncols=len(metrics)
+    )
+    for (r, task), (c, metric) in ((rc, mc) for rc in enumerate(tasks) for mc in enumerate(metrics)):
+        ax = axes[r, c]
+        for i, k in enumerate(shots):
+            cell = curves[(curves["task"] == task) & (curves["metric"] == metric) & (curves["shots"] == k)]
+            by_size = cell.groupby("params")["value"].mean()
+            ax.plot(by_size.index, by_size.to_numpy(), marker="o", ms=3, color=f"C{i}", label=f"{k}-shot")
+            if midpoints is not None:
+                hit = midpoints[
+                    (midpoints["task"] == task) & (midpoints["metric"] == metric) & (midpoints["shots"] == k)
+                ]
+                if len(hit) and np.isfinite(hit["midpoint"].iloc[0]):
+                    ax.axvline(hit["midpoint"].iloc[0], color=f"C{i}", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(f"{task}: {metric} ({metric_kind(metric)})", fontsize=9)
+        ax.set_ylabel(_metric_label(metric), fontsize=8)
+        if r == len(tasks) - 1:
+            ax.set_xlabel(PARAMS, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(
+        fontsize=7, title="dotted: midpoint" if midpoints is not None else None, title_fontsize=7
+    )
+    fig.suptitle("Few-shot metrics against scale", fontsize=10)
+    return _save(fig, out_dir, name)
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What a sweep directory or results CSV provides, the fits it supports, and why anything is missing."""
+
+    results: Results
+    curves: pd.DataFrame | None
+    fewshot: pd.DataFrame | None
+    fits: dict[str, Fit]  # keys: power (L(C) on the frontier), chinchilla, approach1, approach2
+    midpoints: dict[str, pd.DataFrame]  # emergence midpoints against "params" and "flops"
+    missing: dict[str, str]  # piece -> one-line reason
+
+
+def _try(missing: dict[str, str], key: str, make):
+    try:
+        return make()
+    except AnalysisError as e:
+        missing[key] = str(e)
+        return None
+
+
+def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None) -> Sweep:
+    """Load a sweep directory or CSV, fit every law its runs allow and the emergence midpoints."""
+    results = load_results(source, **(columns or {}), require=("params", "tokens", "flops", "loss"))
+    runs, missing, fits = results.runs, {}, {}
+    source = Path(source)
+    curves = fewshot = None
+    if source.is_dir():
+        curves = _try(missing, "curves", lambda: load_curves(source))
+        if (source / "fewshot.csv").is_file():
+            fewshot = _try(missing, "fewshot", lambda: load_fewshot(source))
+        else:
+            missing["fewshot"] = f"'{source}' has no fewshot.csv"
+    else:
+        missing["curves"] = missing["fewshot"] = "a bare results CSV has no run directories or fewshot.csv"
+    edge = frontier(runs)
+    if len(edge) >= 3:
+        offset = len(edge) >= 5  # E, A and alpha need more than three frontier points to be told apart
+        power = lambda: fit_power(edge["flops"], edge["loss"], "flops", offset, bootstrap, seed)  # noqa: E731
+        fits["power"] = _try(missing, "power", power)
+    else:
+        missing["power"] = f"{len(edge)} runs on the loss-compute frontier; need 3 for a power law"
+    fits["chinchilla"] = _try(
+        missing,
+        "chinchilla",
+        lambda: fit_chinchilla(runs["params"], runs["tokens"], runs["loss"], bootstrap, seed),
+    )
+    fits["approach1"] = _try(missing, "approach1", lambda: approach1(curves if curves is not None else runs))
+    fits["approach2"] = _try(missing, "approach2", lambda: approach2(runs, bootstrap, seed))
+    fits = {k: v for k, v in fits.items() if v is not None}
+    midpoints = {}
+    if fewshot is not None:
+        for x in ("params", "flops"):
+            table = _try(missing, "emergence", lambda x=x: emergence_midpoints(fewshot, x, bootstrap, seed))
+            if table is not None:
+                midpoints[x] = table
+    return Sweep(results, curves, fewshot, fits, midpoints, missing)
+
+
+def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
+    """Every figure the sweep allows; returns the written paths and, per skipped figure, the reason."""
+    out_dir, runs, fits, skipped = Path(out_dir), sweep.results.runs, sweep.fits, {}
+    paths: list[Path] = plot_loss_vs_compute(runs, fits.get("power"), out_dir)
+    if "approach2" in fits:
+        paths += plot_isoflop(runs, fits["approach2"], out_dir)
+    else:
+        skipped["isoflop"] = sweep.missing.get("approach2", "no IsoFLOP fit")
+    optimal = {k: fits[k] for k in ("approach1", "approach2", "chinchilla") if k in fits}
+    if optimal:
+        paths += plot_compute_optimal(optimal, (runs["flops"].min(), runs["flops"].max()), out_dir)
+    else:
+        skipped["compute_optimal"] = "no compute-optimal fit (approaches 1-3 all failed)"
+    if "chinchilla" in fits:
+        paths += plot_loss_contours(runs, fits["chinchilla"], out_dir)
+    else:
+        skipped["loss_contours"] = sweep.missing.get("chinchilla", "no L(N, D) fit")
+    if sweep.curves is not None:
+        paths += plot_learning_curves(sweep.curves, out_dir, "tokens")
+        paths += plot_learning_curves(sweep.curves, out_dir, "flops")
+    else:
+        skipped["learning_curves"] = sweep.missing["curves"]
+    if sweep.fewshot is not None:
+        paths += plot_emergence_grid(sweep.fewshot, out_dir, sweep.midpoints.get("params"))
+    else:
+        skipped["emergence"] = sweep.missing["fewshot"]
+    if "power" not in fits:
+        skipped["loss_vs_compute frontier law"] = sweep.missing["power"]
+    for figure, reason in skipped.items():
+        log.warning("skipped %s: %s", figure, reason)
+    return paths, skipped
+
+
+def plot_all(
+    source: str | Path, out_dir: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None
+) -> list[Path]:
+    """Fit and draw every figure a sweep directory or CSV allows, as PNG and PDF; log what is skipped."""
+    return plot_sweep(analyse(source, bootstrap, seed, columns), out_dir)[0]

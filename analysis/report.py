@@ -1,0 +1,269 @@
+"""`report.md` and `report.html` for a sweep: fitted laws with intervals, compute-optimal allocation,
+extrapolation errors, emergence midpoints and every figure.
+
+Both pages are rendered from one list of blocks, so they always say the same thing. The HTML page carries
+its own style and refers to the figures by relative path, like the Markdown.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.fit import Fit, compute_optimal, extrapolation_check
+from analysis.load import AnalysisError
+from analysis.plots import Sweep, analyse, plot_sweep
+
+LAWS = {
+    "power": "Loss-compute frontier: L(C) = E + A·C^(−alpha) through the best run of each compute budget",
+    "power_no_offset": "Loss-compute frontier: L(C) = A·C^(−alpha) through the best run of each budget "
+    "(too few budgets to fit an offset E)",
+    "chinchilla": "Approach 3: L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, eq. 2)",
+    "approach1": "Approach 1: N_opt = k_n·C^a and D_opt = k_d·C^b from the training-curve envelope",
+    "approach2": "Approach 2: N_opt = k_n·C^a and D_opt = k_d·C^b from the IsoFLOP minima",
+}
+FIGURES = {
+    "loss_vs_compute": "Loss against compute, with the frontier power law and its 95% bootstrap band",
+    "isoflop": "IsoFLOP profiles: loss against parameters at fixed compute, with fitted minima",
+    "compute_optimal": "Compute-optimal parameters and tokens against compute",
+    "loss_contours": "Contours of the fitted L(N, D), with the runs and the compute-optimal path",
+    "learning_curves_tokens": "Learning curves against training tokens, coloured by parameter count",
+    "learning_curves_flops": "Learning curves against training compute, coloured by parameter count",
+    "emergence": "Few-shot metrics against parameters; dotted lines mark logistic midpoints",
+}
+
+MIDPOINT_NOTE = (
+    "Scale at which each metric is halfway between its floor and ceiling (exact_match: where it crosses "
+    "0.5), from a logistic in log scale with a 95% bootstrap interval over runs; — marks a midpoint that "
+    "is not identifiable, and the reason says why."
+)
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def fmt(value) -> str:
+    """A number to 4 significant figures; NaN and None as an em dash."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "—"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def fit_table(fit: Fit) -> Table:
+    """One row per fitted parameter: estimate and 95% bootstrap interval."""
+    rows = []
+    for name, value in fit.params.items():
+        lo, hi = fit.ci.get(name, (np.nan, np.nan))
+        rows.append([name, fmt(value), fmt(lo), fmt(hi)])
+    return ["parameter", "estimate", "95% CI low", "95% CI high"], rows
+
+
+def allocation_table(fits: dict[str, Fit], c_values: np.ndarray) -> Table:
+    """N_opt, D_opt and tokens per parameter at a few compute budgets, per approach."""
+    rows = []
+    for key, fit in fits.items():
+        opt = compute_optimal(fit, c_values)
+        for i, c in enumerate(c_values):
+            n, d, ratio = (float(np.asarray(opt[k])[i]) for k in ("N_opt", "D_opt", "tokens_per_param"))
+            rows.append([key, fmt(float(c)), fmt(n), fmt(d), fmt(ratio)])
+    return ["approach", "C (FLOPs)", "N_opt (params)", "D_opt (tokens)", "tokens/param"], rows
+
+
+def exponent_table(fits: dict[str, Fit]) -> Table:
+    """Exponents a (N_opt ∝ C^a) and b (D_opt ∝ C^b) with their intervals, per approach."""
+    rows = []
+    for key, fit in fits.items():
+        ci = {k: fit.ci.get(k, (np.nan, np.nan)) for k in ("a", "b")}
+        a, b = fit.params["a"], fit.params["b"]
+        rows.append(
+            [
+                key,
+                fmt(a),
+                f"{fmt(ci['a'][0])} – {fmt(ci['a'][1])}",
+                fmt(b),
+                f"{fmt(ci['b'][0])} – {fmt(ci['b'][1])}",
+            ]
+        )
+    return ["approach", "a", "a 95% CI", "b", "b 95% CI"], rows
+
+
+def frame_table(df: pd.DataFrame) -> Table:
+    """A DataFrame as header and formatted rows."""
+    return [str(c) for c in df.columns], [[fmt(v) for v in row] for row in df.itertuples(index=False)]
+
+
+def compute_budgets(flops: pd.Series) -> np.ndarray:
+    """Powers of ten at the smallest and largest budget, and one and two decades beyond."""
+    c_min, c_max = float(flops.min()), float(flops.max())
+    return np.unique(10.0 ** np.round(np.log10([c_min, c_max, 10 * c_max, 100 * c_max])))
+
+
+def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir: str) -> list[tuple]:
+    """The report as ("h1"|"h2"|"p"|"table"|"figure"|"list", payload) blocks."""
+    res, fits = sweep.results, sweep.fits
+    runs = res.runs
+    blocks: list[tuple] = [
+        ("h1", f"Scaling report: {res.source.parent.name or res.source.name}"),
+        (
+            "p",
+            f"Source: `{res.source}`. {_count(len(runs), 'completed run')} fitted; "
+            f"{_count(res.excluded, 'run')} excluded because their status was not `completed`.",
+        ),
+        ("h2", "Fitted laws"),
+    ]
+    for key, fit in fits.items():
+        blocks += [
+            ("h3", LAWS["power_no_offset" if key == "power" and "E" not in fit.params else key]),
+            ("p", f"{fit.n_points} points, objective {fmt(fit.objective)}."),
+        ]
+        blocks.append(("table", fit_table(fit)))
+    optimal = {k: fits[k] for k in ("approach1", "approach2", "chinchilla") if k in fits}
+    blocks.append(("h2", "Compute-optimal allocation"))
+    if optimal:
+        blocks += [("p", "Exponents of N_opt ∝ C^a and D_opt ∝ C^b:"), ("table", exponent_table(optimal))]
+        blocks += [
+            ("p", "Allocation at a few budgets:"),
+            ("table", allocation_table(optimal, compute_budgets(runs["flops"]))),
+        ]
+    else:
+        blocks.append(("p", "No compute-optimal fit: approaches 1 to 3 all failed (see below)."))
+    blocks.append(("h2", "Extrapolation check"))
+    try:
+        check = extrapolation_check(runs)
+        if check.empty:
+            raise AnalysisError("no law could be fitted to the runs below the held-out compute")
+        summary = check.groupby("law")["rel_error"].agg(lambda e: float(np.abs(e).mean())).reset_index()
+        summary.columns = ["law", "mean |relative error|"]
+        blocks += [("p", "Each law refitted without the largest-compute runs, then asked to predict them:")]
+        blocks += [("table", frame_table(summary)), ("table", frame_table(check))]
+    except AnalysisError as e:
+        blocks.append(("p", f"Not run: {e}"))
+    blocks.append(("h2", "Emergence midpoints"))
+    if sweep.midpoints:
+        blocks.append(("p", MIDPOINT_NOTE))
+        for x, table in sweep.midpoints.items():
+            cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
+            blocks += [("h3", f"Against {'parameters' if x == 'params' else 'training compute (FLOPs)'}")]
+            blocks.append(("table", frame_table(table[cols])))
+    else:
+        blocks.append(
+            (
+                "p",
+                f"None: {sweep.missing.get('emergence') or sweep.missing.get('fewshot', 'no few-shot data')}",
+            )
+        )
+    blocks.append(("h2", "Figures"))
+    for png in (p for p in figures if p.suffix == ".png"):
+        blocks.append(
+            (
+                "figure",
+                (f"{fig_dir}/{png.name}", f"{fig_dir}/{png.stem}.pdf", FIGURES.get(png.stem, png.stem)),
+            )
+        )
+    notes = {**{k: v for k, v in sweep.missing.items() if k not in fits}, **skipped}
+    if notes:
+        blocks += [("h2", "Skipped"), ("list", [f"{k}: {v}" for k, v in notes.items()])]
+    return blocks
+
+
+def _markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"{'#' * int(kind[1])} {payload}")
+        elif kind == "p":
+            out.append(payload)
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in payload))
+        elif kind == "table":
+            header, rows = payload
+            esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+            lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "figure":
+            png, pdf, caption = payload
+            out.append(f"![{caption}]({png})\n\n*{caption}* ([PDF]({pdf}))")
+    return "\n\n".join(out) + "\n"
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+    "table{border-collapse:collapse;margin:0.5rem 0 1rem;font-size:0.9rem}"
+    "th,td{border:1px solid #ccc;padding:0.2rem 0.5rem;text-align:right}th{background:#f3f3f3}"
+    "td:first-child,th:first-child{text-align:left}img{max-width:100%}figure{margin:1rem 0}"
+    "code{background:#f3f3f3;padding:0 0.2rem}"
+)
+
+
+def _inline(text: str) -> str:
+    """Escape text for HTML, turning `code` spans into <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html(blocks: list[tuple]) -> str:
+    title = next(p for k, p in blocks if k == "h1")
+    out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
+    out.append(f"<style>{STYLE}</style></head><body>")
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{_inline(payload)}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline(payload)}</p>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in payload) + "</ul>")
+        elif kind == "table":
+            header, rows = payload
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+            )
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "figure":
+            png, pdf, caption = (html.escape(s) for s in payload)
+            out.append(
+                f"<figure><img src='{png}' alt='{caption}'><figcaption>{caption} "
+                f"(<a href='{pdf}'>PDF</a>)</figcaption></figure>"
+            )
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(
+    sweep_dir: str | Path,
+    out_dir: str | Path,
+    bootstrap: int = 200,
+    seed: int = 0,
+    columns: dict | None = None,
+) -> dict[str, Path]:
+    """Fit, plot and write `report.md` and `report.html` (figures under `figures/`) into out_dir."""
+    out_dir = Path(out_dir)
+    sweep = analyse(sweep_dir, bootstrap, seed, columns)
+    figures, skipped = plot_sweep(sweep, out_dir / "figures")
+    blocks = _blocks(sweep, figures, skipped, "figures")
+    paths = {
+        "markdown": out_dir / "report.md",
+        "html": out_dir / "report.html",
+        "figures": out_dir / "figures",
+    }
+    _write_atomic(paths["markdown"], _markdown(blocks))
+    _write_atomic(paths["html"], _html(blocks))
+    return paths
