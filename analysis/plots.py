@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.emergence import emergence_curves, emergence_midpoints, metric_kind, metric_order
 from analysis.fit import Fit, approach1, approach2, compute_optimal, fit_chinchilla, fit_power, isoflop_groups
@@ -104,14 +104,13 @@ def _band(fit: Fit, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def plot_loss_vs_compute(
     runs: pd.DataFrame, fit: Fit | None, out_dir: Path, name="loss_vs_compute"
 ) -> list[Path]:
-    """Every run's loss against compute, the Pareto frontier and its power law, extrapolated one decade."""
+    """Every run's loss against compute, the best run per budget and its power law, one decade beyond."""
     fig, ((ax,),) = _figure()
     norm, cmap = _size_colours(runs["params"])
     ax.scatter(runs["flops"], runs["loss"], c=runs["params"], norm=norm, cmap=cmap, s=22, zorder=3)
     edge = frontier(runs)
-    ax.scatter(
-        edge["flops"], edge["loss"], facecolors="none", edgecolors="black", s=60, zorder=4, label="frontier"
-    )
+    ring = {"facecolors": "none", "edgecolors": "black", "s": 70, "zorder": 4}
+    ax.scatter(edge["flops"], edge["loss"], label="best run per budget", **ring)
     if fit is not None:
         c_max = float(runs["flops"].max())
         c_grid = np.logspace(np.log10(runs["flops"].min()), np.log10(c_max) + 1.0, 200)
@@ -124,7 +123,15 @@ def plot_loss_vs_compute(
         if band is not None:
             ax.fill_between(c_grid, *band, color="grey", alpha=0.3, lw=0, label="95% bootstrap band")
         ax.axvline(c_max, color="grey", ls=":", lw=1)
-        ax.text(c_max, ax.get_ylim()[1], " extrapolation", va="top", fontsize=8, color="dimgrey")
+        ax.text(
+            c_max,
+            0.98,
+            " extrapolation",
+            va="top",
+            fontsize=8,
+            color="dimgrey",
+            transform=ax.get_xaxis_transform(),
+        )
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=loss_label(runs), title="Loss against compute")
     _plain_loss_ticks(ax)
     ax.legend(fontsize=8, loc="lower left")
@@ -201,7 +208,7 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     n_DxN, d_DxN = np.meshgrid(10**log_n, 10**log_d)
     loss_DxN = np.asarray(fit.predict(N=n_DxN.ravel(), D=d_DxN.ravel()), float).reshape(n_DxN.shape)
     fig, ((ax,),) = _figure()
-    levels = np.quantile(loss_DxN, np.linspace(0.0, 0.95, 14))
+    levels = MaxNLocator(14).tick_values(loss_DxN.min(), np.quantile(loss_DxN, 0.95))  # round-number contours
     filled = ax.contourf(n_DxN, d_DxN, loss_DxN, levels=levels, cmap="viridis_r", extend="max")
     ax.contour(n_DxN, d_DxN, loss_DxN, levels=levels, colors="white", linewidths=0.4)
     ax.scatter(
@@ -212,7 +219,7 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     ax.plot(opt["N_opt"], opt["D_opt"], color="red", lw=1.5, label="compute-optimal N_opt(C), D_opt(C)")
     ax.set(xscale="log", yscale="log", xlabel=PARAMS, ylabel=TOKENS, title="Fitted L(N, D) (approach 3)")
     ax.set(xlim=(10 ** log_n[0], 10 ** log_n[-1]), ylim=(10 ** log_d[0], 10 ** log_d[-1]))
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
     fig.colorbar(filled, ax=ax, label="Predicted loss (nats/token)")
     return _save(fig, out_dir, name)
 
