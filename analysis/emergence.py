@@ -48,7 +48,10 @@ def metric_order(metrics) -> list[str]:
 
 
 def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, shots, metric, run): mean value, scale (params, flops, tokens) and kind."""
+    """One row per (task, shots, metric, run): mean value, scale (params, flops, tokens) and kind.
+
+    Rows whose value is NaN (a metric the evaluator could not compute) are left out.
+    """
     missing = [
         c for c in ("run_id", "params", "flops", "task", "shots", "metric", "value") if c not in fewshot
     ]
@@ -88,7 +91,7 @@ def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
         value=("value", "mean"),
         _var=("_var", "mean"),
         _k=("value", "size"),
-        n=("n", "sum"),
+        n=("n", lambda n: n.sum(min_count=1)),
     )
     out["stderr"] = np.sqrt(out.pop("_var") / out.pop("_k"))  # stderr of a mean of repeated evaluations
     out = out.reset_index()
@@ -288,9 +291,15 @@ def emergence_midpoints(
     for (task, shots), group in curves.groupby(["task", "shots"], sort=True):
         for metric in metric_order(group["metric"]):
             c = group[group["metric"] == metric]
-            fit = fit_logistic(
-                c[x], c["value"], FIXED_BOUNDS.get(metric), bootstrap, seed, c["stderr"], x_name=x
-            )
+            try:
+                fit = fit_logistic(
+                    c[x], c["value"], FIXED_BOUNDS.get(metric), bootstrap, seed, c["stderr"], x_name=x
+                )
+            except AnalysisError as e:
+                problem = str(e).removeprefix("fit_logistic: ")
+                raise AnalysisError(
+                    f"few-shot table, task '{task}' {shots}-shot {metric}: {problem}"
+                ) from None
             rows.append(
                 {
                     "task": task,

@@ -361,10 +361,10 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
         paths += plot_learning_curves(sweep.curves, out_dir, "flops")
     else:
         skipped["learning_curves"] = sweep.missing["curves"]
-    if sweep.fewshot is not None:
+    if sweep.fewshot is not None and "emergence" not in sweep.missing:
         paths += plot_emergence_grid(sweep.fewshot, out_dir, sweep.midpoints.get("params"))
     else:
-        skipped["emergence"] = sweep.missing["fewshot"]
+        skipped["emergence"] = sweep.missing.get("emergence") or sweep.missing["fewshot"]
     if "power" not in fits:
         skipped["loss_vs_compute frontier law"] = sweep.missing["power"]
     for figure, reason in skipped.items():

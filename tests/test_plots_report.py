@@ -149,6 +149,17 @@ def test_single_budget_sweep_skips_isoflop_with_the_reason(tmp_path, caplog):
     assert f"skipped emergence: '{sweep}' has no fewshot.csv" in caplog.text
 
 
+def test_unusable_fewshot_table_skips_only_the_emergence_figure(sweep_dir, tmp_path, caplog):
+    sweep = Path(shutil.copytree(sweep_dir, tmp_path / "s"))
+    table = pd.read_csv(sweep / "fewshot.csv")
+    table["value"] *= 100  # percent instead of fractions
+    table.to_csv(sweep / "fewshot.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="analysis.plots"):
+        names = {p.stem for p in plot_all(sweep, tmp_path / "figs", bootstrap=0)}
+    assert names == set(FIGURES) - {"emergence"}
+    assert "skipped emergence: few-shot table, task 'copy' 0-shot exact_match: value" in caplog.text
+
+
 def test_frontier_is_the_best_run_per_budget_that_beats_every_cheaper_budget():
     runs = pd.DataFrame({"flops": [1.0, 1.1, 2, 4, 8, 16], "loss": [5.0, 4.8, 5.5, 4.0, 4.2, 3.0]})
     assert frontier(runs)["loss"].tolist() == [4.8, 4.0, 3.0]  # 1 and 1.1 FLOPs are one budget
