@@ -46,7 +46,8 @@ def hoffmann_grid() -> np.ndarray:
 
 
 def power_grid(offset: bool) -> np.ndarray:
-    a = np.arange(0, 25.1, 2.5)
+    """Starts in centred units: a is log of the reducible loss A x^-alpha at the data's mid-scale."""
+    a = np.arange(-5, 3.1, 1.0)
     alpha = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0])
     if not offset:
         return np.array(list(itertools.product(a, alpha)))
@@ -116,11 +117,15 @@ def _converged(law: str, theta: np.ndarray, f: float, grad_norm: float) -> None:
 
 
 # -- power law: L = E + A x^-alpha ---------------------------------------------------------------
-def _power_params(theta_RxP: np.ndarray, offset: bool) -> dict[str, np.ndarray]:
+def _power_params(theta_RxP: np.ndarray, offset: bool, log_x0: float) -> dict[str, np.ndarray]:
+    """Back from centred units: A (x/x0)^-alpha = A x0^alpha x^-alpha."""
     theta = np.atleast_2d(theta_RxP)
-    if offset:
-        return {"E": np.exp(theta[:, 1]), "A": np.exp(theta[:, 0]), "alpha": theta[:, 2]}
-    return {"A": np.exp(theta[:, 0]), "alpha": theta[:, 1]}
+    alpha = theta[:, 2] if offset else theta[:, 1]
+    with np.errstate(over="ignore"):  # a runaway resample becomes inf, and is dropped from intervals
+        A = np.exp(theta[:, 0] + alpha * log_x0)
+        if offset:
+            return {"E": np.exp(theta[:, 1]), "A": A, "alpha": alpha}
+    return {"A": A, "alpha": alpha}
 
 
 def fit_power(
@@ -131,17 +136,20 @@ def fit_power(
     x, loss = _check_positive(x_name, x), _check_positive("loss", loss)
     log_pred = power_log_pred if offset else power_no_offset_log_pred
     _check_points(len(x), 3 if offset else 2, "power")
-    logx, logy = np.log(x)[:, None], np.log(loss)
+    # Centring log x at its mean decorrelates A from alpha: x spans 1e15..1e20 FLOPs, and in raw
+    # units the valley along (log A, alpha) is too narrow for L-BFGS to follow quickly.
+    log_x0 = float(np.mean(np.log(x)))
+    logx, logy = (np.log(x) - log_x0)[:, None], np.log(loss)
     theta, f, g = optimize.multistart(log_pred, power_grid(offset), logx, logy, delta=delta)
     _converged("power", theta, f, g)
-    params = {k: float(v[0]) for k, v in _power_params(theta, offset).items()}
+    params = {k: float(v[0]) for k, v in _power_params(theta, offset, log_x0).items()}
     fit = Fit("power", params, f, len(x), x=x_name)
     if bootstrap:
         w = optimize.bootstrap_weights(len(x), bootstrap, seed)
         thetas, fs, _ = optimize.minimize(
             log_pred, np.tile(theta, (bootstrap, 1)), logx, logy, w, delta, **BOOTSTRAP_SOLVER
         )
-        fit.samples = _power_params(np.where(np.isfinite(fs)[:, None], thetas, np.nan), offset)
+        fit.samples = _power_params(np.where(np.isfinite(fs)[:, None], thetas, np.nan), offset, log_x0)
         fit.ci = _intervals(fit.samples)
     return fit
 
