@@ -80,21 +80,22 @@ def allocation_table(fits: dict[str, Fit], c_values: np.ndarray) -> Table:
     return ["approach", "C (FLOPs)", "N_opt (params)", "D_opt (tokens)", "tokens/param"], rows
 
 
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "—" if ci is None else f"{fmt(ci[0])} – {fmt(ci[1])}"
+
+
 def exponent_table(fits: dict[str, Fit]) -> Table:
     """Exponents a (N_opt ∝ C^a) and b (D_opt ∝ C^b) with their intervals, per approach."""
-    rows = []
-    for key, fit in fits.items():
-        ci = {k: fit.ci.get(k, (np.nan, np.nan)) for k in ("a", "b")}
-        a, b = fit.params["a"], fit.params["b"]
-        rows.append(
-            [
-                key,
-                fmt(a),
-                f"{fmt(ci['a'][0])} – {fmt(ci['a'][1])}",
-                fmt(b),
-                f"{fmt(ci['b'][0])} – {fmt(ci['b'][1])}",
-            ]
-        )
+    rows = [
+        [
+            key,
+            fmt(fit.params["a"]),
+            _interval(fit.ci.get("a")),
+            fmt(fit.params["b"]),
+            _interval(fit.ci.get("b")),
+        ]
+        for key, fit in fits.items()
+    ]
     return ["approach", "a", "a 95% CI", "b", "b 95% CI"], rows
 
 
@@ -109,71 +110,70 @@ def compute_budgets(flops: pd.Series) -> np.ndarray:
     return np.unique(10.0 ** np.round(np.log10([c_min, c_max, 10 * c_max, 100 * c_max])))
 
 
-def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir: str) -> list[tuple]:
-    """The report as ("h1"|"h2"|"p"|"table"|"figure"|"list", payload) blocks."""
-    res, fits = sweep.results, sweep.fits
-    runs = res.runs
-    blocks: list[tuple] = [
-        ("h1", f"Scaling report: {res.source.parent.name or res.source.name}"),
-        (
-            "p",
-            f"Source: `{res.source}`. {_count(len(runs), 'completed run')} fitted; "
-            f"{_count(res.excluded, 'run')} excluded because their status was not `completed`.",
-        ),
-        ("h2", "Fitted laws"),
-    ]
+def _laws(fits: dict[str, Fit]) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Fitted laws")]
     for key, fit in fits.items():
-        blocks += [
-            ("h3", LAWS["power_no_offset" if key == "power" and "E" not in fit.params else key]),
-            ("p", f"{fit.n_points} points, objective {fmt(fit.objective)}."),
-        ]
+        title = LAWS["power_no_offset" if key == "power" and "E" not in fit.params else key]
+        blocks += [("h3", title), ("p", f"{fit.n_points} points, objective {fmt(fit.objective)}.")]
         blocks.append(("table", fit_table(fit)))
+    return blocks
+
+
+def _allocation(fits: dict[str, Fit], runs: pd.DataFrame) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Compute-optimal allocation")]
     optimal = {k: fits[k] for k in ("approach1", "approach2", "chinchilla") if k in fits}
-    blocks.append(("h2", "Compute-optimal allocation"))
-    if optimal:
-        blocks += [("p", "Exponents of N_opt ∝ C^a and D_opt ∝ C^b:"), ("table", exponent_table(optimal))]
-        blocks += [
-            ("p", "Allocation at a few budgets:"),
-            ("table", allocation_table(optimal, compute_budgets(runs["flops"]))),
-        ]
-    else:
-        blocks.append(("p", "No compute-optimal fit: approaches 1 to 3 all failed (see below)."))
-    blocks.append(("h2", "Extrapolation check"))
+    if not optimal:
+        return blocks + [("p", "No compute-optimal fit: approaches 1 to 3 all failed (see Skipped).")]
+    blocks += [("p", "Exponents of N_opt ∝ C^a and D_opt ∝ C^b:"), ("table", exponent_table(optimal))]
+    table = allocation_table(optimal, compute_budgets(runs["flops"]))
+    return blocks + [("p", "Allocation at a few budgets:"), ("table", table)]
+
+
+def _extrapolation(runs: pd.DataFrame) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Extrapolation check")]
     try:
         check = extrapolation_check(runs)
-        if check.empty:
-            raise AnalysisError("no law could be fitted to the runs below the held-out compute")
-        summary = check.groupby("law")["rel_error"].agg(lambda e: float(np.abs(e).mean())).reset_index()
-        summary.columns = ["law", "mean |relative error|"]
-        blocks += [("p", "Each law refitted without the largest-compute runs, then asked to predict them:")]
-        blocks += [("table", frame_table(summary)), ("table", frame_table(check))]
     except AnalysisError as e:
-        blocks.append(("p", f"Not run: {e}"))
-    blocks.append(("h2", "Emergence midpoints"))
-    if sweep.midpoints:
-        blocks.append(("p", MIDPOINT_NOTE))
-        for x, table in sweep.midpoints.items():
-            cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
-            blocks += [("h3", f"Against {'parameters' if x == 'params' else 'training compute (FLOPs)'}")]
-            blocks.append(("table", frame_table(table[cols])))
-    else:
-        blocks.append(
-            (
-                "p",
-                f"None: {sweep.missing.get('emergence') or sweep.missing.get('fewshot', 'no few-shot data')}",
-            )
-        )
+        return blocks + [("p", f"Not run: {e}")]
+    if check.empty:
+        return blocks + [("p", "Not run: no law could be fitted to the runs below the held-out compute.")]
+    summary = check.groupby("law")["rel_error"].agg(lambda e: float(np.abs(e).mean())).reset_index()
+    summary.columns = ["law", "mean |relative error|"]
+    blocks.append(("p", "Each law refitted without the largest-compute runs, then asked to predict them:"))
+    return blocks + [("table", frame_table(summary)), ("table", frame_table(check))]
+
+
+def _emergence(sweep: Sweep) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Emergence midpoints")]
+    if not sweep.midpoints:
+        why = sweep.missing.get("emergence") or sweep.missing.get("fewshot", "no few-shot data")
+        return blocks + [("p", f"None: {why}")]
+    blocks.append(("p", MIDPOINT_NOTE))
+    cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
+    for x, table in sweep.midpoints.items():
+        blocks += [("h3", f"Against {'parameters' if x == 'params' else 'training compute (FLOPs)'}")]
+        blocks.append(("table", frame_table(table[cols])))
+    return blocks
+
+
+def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir: str) -> list[tuple]:
+    """The report as ("h1"|"h2"|"h3"|"p"|"table"|"figure"|"list", payload) blocks."""
+    res, runs = sweep.results, sweep.results.runs
+    counts = f"{_count(len(runs), 'completed run')} fitted; {_count(res.excluded, 'run')} excluded"
+    name = res.source.parent.name if res.source.name == "results.csv" else res.source.stem
+    blocks: list[tuple] = [
+        ("h1", f"Scaling report: {name}"),
+        ("p", f"Source: `{res.source}`. {counts} (status not `completed`)."),
+    ]
+    blocks += _laws(sweep.fits) + _allocation(sweep.fits, runs) + _extrapolation(runs) + _emergence(sweep)
     blocks.append(("h2", "Figures"))
     for png in (p for p in figures if p.suffix == ".png"):
-        blocks.append(
-            (
-                "figure",
-                (f"{fig_dir}/{png.name}", f"{fig_dir}/{png.stem}.pdf", FIGURES.get(png.stem, png.stem)),
-            )
-        )
-    notes = {**{k: v for k, v in sweep.missing.items() if k not in fits}, **skipped}
+        caption = FIGURES.get(png.stem, png.stem)
+        blocks.append(("figure", (f"{fig_dir}/{png.name}", f"{fig_dir}/{png.stem}.pdf", caption)))
+    notes = [f"fit {k}: {v}" for k, v in sweep.missing.items() if k in LAWS]
+    notes += [f"figure {k}: {v}" for k, v in skipped.items()]
     if notes:
-        blocks += [("h2", "Skipped"), ("list", [f"{k}: {v}" for k, v in notes.items()])]
+        blocks += [("h2", "Skipped"), ("list", notes)]
     return blocks
 
 

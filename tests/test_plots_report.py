@@ -167,7 +167,7 @@ def test_frontier_is_the_best_run_per_budget_that_beats_every_cheaper_budget():
 
 def test_report_states_exclusions_and_tables_the_fitted_values(sweep_dir, report):
     md = report["markdown"].read_text()
-    assert "15 completed runs fitted; 1 run excluded because their status was not `completed`" in md
+    assert "15 completed runs fitted; 1 run excluded (status not `completed`)" in md
     sweep = analyse(sweep_dir, bootstrap=BOOTSTRAP, seed=0)
     chin = sweep.fits["chinchilla"]
     assert chin.params["alpha"] == pytest.approx(ALPHA, rel=0.1)  # 0.2% noise: the law comes back
@@ -179,6 +179,7 @@ def test_report_states_exclusions_and_tables_the_fitted_values(sweep_dir, report
     assert abs(a2.params["a"] - BETA / (ALPHA + BETA)) < 0.05
     assert "| approach2 | 1e+19 |" in md  # allocation at the largest budget
     assert "## Extrapolation check" in md and "| power(flops) |" in md
+    assert "## Skipped" not in md  # a full sweep supports every fit and figure
 
 
 def test_report_lists_emergence_midpoints_near_the_true_scale(report):
