@@ -156,7 +156,7 @@ def _search(
     width = xs[-1] - xs[0]
     gap = np.diff(xs).min()
     logk = np.linspace(np.log(0.25 / width), np.log(40.0 / gap), 40)
-    signs = (1.0,) if bounds is None else (1.0, -1.0)  # free bounds flip direction through the sign of span
+    signs = (1.0,) if bounds is None else (1.0, -1.0)  # a falling curve: k < 0 when fixed, span < 0 when free
     m = np.linspace(xs[0] - width, xs[-1] + width, 121)
     sign_G, logk_G, m_G = (a.ravel() for a in np.meshgrid(signs, logk, m, indexing="ij"))
     S_GxN = _sigmoid((sign_G * np.exp(logk_G))[:, None] * (x_N[None, :] - m_G[:, None]))
