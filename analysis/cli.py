@@ -33,8 +33,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--drop-worst", type=int, default=0, metavar="K", help="drop the K highest losses first")
     f.add_argument("--extrapolate", type=float, metavar="FRAC", help="hold out the top FRAC by compute")
     f.add_argument("--json", type=Path, help="write the fit as JSON")
-    for col in ("params", "tokens", "flops", "loss"):
-        f.add_argument(f"--{col}-col", metavar="COLUMN", help=f"column holding {col}")
 
     p = sub.add_parser("plot", help="figures (PNG and PDF) for a sweep directory or CSV")
     p.add_argument("path", type=Path, metavar="SWEEP_DIR|CSV")
@@ -43,6 +41,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="report.md and report.html with fits and figures")
     r.add_argument("path", type=Path, metavar="SWEEP_DIR")
     r.add_argument("--out", type=Path, help="output directory (default: SWEEP_DIR/report)")
+    for parser in (f, p, r):
+        for col in ("params", "tokens", "flops", "loss"):
+            parser.add_argument(f"--{col}-col", metavar="COLUMN", help=f"column holding {col}")
+
+
+def _columns(args: argparse.Namespace) -> dict:
+    return {f"{c}_col": getattr(args, f"{c}_col") for c in ("params", "tokens", "flops", "loss")}
 
 
 def _fit(args: argparse.Namespace) -> dict:
@@ -55,9 +60,7 @@ def _fit(args: argparse.Namespace) -> dict:
     require = {"power": ("loss", args.x), "approach3": ("params", "tokens", "loss")}.get(
         law, ("params", "flops", "loss")
     )
-    results = load_results(
-        args.path, args.params_col, args.tokens_col, args.flops_col, args.loss_col, require=require
-    )
+    results = load_results(args.path, **_columns(args), require=require)
     runs = results.runs
     if args.drop_worst:
         runs = runs.sort_values("loss").iloc[: len(runs) - args.drop_worst].reset_index(drop=True)
@@ -105,7 +108,8 @@ def _print_fit(out: dict) -> None:
         )
     for row in out.get("extrapolation", []):
         print(
-            f"  held out {row['law']}: C={row['flops']:.3g} loss={row['loss']:.4f} rel_error={row['rel_error']:+.2%}"
+            f"  held out {row['law']}: C={row['flops']:.3g} loss={row['loss']:.4f} "
+            f"rel_error={row['rel_error']:+.2%}"
         )
 
 
@@ -124,14 +128,15 @@ def run(args: argparse.Namespace) -> int:
             from analysis import plots
 
             base = args.path if args.path.is_dir() else args.path.parent
-            for path in plots.plot_all(args.path, args.out or base / "figures"):
+            for path in plots.plot_all(args.path, args.out or base / "figures", columns=_columns(args)):
                 print(path)
         elif args.command == "report":
             from analysis import report
 
             if not args.path.is_dir():
                 raise AnalysisError(f"'{args.path}' is not a sweep directory")
-            for path in report.write_report(args.path, args.out or args.path / "report").values():
+            written = report.write_report(args.path, args.out or args.path / "report", columns=_columns(args))
+            for path in written.values():
                 print(path)
     except AnalysisError as e:
         print(f"{args.command}: error: {e}", file=sys.stderr)
