@@ -51,7 +51,7 @@ def _scipy_seconds_per_start(points: pd.DataFrame, starts: np.ndarray, delta: fl
     return (time.perf_counter() - t0) / len(starts)
 
 
-def bench_fit(points: pd.DataFrame, scipy_starts: int = 90, bootstrap: int = 1000, seed: int = 0) -> dict:
+def bench_fit(points: pd.DataFrame, scipy_starts: int = 450, bootstrap: int = 1000, seed: int = 0) -> dict:
     grid = fits.hoffmann_grid()
     N, D, L = points["params"], points["tokens"], points["loss"]
     t0 = time.perf_counter()

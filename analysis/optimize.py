@@ -40,7 +40,7 @@ def objective(log_pred: LogPred, delta: float) -> Callable:
     return f
 
 
-@functools.partial(jax.jit, static_argnames=("log_pred", "delta", "max_iter", "backtracking"))
+@functools.partial(jax.jit, static_argnames=("log_pred", "delta", "backtracking"))
 def _lbfgs_batch(theta_SxP, w_SxN, logx_NxK, logy_N, *, log_pred, delta, max_iter, tol, backtracking):
     loss = objective(log_pred, delta)
     linesearch = optax.scale_by_backtracking_linesearch(max_backtracking_steps=backtracking, store_grad=True)
@@ -79,7 +79,7 @@ def minimize(
     max_iter: int = 500,
     tol: float = 1e-10,
     dtype=np.float64,
-    backtracking: int = 15,
+    backtracking: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run L-BFGS from every start (row), each with its own point weights. Returns theta, f, |grad|."""
     S = len(starts_SxP)
@@ -99,13 +99,13 @@ def multistart(
     logx_NxK: np.ndarray,
     logy_N: np.ndarray,
     delta: float = 1e-3,
-    screen_iter: int = 25,
-    keep: int = 32,
+    screen_iter: int = 15,
+    keep: int = 8,
 ) -> tuple[np.ndarray, float, float]:
     """Best optimum over a grid of starts, in two stages.
 
     Screen: every start takes `screen_iter` L-BFGS steps in float32 (cheap, and enough to land in
-    its basin). Polish: the `keep` lowest take float64 L-BFGS to |grad| < 1e-10. Returns the best
+    its basin). Polish: the `keep` lowest take float64 L-BFGS to |grad| < 1e-9. Returns the best
     theta, its objective and its gradient norm.
     """
     if len(starts_SxP) > keep:
@@ -116,7 +116,7 @@ def multistart(
         finite = np.isfinite(f) & np.isfinite(theta).all(axis=1)
         order = np.argsort(np.where(finite, f, np.inf))[:keep]
         starts_SxP = np.where(finite[order, None], theta[order], starts_SxP[order])
-    theta, f, g = minimize(log_pred, starts_SxP, logx_NxK, logy_N, delta=delta)
+    theta, f, g = minimize(log_pred, starts_SxP, logx_NxK, logy_N, delta=delta, tol=1e-9)
     f = np.where(np.isfinite(f) & np.isfinite(theta).all(axis=1), f, np.inf)
     best = int(np.argmin(f))
     return theta[best], float(f[best]), float(g[best])

@@ -107,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
         "peak_source": source,
         "train": rows,
     }
+    if not args.no_fit:
+        result["fit"] = _bench_fit(args.fit_data)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
