@@ -158,13 +158,13 @@ def fit_power(
 def _chinchilla_params(theta_RxP: np.ndarray) -> dict[str, np.ndarray]:
     theta = np.atleast_2d(theta_RxP)
     alpha, beta = theta[:, 3], theta[:, 4]
-    A, B = np.exp(theta[:, 0]), np.exp(theta[:, 1])
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # a runaway resample becomes inf, and is dropped from intervals
+        A, B = np.exp(theta[:, 0]), np.exp(theta[:, 1])
         G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
-    return {
-        "E": np.exp(theta[:, 2]), "A": A, "B": B, "alpha": alpha, "beta": beta,
-        "a": beta / (alpha + beta), "b": alpha / (alpha + beta), "G": G,
-    }  # fmt: skip
+        return {
+            "E": np.exp(theta[:, 2]), "A": A, "B": B, "alpha": alpha, "beta": beta,
+            "a": beta / (alpha + beta), "b": alpha / (alpha + beta), "G": G,
+        }  # fmt: skip
 
 
 def fit_chinchilla(
