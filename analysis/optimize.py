@@ -79,7 +79,7 @@ def minimize(
     max_iter: int = 500,
     tol: float = 1e-10,
     dtype=np.float64,
-    backtracking: int = 0,
+    backtracking: int = 15,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run L-BFGS from every start (row), each with its own point weights. Returns theta, f, |grad|."""
     S = len(starts_SxP)
@@ -116,7 +116,7 @@ def multistart(
         finite = np.isfinite(f) & np.isfinite(theta).all(axis=1)
         order = np.argsort(np.where(finite, f, np.inf))[:keep]
         starts_SxP = np.where(finite[order, None], theta[order], starts_SxP[order])
-    theta, f, g = minimize(log_pred, starts_SxP, logx_NxK, logy_N, delta=delta, tol=1e-9)
+    theta, f, g = minimize(log_pred, starts_SxP, logx_NxK, logy_N, delta=delta, tol=1e-9, backtracking=0)
     f = np.where(np.isfinite(f) & np.isfinite(theta).all(axis=1), f, np.inf)
     best = int(np.argmin(f))
     return theta[best], float(f[best]), float(g[best])

@@ -64,6 +64,9 @@ def test_approach3_recovers_a_known_law_and_its_allocation():
     assert fit.params["E"] == pytest.approx(TRUE["E"], rel=0.05)
     lo, hi = fit.ci["beta"]
     assert lo < fit.params["beta"] < hi
+    for k in ("alpha", "beta"):  # resamples land beside the estimate, not at a runaway optimum
+        assert fit.ci[k][1] - fit.ci[k][0] < 0.1
+        assert np.isfinite(fit.samples[k]).all()
     a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
     assert fit.params["a"] == pytest.approx(a, abs=0.05)
     alloc = fits.compute_optimal(fit, np.array([1e20, 1e22]))
