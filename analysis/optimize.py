@@ -43,7 +43,14 @@ def objective(log_pred: LogPred, delta: float) -> Callable:
 @functools.partial(jax.jit, static_argnames=("log_pred", "delta", "backtracking"))
 def _lbfgs_batch(theta_SxP, w_SxN, logx_NxK, logy_N, *, log_pred, delta, max_iter, tol, backtracking):
     loss = objective(log_pred, delta)
-    linesearch = optax.scale_by_backtracking_linesearch(max_backtracking_steps=backtracking, store_grad=True)
+    # backtracking=0 asks for the zoom line search (strong Wolfe conditions keep L-BFGS's curvature
+    # pairs valid, which polishing needs); a few backtracking steps are cheaper for screening.
+    if backtracking:
+        linesearch = optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=backtracking, store_grad=True
+        )
+    else:
+        linesearch = optax.scale_by_zoom_linesearch(max_linesearch_steps=30)
     opt = optax.lbfgs(linesearch=linesearch)
 
     def solve(theta0_P, w_N):
