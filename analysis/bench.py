@@ -34,17 +34,23 @@ def reference_points(csv: Path) -> pd.DataFrame:
     )
 
 
-def _scipy_seconds_per_start(points: pd.DataFrame, starts: np.ndarray, delta: float) -> float:
-    """scipy L-BFGS-B with finite-difference gradients, one start at a time (the published loop)."""
-    from scipy.optimize import minimize
-
-    logN, logD = np.log(points["params"].to_numpy()), np.log(points["tokens"].to_numpy())
-    logL = np.log(points["loss"].to_numpy())
+def numpy_objective(points: pd.DataFrame, delta: float = 1e-3):
+    """The Approach-3 objective of `fit.chinchilla_log_pred` in plain numpy, for scipy."""
+    logN, logD = np.log(points["params"].to_numpy(float)), np.log(points["tokens"].to_numpy(float))
+    logL = np.log(points["loss"].to_numpy(float))
 
     def objective(t):
         pred = np.logaddexp(np.logaddexp(t[0] - t[3] * logN, t[1] - t[4] * logD), t[2])
         return huber_np(pred - logL, delta).sum()
 
+    return objective
+
+
+def _scipy_seconds_per_start(points: pd.DataFrame, starts: np.ndarray, delta: float) -> float:
+    """scipy L-BFGS-B with finite-difference gradients, one start at a time (the published loop)."""
+    from scipy.optimize import minimize
+
+    objective = numpy_objective(points, delta)
     t0 = time.perf_counter()
     for s in starts:
         minimize(objective, s, method="L-BFGS-B")

@@ -8,7 +8,7 @@ import pytest
 
 from analysis import fit as fits
 from analysis import optimize
-from analysis.bench import reference_points
+from analysis.bench import numpy_objective, reference_points
 from analysis.cli import main
 from analysis.load import AnalysisError
 from tests.conftest import ROOT
@@ -44,11 +44,7 @@ def test_approach3_optimum_cannot_be_improved_by_scipy():
     minimize = pytest.importorskip("scipy.optimize").minimize
     pts = reference_points(REFERENCE)
     fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"])
-    logN, logD, logL = (np.log(pts[c].to_numpy(float)) for c in ("params", "tokens", "loss"))
-
-    def objective(t):
-        pred = np.logaddexp(np.logaddexp(t[0] - t[3] * logN, t[1] - t[4] * logD), t[2])
-        return optimize.huber_np(pred - logL, 1e-3).sum()
+    objective = numpy_objective(pts)
 
     p = fit.params
     theta = np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
