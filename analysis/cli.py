@@ -7,8 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from analysis.atomic import write_atomic
 from analysis.load import AnalysisError
 
 LAWS = ("power", "approach1", "approach2", "approach3", "chinchilla")
@@ -85,7 +84,7 @@ def _fit(args: argparse.Namespace) -> dict:
         fit = fits.approach1(curves)
     out = fit.to_json() | {"excluded_runs": results.excluded}
     if law != "power":
-        C = np.geomspace(runs["flops"].min(), runs["flops"].max() * 100, 4)
+        C = fits.compute_budgets(runs["flops"])
         alloc = fits.compute_optimal(fit, C)
         out["compute_optimal"] = [{k: float(v[i]) for k, v in alloc.items()} for i in range(len(C))]
     if args.extrapolate:
@@ -121,9 +120,7 @@ def run(args: argparse.Namespace) -> int:
             _print_fit(out)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
-                tmp = args.json.with_name(f".{args.json.name}.tmp")
-                tmp.write_text(json.dumps(out, indent=2) + "\n")
-                tmp.replace(args.json)
+                write_atomic(args.json, json.dumps(out, indent=2) + "\n")
         elif args.command == "plot":
             from analysis import plots
 

@@ -209,6 +209,12 @@ def compute_optimal(fit: Fit, C) -> dict[str, np.ndarray]:
     return {"C": C, "N_opt": N, "D_opt": D, "tokens_per_param": D / N}
 
 
+def compute_budgets(flops) -> np.ndarray:
+    """Powers of ten at the smallest and largest budget, and one and two decades beyond."""
+    c_min, c_max = float(np.min(flops)), float(np.max(flops))
+    return np.unique(10.0 ** np.round(np.log10([c_min, c_max, 10 * c_max, 100 * c_max])))
+
+
 def _loglog_slope(C: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
     """Least squares log Y = log k + s log C; returns (s, k)."""
     s, logk = np.polyfit(np.log(C), np.log(Y), 1)
@@ -386,5 +392,5 @@ def fit_summary_row(fit: Fit) -> dict:
 
 __all__ = [
     "Fit", "fit_power", "fit_chinchilla", "approach1", "approach2", "compute_optimal",
-    "extrapolation_check", "hoffmann_grid", "isoflop_groups", "fit_summary_row",
+    "extrapolation_check", "hoffmann_grid", "isoflop_groups", "fit_summary_row", "compute_budgets",
 ]  # fmt: skip

@@ -8,13 +8,13 @@ its own style and refers to the figures by relative path, like the Markdown.
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.fit import Fit, compute_optimal, extrapolation_check
+from analysis.atomic import write_atomic
+from analysis.fit import Fit, compute_budgets, compute_optimal, extrapolation_check
 from analysis.load import AnalysisError
 from analysis.plots import Sweep, analyse, plot_sweep
 
@@ -102,12 +102,6 @@ def exponent_table(fits: dict[str, Fit]) -> Table:
 def frame_table(df: pd.DataFrame) -> Table:
     """A DataFrame as header and formatted rows."""
     return [str(c) for c in df.columns], [[fmt(v) for v in row] for row in df.itertuples(index=False)]
-
-
-def compute_budgets(flops: pd.Series) -> np.ndarray:
-    """Powers of ten at the smallest and largest budget, and one and two decades beyond."""
-    c_min, c_max = float(flops.min()), float(flops.max())
-    return np.unique(10.0 ** np.round(np.log10([c_min, c_max, 10 * c_max, 100 * c_max])))
 
 
 def _laws(fits: dict[str, Fit]) -> list[tuple]:
@@ -241,12 +235,6 @@ def _html(blocks: list[tuple]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(
     sweep_dir: str | Path,
     out_dir: str | Path,
@@ -264,6 +252,6 @@ def write_report(
         "html": out_dir / "report.html",
         "figures": out_dir / "figures",
     }
-    _write_atomic(paths["markdown"], _markdown(blocks))
-    _write_atomic(paths["html"], _html(blocks))
+    write_atomic(paths["markdown"], _markdown(blocks))
+    write_atomic(paths["html"], _html(blocks))
     return paths
