@@ -29,6 +29,7 @@ DEFAULT_RULES: dict[str, Any] = {
 }
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
 MESH_AXES = ("data", "fsdp", "tensor")
+CORPORA = ("synthetic", "stdlib", "files", "hub", "mixture")
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ class ModelConfig:
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
-    vocab_size: int = 256
+    vocab_size: int = 320  # at least the tokenizer's ids (byte: 257); 320 = 5 * 64 divides evenly
     seq_len: int = 128
     d_ff: int = 0  # 0: 4*d_model for gelu, 8/3*d_model rounded up to a multiple of 64 for swiglu
     mlp: str = "gelu"  # gelu | swiglu
@@ -109,10 +110,55 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
-class DataConfig:
-    corpus: str = "markov"
-    markov_branching: int = 8  # next-token choices per token in the Markov source
-    markov_alpha: float = 1.0  # Zipf exponent of those choices
+class SyntheticConfig:
+    seed: int = 0  # the corpus's own seed, apart from train.seed: every run of a sweep sees one corpus
+    documents: int = 20_000  # documents generated (about 14M tokens at the defaults)
+    doc_words: int = 128  # words per document
+    words: int = 4096  # vocabulary of the generator
+    classes: int = 64  # word classes, a second-order Markov chain over them
+    branching: int = 8  # successor classes per class pair
+    zipf: float = 1.0  # exponent of every Zipfian choice
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """Where documents come from: one corpus, or one component of `data.mixture`."""
+
+    corpus: str = "synthetic"  # synthetic | stdlib | files | hub | mixture
+    paths: list = dataclasses.field(
+        default_factory=list
+    )  # files: .txt/.jsonl/.json/.parquet files or folders
+    text_field: str = "text"  # files and hub: the column holding the document text
+    decode_errors: str = "strict"  # strict | replace: what to do with bytes that are not UTF-8
+    name: str = ""  # hub: dataset name, or a local dataset folder
+    config: str = ""  # hub: dataset config name
+    split: str = "train"  # hub: split to read
+    streaming: bool = False  # hub: stream instead of downloading; needs max_documents
+    max_documents: int = 0  # files and hub: keep the first N documents; 0 keeps all
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+
+
+@dataclasses.dataclass
+class MixtureComponent(SourceConfig):
+    weight: float = 1.0  # share of training sequences; weights are normalised by their sum
+
+
+@dataclasses.dataclass
+class DataConfig(SourceConfig):
+    mixture: list = dataclasses.field(default_factory=list)  # components when corpus is 'mixture'
+    tokenizer: str = "byte"  # byte | bpe (trained on this corpus with model.vocab_size ids)
+    bpe_train_documents: int = 20_000  # documents the BPE is trained on
+    val_fraction: float = 0.01  # share of documents held out for validation, chosen by content hash
+    cache_dir: str = ""  # tokenized Arrow cache; "" = $LMSCALE_CACHE or ~/.cache/lmscale
+
+    def components(self) -> list[MixtureComponent]:
+        """The sources to mix, with weights normalised to sum to one."""
+        if self.corpus != "mixture":
+            fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SourceConfig)}
+            return [MixtureComponent(**fields, weight=1.0)]
+        parts = [_build(MixtureComponent, raw, f"data.mixture[{i}].") for i, raw in enumerate(self.mixture)]
+        total = sum(p.weight for p in parts)
+        return [dataclasses.replace(p, weight=p.weight / total) for p in parts]
 
 
 @dataclasses.dataclass
@@ -156,6 +202,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a string")
         return value
+    if typ is list or origin is list:
+        if isinstance(value, (str, dict)):
+            return [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        return list(value)
     if typ is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}={value!r}: expected a mapping")
@@ -256,7 +308,8 @@ def validate(cfg: Config, n_devices: int) -> Config:
         "model.pos_emb": ("rope", "learned", "sinusoidal"),
         "model.compute_dtype": ("float32", "bfloat16"),
         "mesh.distributed": ("auto", "true", "false"),
-        "data.corpus": ("markov",),
+        "data.corpus": CORPORA,
+        "data.tokenizer": ("byte", "bpe"),
     }
     for key, allowed in choices.items():
         section, name = key.split(".")
@@ -276,12 +329,71 @@ def validate(cfg: Config, n_devices: int) -> Config:
             f"train.tokens={t.tokens} is less than one batch "
             f"({t.batch_size} x {m.seq_len} = {t.batch_size * m.seq_len} tokens)"
         )
-    if cfg.data.markov_branching < 1 or cfg.data.markov_branching > m.vocab_size:
-        raise ConfigError(
-            f"data.markov_branching={cfg.data.markov_branching}: must be in [1, model.vocab_size]"
-        )
+    _validate_data(cfg)
     _validate_mesh(cfg, n_devices)
     return cfg
+
+
+def _validate_source(src: SourceConfig, prefix: str) -> None:
+    choices = {"corpus": CORPORA, "decode_errors": ("strict", "replace")}
+    for name, allowed in choices.items():
+        if getattr(src, name) not in allowed:
+            raise ConfigError(f"{prefix}{name}={getattr(src, name)!r}: expected one of {', '.join(allowed)}")
+    if src.corpus == "files" and not src.paths:
+        raise ConfigError(f"{prefix}paths: the files corpus needs at least one file or folder")
+    if src.corpus == "hub" and not src.name:
+        raise ConfigError(f"{prefix}name: the hub corpus needs a dataset name or folder")
+    if src.max_documents < 0:
+        raise ConfigError(f"{prefix}max_documents={src.max_documents}: must be zero (all) or positive")
+    if src.streaming and src.max_documents == 0:
+        raise ConfigError(f"{prefix}streaming=true needs {prefix}max_documents > 0 to bound the stream")
+    syn = src.synthetic
+    for name in ("documents", "doc_words", "words", "classes", "branching", "zipf"):
+        if getattr(syn, name) <= 0:
+            raise ConfigError(f"{prefix}synthetic.{name}={getattr(syn, name)}: must be positive")
+    if syn.words % syn.classes:
+        raise ConfigError(
+            f"{prefix}synthetic.words={syn.words} is not a multiple of synthetic.classes={syn.classes}"
+        )
+    if syn.branching > syn.classes:
+        raise ConfigError(
+            f"{prefix}synthetic.branching={syn.branching} exceeds synthetic.classes={syn.classes}"
+        )
+    if syn.doc_words < 2 or syn.words > 100_000:
+        raise ConfigError(f"{prefix}synthetic: doc_words must be >= 2 and words <= 100000")
+
+
+def _validate_data(cfg: Config) -> None:
+    d, m = cfg.data, cfg.model
+    if not 0 < d.val_fraction <= 0.5:
+        raise ConfigError(f"data.val_fraction={d.val_fraction}: must be in (0, 0.5]")
+    if d.bpe_train_documents <= 0:
+        raise ConfigError(f"data.bpe_train_documents={d.bpe_train_documents}: must be positive")
+    if m.vocab_size < 257:  # 256 bytes + EOS: the byte alphabet is also BPE's starting point
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} is below the {d.tokenizer} tokenizer's minimum of 257 "
+            "(256 bytes + end-of-document)"
+        )
+    if (d.corpus == "mixture") != bool(d.mixture):
+        raise ConfigError(
+            f"data.mixture: give components exactly when data.corpus is 'mixture' (corpus={d.corpus!r}, "
+            f"{len(d.mixture)} components)"
+        )
+    if d.corpus != "mixture":
+        _validate_source(d, "data.")
+        return
+    for i, raw in enumerate(d.mixture):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"data.mixture[{i}]={raw!r}: expected a mapping with corpus and weight")
+        part = _build(MixtureComponent, raw, f"data.mixture[{i}].")
+        if part.corpus == "mixture":
+            raise ConfigError(f"data.mixture[{i}].corpus='mixture': mixtures do not nest")
+        _validate_source(part, f"data.mixture[{i}].")
+        if not (part.weight >= 0 and math.isfinite(part.weight)):
+            raise ConfigError(f"data.mixture[{i}].weight={part.weight}: must be a finite number >= 0")
+    total = sum(float(raw.get("weight", 1.0)) for raw in d.mixture)
+    if not total > 0:
+        raise ConfigError(f"data.mixture: weights sum to {total:g}; they must sum to a positive number")
 
 
 def _validate_mesh(cfg: Config, n_devices: int) -> None:

@@ -1,89 +1,360 @@
-"""Token sources: iterators of int32 `[batch, seq_len + 1]` arrays whose position can be saved.
+"""The token pipeline: corpus -> hash split -> tokenizer -> Arrow cache -> packed, shuffled, mixed batches.
 
-`MarkovSource` is a seeded first-order Markov chain over the vocabulary. Every token has the same
-Zipfian distribution over `branching` successors, so its entropy rate is known exactly: it is the
-loss a perfect model reaches.
+`prepare(cfg)` builds (or finds) the tokenized cache of every corpus and the tokenizer; `Pipeline.source`
+then gives iterators of int32 `[rows, seq_len + 1]` batches whose position is a small JSON state.
+
+- Split: a document is validation when the hash of its text falls under `data.val_fraction`, so the
+  split of a document never changes as the corpus grows.
+- Packing: each split's documents, each followed by EOS, form one token stream; window j is tokens
+  [j*L, j*L + L + 1), so every token is a target exactly once per epoch.
+- Order: every epoch visits the windows in a fresh permutation drawn from (seed, split, component, epoch).
+- Mixtures: each row of a global batch picks its component with the mixture weights, drawn from
+  (seed, split, batch index); a component's rows continue its own stream, so the state is the batch
+  index plus one count per component.
+- Hosts: every process computes the global batch layout and reads only its own rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import datasets
 import numpy as np
+from datasets.arrow_writer import ArrowWriter
 
-from lmscale.config import Config
+from lmscale import corpora
+from lmscale.config import Config, ConfigError, DataConfig, MixtureComponent
+from lmscale.tokenizer import Tokenizer
 
+PIPELINE_VERSION = "1"  # bump when cached token files change meaning
 _SPLITS = {"train": 0, "val": 1}
 
 
-class MarkovSource:
-    """Batch `i` is a pure function of (seed, split, i): saving `i` is saving the position."""
+def cache_root(d: DataConfig) -> Path:
+    root = d.cache_dir or os.environ.get("LMSCALE_CACHE") or Path.home() / ".cache" / "lmscale"
+    return Path(root).expanduser()
 
-    def __init__(
-        self,
-        vocab_size: int,
-        seq_len: int,
-        batch_size: int,
-        seed: int,
-        split: str = "train",
-        branching: int = 8,
-        alpha: float = 1.0,
-        process_index: int = 0,
-        process_count: int = 1,
-    ):
-        self.seq_len, self.batch_size, self.seed, self.split = seq_len, batch_size, seed, split
-        self.process_index, self.process_count = process_index, process_count
-        table_rng = np.random.default_rng([seed, 7919])  # the chain is shared by both splits
-        self.successors_VxK = np.stack(
-            [table_rng.choice(vocab_size, size=branching, replace=False) for _ in range(vocab_size)]
-        ).astype(np.int32)
-        p = np.arange(1, branching + 1, dtype=np.float64) ** -alpha
-        self.probs_K = p / p.sum()
-        self.cdf_K = np.cumsum(self.probs_K)
-        self.vocab_size = vocab_size
-        self.batch_index = 0
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def is_val(texts: list[str], fraction: float) -> np.ndarray:
+    """Validation membership by content hash: stable as documents are added or reordered."""
+    limit = int(fraction * 2**64)
+    digests = (hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest() for t in texts)
+    return np.array([int.from_bytes(h, "little") < limit for h in digests], bool)
+
+
+class TokenStream:
+    """A split's documents as one token stream, memory-mapped from the Arrow cache (never copied whole)."""
+
+    def __init__(self, path: Path):
+        self.dataset = datasets.Dataset.from_file(str(path))  # memory-mapped
+        column = self.dataset.data.column("ids")
+        self.chunks = [c.flatten().to_numpy(zero_copy_only=True) for c in column.chunks if len(c)]
+        sizes = np.array([len(c) for c in self.chunks], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.n_tokens = int(self.starts[-1])
+
+    def n_windows(self, seq_len: int) -> int:
+        return max((self.n_tokens - 1) // seq_len, 0)
+
+    def window(self, j: int, seq_len: int) -> np.ndarray:
+        lo, hi = j * seq_len, j * seq_len + seq_len + 1
+        c = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        if hi <= self.starts[c + 1]:
+            return self.chunks[c][lo - self.starts[c] : hi - self.starts[c]]
+        parts = []
+        while lo < hi:
+            take = min(hi, self.starts[c + 1]) - lo
+            parts.append(self.chunks[c][lo - self.starts[c] : lo - self.starts[c] + take])
+            lo, c = lo + take, c + 1
+        return np.concatenate(parts)
+
+
+@dataclasses.dataclass
+class Component:
+    """One corpus of the mixture, tokenized and split."""
+
+    prefix: str  # config path, for messages: "data." or "data.mixture[1]."
+    source: MixtureComponent
+    key: str
+    meta: dict
+    streams: dict[str, TokenStream]
+
+
+def _build_cache(
+    comp: MixtureComponent, prefix: str, tok: Tokenizer, d: DataConfig, root: Path, key: str
+) -> Path:
+    """Tokenize one corpus into `root/tokens/key/{train,val}.arrow` plus meta.json, atomically."""
+    final = root / "tokens" / key
+    if (final / "meta.json").exists():
+        return final
+    print(f"lmscale: tokenizing {prefix}corpus={comp.corpus!r} into {final}", file=sys.stderr)
+    tmp = final.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        docs = corpora.load(comp, prefix, root / "hf")
+        features = datasets.Features({"ids": datasets.Sequence(datasets.Value(tok.dtype.name))})
+        meta = {"identity": corpora.identity(comp, prefix), "tokenizer": tok.fingerprint}
+        for split in _SPLITS:
+            want_val = split == "val"
+            part = docs.filter(
+                lambda texts, want_val=want_val: [
+                    bool(t) and v == want_val
+                    for t, v in zip(texts, is_val(texts, d.val_fraction), strict=True)
+                ],
+                input_columns="text",
+                batched=True,
+                keep_in_memory=True,  # only an index of the kept rows
+                desc=f"split {split}",
+            )
+            ids = part.map(
+                lambda batch: {"ids": tok.encode_documents(batch["text"])},
+                batched=True,
+                remove_columns=["text"],
+                features=features,
+                cache_file_name=str(tmp / f"{split}.arrow"),
+                new_fingerprint=f"{key}-{split}",
+                desc=f"tokenize {split}",
+            )
+            if not (tmp / f"{split}.arrow").exists():  # datasets writes no file for an empty split
+                with ArrowWriter(features=features, path=str(tmp / f"{split}.arrow")) as writer:
+                    writer.finalize()
+            lengths = ids.data.column("ids").combine_chunks().value_lengths().to_numpy() if len(ids) else [1]
+            meta[split] = {
+                "documents": len(ids),
+                "tokens": int(np.sum(lengths)) if len(ids) else 0,
+                "max_doc_tokens": int(np.max(lengths)) - 1,  # EOS not counted
+            }
+        if comp.corpus == "synthetic":
+            meta["entropy_rate"] = corpora.synthetic_source(comp).entropy_rate(tok.encode)
+            meta["entropy_per_word"] = corpora.synthetic_source(comp).entropy_per_word()
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished the same key first: its copy is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _tokenizer(
+    cfg: Config, comps: list[MixtureComponent], prefixes: list[str], root: Path, saved: Path | None
+) -> Tokenizer:
+    d = cfg.data
+    if saved is not None and saved.is_file():
+        tok = Tokenizer.load(saved)  # a resumed run keeps the tokenizer it started with
+    elif d.tokenizer == "byte":
+        tok = Tokenizer.byte()
+    else:
+        idents = [corpora.identity(c, p) for c, p in zip(comps, prefixes, strict=True)]
+        key = _key(
+            {
+                "corpora": idents,
+                "weights": [c.weight for c in comps],
+                "vocab": cfg.model.vocab_size,
+                "docs": d.bpe_train_documents,
+                "val": d.val_fraction,
+            }
+        )
+        path = root / "tokenizers" / f"{key}.json"
+        if not path.exists():
+            print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
+            texts = []
+            for comp, prefix in zip(comps, prefixes, strict=True):
+                docs = corpora.load(comp, prefix, root / "hf")
+                n = max(1, round(comp.weight * d.bpe_train_documents))
+                first = docs.select(range(min(len(docs), 4 * n)))["text"]
+                texts += [
+                    t for t, v in zip(first, is_val(first, d.val_fraction), strict=True) if t and not v
+                ][:n]
+            tok = Tokenizer.train_bpe(texts, cfg.model.vocab_size)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+            tok.save(tmp)
+            os.replace(tmp, path)
+        tok = Tokenizer.load(path)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tok.vocab_size} ids"
+        )
+    return tok
+
+
+@dataclasses.dataclass
+class Pipeline:
+    tokenizer: Tokenizer
+    components: list[Component]
+    seq_len: int
 
     @property
-    def entropy_rate(self) -> float:
-        """Nats per token: the irreducible loss after the first token of a sequence."""
-        return float(-(self.probs_K * np.log(self.probs_K)).sum())
+    def weights(self) -> np.ndarray:
+        return np.array([c.source.weight for c in self.components])
 
-    def batch(self, index: int) -> np.ndarray:
-        """This process's rows of global batch `index`."""
-        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
-        B, L = self.batch_size, self.seq_len + 1
-        start_B = rng.integers(0, self.vocab_size, size=B)
-        pick_BxL = np.searchsorted(self.cdf_K, rng.random((B, L - 1)), side="right")
-        pick_BxL = np.minimum(pick_BxL, len(self.cdf_K) - 1)
-        out_BxL = np.empty((B, L), np.int32)
-        out_BxL[:, 0] = start_B
-        for t in range(1, L):
-            out_BxL[:, t] = self.successors_VxK[out_BxL[:, t - 1], pick_BxL[:, t - 1]]
-        rows = B // self.process_count
-        return out_BxL[self.process_index * rows : (self.process_index + 1) * rows]
+    @property
+    def fingerprint(self) -> str:
+        return _key(
+            [self.tokenizer.fingerprint, [[c.key, c.source.weight] for c in self.components], self.seq_len]
+        )
 
-    def __iter__(self) -> MarkovSource:
+    @property
+    def entropy_rate(self) -> float | None:
+        """Nats per token of the training stream when every component's is known, else None."""
+        rates = [c.meta.get("entropy_rate") for c in self.components]
+        return None if None in rates else float(self.weights @ np.array(rates))
+
+    def metadata(self) -> dict:
+        """What the run trained on, for config.yaml and summary.json."""
+        return {
+            "fingerprint": self.fingerprint,
+            "tokenizer": {
+                "kind": self.tokenizer.kind,
+                "vocab_size": self.tokenizer.vocab_size,
+                "fingerprint": self.tokenizer.fingerprint,
+            },
+            "entropy_rate": self.entropy_rate,
+            "components": [
+                {
+                    "corpus": c.source.corpus,
+                    "weight": c.source.weight,
+                    "cache_key": c.key,
+                    **{k: v for k, v in c.meta.items() if k != "tokenizer"},
+                }
+                for c in self.components
+            ],
+        }
+
+    def source(
+        self, split: str, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+    ) -> Source:
+        return Source(self, split, batch_size, seed, process_index, process_count)
+
+
+def prepare(cfg: Config, tokenizer_path: Path | None = None) -> Pipeline:
+    """Tokenizer and token caches for `cfg.data`, building what is missing; ConfigError on bad input."""
+    d = cfg.data
+    root = cache_root(d)
+    comps = d.components()
+    prefixes = ["data."] if d.corpus != "mixture" else [f"data.mixture[{i}]." for i in range(len(comps))]
+    tok = _tokenizer(cfg, comps, prefixes, root, tokenizer_path)
+    parts = []
+    for comp, prefix in zip(comps, prefixes, strict=True):
+        key = _key(
+            {
+                "identity": corpora.identity(comp, prefix),
+                "tokenizer": tok.fingerprint,
+                "val_fraction": d.val_fraction,
+                "version": PIPELINE_VERSION,
+            }
+        )
+        path = _build_cache(comp, prefix, tok, d, root, key)
+        meta = json.loads((path / "meta.json").read_text())
+        if meta["train"]["documents"] == 0:
+            raise ConfigError(
+                f"{prefix}corpus={comp.corpus!r}: the corpus is empty (no non-empty documents{_where(comp)})"
+            )
+        streams = {s: TokenStream(path / f"{s}.arrow") for s in _SPLITS}
+        parts.append(Component(prefix, comp, key, meta, streams))
+    longest = max(c.meta["train"]["max_doc_tokens"] for c in parts)
+    if cfg.model.seq_len > longest:
+        raise ConfigError(
+            f"model.seq_len={cfg.model.seq_len} is longer than every document (the longest has {longest} "
+            "tokens): every sequence would be unrelated documents packed together"
+        )
+    short = [c for c in parts if c.streams["val"].n_windows(cfg.model.seq_len) == 0]
+    if cfg.train.eval_batches and short:
+        raise ConfigError(
+            f"data.val_fraction={d.val_fraction}: {short[0].prefix}corpus={short[0].source.corpus!r} has no "
+            f"validation sequence of {cfg.model.seq_len + 1} tokens; raise it, or set train.eval_batches=0"
+        )
+    return Pipeline(tok, parts, cfg.model.seq_len)
+
+
+def _where(comp: MixtureComponent) -> str:
+    if comp.corpus == "files":
+        return f" in {', '.join(map(str, comp.paths))}"
+    return f" in {comp.name!r}" if comp.corpus == "hub" else ""
+
+
+class Source:
+    """Batches of one split; `state()` after batch k and `restore` give batch k+1 next, exactly."""
+
+    def __init__(
+        self, pipe: Pipeline, split: str, batch_size: int, seed: int, process_index: int, process_count: int
+    ):
+        self.pipe, self.split, self.batch_size, self.seed = pipe, split, batch_size, seed
+        self.rows = slice(
+            process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
+        )
+        self.L = pipe.seq_len
+        self.streams = [c.streams[split] for c in pipe.components]
+        self.n = [s.n_windows(self.L) for s in self.streams]
+        self.batch_index, self.consumed = 0, [0] * len(self.streams)
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    def _order(self, k: int, epoch: int) -> np.ndarray:
+        if (k, epoch) not in self._orders:
+            if len(self._orders) > 2 * len(self.n):
+                self._orders.pop(next(iter(self._orders)))
+            rng = np.random.default_rng([self.seed, _SPLITS[self.split], k, epoch])
+            self._orders[(k, epoch)] = rng.permutation(self.n[k]).astype(np.int64)
+        return self._orders[(k, epoch)]
+
+    def _layout(self, index: int) -> np.ndarray:
+        """Component of each row of global batch `index`."""
+        if len(self.n) == 1:
+            return np.zeros(self.batch_size, np.int64)
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], 2**32 + index])
+        return rng.choice(len(self.n), size=self.batch_size, p=self.pipe.weights)
+
+    def __iter__(self) -> Source:
         return self
 
     def __next__(self) -> np.ndarray:
-        out = self.batch(self.batch_index)
+        comp_B = self._layout(self.batch_index)
+        pos_B = np.empty(self.batch_size, np.int64)
+        for k in range(len(self.n)):
+            rows = np.flatnonzero(comp_B == k)
+            pos_B[rows] = self.consumed[k] + np.arange(len(rows))
+            self.consumed[k] += len(rows)
+        out_BxL = np.empty((self.rows.stop - self.rows.start, self.L + 1), np.int32)
+        for r, (k, pos) in enumerate(zip(comp_B[self.rows], pos_B[self.rows], strict=True)):
+            n = self.n[k]
+            out_BxL[r] = self.streams[k].window(int(self._order(k, pos // n)[pos % n]), self.L)
         self.batch_index += 1
-        return out
+        return out_BxL
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the largest share of any component consumed so far."""
+        return max(c / n for c, n in zip(self.consumed, self.n, strict=True))
 
     def state(self) -> dict:
-        return {"batch_index": self.batch_index}
+        return {
+            "batch_index": self.batch_index,
+            "consumed": list(self.consumed),
+            "fingerprint": self.pipe.fingerprint,
+        }
 
     def restore(self, state: dict) -> None:
-        self.batch_index = int(state["batch_index"])
+        if state.get("fingerprint") != self.pipe.fingerprint:
+            raise ConfigError(
+                f"data: the corpus or tokenizer differs from the one this run was checkpointed with "
+                f"(data fingerprint {state.get('fingerprint')} != {self.pipe.fingerprint}); use a new --out"
+            )
+        self.batch_index, self.consumed = int(state["batch_index"]), [int(c) for c in state["consumed"]]
 
 
-def make_source(cfg: Config, split: str, process_index: int = 0, process_count: int = 1):
-    return MarkovSource(
-        cfg.model.vocab_size,
-        cfg.model.seq_len,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        split=split,
-        branching=cfg.data.markov_branching,
-        alpha=cfg.data.markov_alpha,
-        process_index=process_index,
-        process_count=process_count,
-    )
+def make_source(cfg: Config, split: str, process_index: int = 0, process_count: int = 1) -> Source:
+    """The batches `lmscale train` would draw for `cfg`, without a run directory."""
+    return prepare(cfg).source(split, cfg.train.batch_size, cfg.train.seed, process_index, process_count)

@@ -24,7 +24,7 @@ import lmscale
 from lmscale import flops, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
-from lmscale.data import make_source
+from lmscale.data import Pipeline, prepare
 from lmscale.steps import Steps, build
 
 
@@ -39,7 +39,7 @@ class Hook:
         return step % self.every == 0 or step == last
 
 
-def run_metadata(cfg: Config) -> dict:
+def run_metadata(cfg: Config, pipe: Pipeline) -> dict:
     devices = jax.devices()
     return {
         "versions": {
@@ -58,6 +58,7 @@ def run_metadata(cfg: Config) -> dict:
         },
         "steps": cfg.steps,
         "tokens_per_step": cfg.train.batch_size * cfg.model.seq_len,
+        "data": pipe.metadata(),
     }
 
 
@@ -102,14 +103,17 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
             summary = json.loads(summary_path.read_text())
             if summary.get("status") == "completed":
                 return summary
+    pipe = prepare(cfg, out / "tokenizer.json")  # bad data fails here, before the run dir exists
     out.mkdir(parents=True, exist_ok=True)
     if primary:
-        runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": run_metadata(cfg)})
+        runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": run_metadata(cfg, pipe)})
+        if not (out / "tokenizer.json").exists():
+            runlog.write_atomic(out / "tokenizer.json", pipe.tokenizer.hf.to_str(pretty=True))
 
     t_start = time.perf_counter()
     mesh = sharding.make_mesh(cfg.mesh)
     steps = build(cfg, mesh)
-    loop = _Loop(cfg, out, steps, primary, progress)
+    loop = _Loop(cfg, out, steps, pipe, primary, progress)
     try:
         with StopRequested() as stop:
             summary = loop.run(stop, t_start)
@@ -119,7 +123,7 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
 
 
 class _Loop:
-    def __init__(self, cfg: Config, out: Path, steps: Steps, primary: bool, progress: bool):
+    def __init__(self, cfg: Config, out: Path, steps: Steps, pipe: Pipeline, primary: bool, progress: bool):
         self.cfg, self.out, self.steps, self.primary = cfg, out, steps, primary
         self.total = cfg.steps
         self.tokens_per_step = cfg.train.batch_size * cfg.model.seq_len
@@ -129,9 +133,10 @@ class _Loop:
         self.peak, self.peak_source = peak.peak_flops()
         self.ckpt = Checkpointer(out / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save)
         pi, pc = jax.process_index(), jax.process_count()
-        self.source = make_source(cfg, "train", pi, pc)
-        val = make_source(cfg, "val", pi, pc)
-        self.val_batches = [steps.put_batch(val.batch(i)) for i in range(cfg.train.eval_batches)]
+        self.pipe = pipe
+        self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)
+        val = pipe.source("val", cfg.train.batch_size, cfg.train.seed, pi, pc)
+        self.val_batches = [steps.put_batch(next(val)) for _ in range(cfg.train.eval_batches)]
         self.progress = progress
         self.log, self.bar, self.compile_s, self.done = None, None, None, 0
 
@@ -290,7 +295,9 @@ class _Loop:
             else None,
             "peak_flops": self.peak,
             "peak_source": self.peak_source,
-            "data_entropy_rate": self.source.entropy_rate,
+            "data_entropy_rate": self.pipe.entropy_rate,
+            "data_epochs": self.source.epochs,
+            "data_fingerprint": self.pipe.fingerprint,
             "fewshot": {},
         }
         summary = runlog.finite_or_none(summary)

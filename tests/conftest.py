@@ -7,12 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny.yaml"
+
+# One token cache per test session, shared with subprocesses; tests never touch the network.
+os.environ.setdefault("LMSCALE_CACHE", tempfile.mkdtemp(prefix="lmscale-test-cache-"))
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def lmscale_env(devices: int = 1) -> dict:

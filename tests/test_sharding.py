@@ -10,7 +10,7 @@ from lmscale import config, sharding
 from lmscale.data import make_source
 from lmscale.steps import build
 
-MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 256}
+MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 320}
 TRAIN = {"batch_size": 16, "tokens": 16 * 32 * 20, "lr": 1e-2, "warmup_frac": 0.1}
 MESHES = {
     "single": ({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
@@ -69,8 +69,8 @@ def test_parameters_are_split_the_way_the_rules_say(meshes):
     assert meshes["data=2,fsdp=2,tensor=2"]["wi_shard"] == [2, 32, 128]
     # query is [layers, embed, heads, kv] = [2, 64, 4, 16]: heads over tensor.
     assert meshes["tensor=4,data=2"]["q_shard"] == [2, 64, 1, 16]
-    # embed is [vocab, embed] = [256, 64]: vocab over tensor, embed over fsdp.
-    assert meshes["data=2,fsdp=2,tensor=2"]["embed_shard"] == [128, 32]
+    # embed is [vocab, embed] = [320, 64]: vocab over tensor, embed over fsdp.
+    assert meshes["data=2,fsdp=2,tensor=2"]["embed_shard"] == [160, 32]
     # Adam's moments follow their parameters.
     assert meshes["fsdp=8"]["mu_wi_shard"] == [2, 8, 256]
     assert all(m["n_devices"] == 8 for k, m in meshes.items() if k != "single")
