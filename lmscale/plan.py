@@ -1,0 +1,272 @@
+"""`lmscale plan`: a sweep's cells as a table of params, tokens, FLOPs, memory and time. Trains nothing.
+
+Time comes from a short calibration on the current devices: each distinct shape's train step is
+compiled and timed for a few steps, the largest and smallest first, until the calibration budget is
+spent; shapes left over get their step time interpolated in log FLOPs between measured ones. The
+per-run costs beyond the steps (compiling init and eval, evaluations, checkpoints) are measured once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from lmscale import flops, sharding
+from lmscale.checkpoint import Checkpointer
+from lmscale.config import Config
+from lmscale.data import make_source
+from lmscale.grid import Cell, Sweep, human
+from lmscale.steps import Steps, build
+
+CALIBRATION_S = 15.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
+TIMED_STEPS = 3  # steps timed per shape after one warm-up step (fewer if a step takes over a second)
+EVAL_COST = 1 / 3  # an eval batch is a forward pass: a third of a train step's FLOPs
+
+
+@dataclasses.dataclass
+class Timing:
+    """Measured (or interpolated) costs of one shape."""
+
+    compile_s: float
+    step_s: float
+    setup_s: float
+    measured: bool
+
+
+@dataclasses.dataclass
+class RunCosts:
+    """Per-run costs that barely depend on the shape, measured once on the smallest."""
+
+    init_compile_s: float  # the jitted init: compiled at every run's start
+    eval_compile_s: float  # the eval loss: compiled at the first evaluation
+    save_s: float  # one checkpoint save (asynchronous, so mostly the device-to-host copy)
+    process_s: float  # once per sweep process: the CPU peak calibration that MFU needs
+
+
+def shape_key(cfg: Config) -> tuple:
+    """Everything that changes a train step's compiled program or its speed; tokens and seed do not."""
+    t = cfg.train
+    return (
+        tuple(sorted(dataclasses.asdict(cfg.model).items())),
+        t.batch_size,
+        t.grad_accum,
+        tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(cfg.mesh).items())),
+    )
+
+
+def memory_bytes(cfg: Config, n_devices: int) -> int:
+    """Per-device estimate: float32 params, grads and two Adam moments, plus saved activations."""
+    m, t = cfg.model, cfg.train
+    shape = cfg.mesh.shape(n_devices)
+    dp, tp = shape["data"] * shape["fsdp"], shape["tensor"]
+    state = 16 * flops.param_counts(m).total / (shape["fsdp"] * tp)
+    rows = t.batch_size // t.grad_accum / dp  # sequences per device per micro-batch
+    c = 2 if m.compute_dtype == "bfloat16" else 4
+    S, D, H, F = m.seq_len, m.d_model, m.n_heads, m.ff_dim
+    mlp = (3 if m.mlp == "swiglu" else 2) * F
+    # Saved per layer: residual and norm outputs, q/k/v, attention output, scores and probabilities, MLP.
+    per_layer = rows * S * c * (6 * D + (2 * H * S + 3 * D + mlp) / tp)
+    layers = rows * S * c * D * m.n_layers + per_layer if m.remat else per_layer * m.n_layers
+    logits = 3 * rows * S * m.vocab_size / tp * 4  # float32 logits, softmax and its gradient
+    return int(state + layers + logits)
+
+
+def _zeros(steps: Steps):
+    """A state of zeros with the right shardings: timing a step needs shapes, not trained values."""
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), steps.abstract_state)
+
+
+def time_shape(cfg: Config) -> tuple[Timing, Steps, object]:
+    """Compile `cfg`'s train step and time a few steps of the trainer's loop body, data included."""
+    t0 = time.perf_counter()
+    steps = build(cfg, sharding.make_mesh(cfg.mesh))
+    source = make_source(cfg, "train", jax.process_index(), jax.process_count())
+    t1 = time.perf_counter()
+    compiled = steps.compile_train_step()
+    t2 = time.perf_counter()
+    state = _zeros(steps)
+    state, metrics = compiled(state, steps.put_batch(next(source)))  # warm-up: first-touch allocations
+    jax.block_until_ready(metrics)
+    times = []
+    while len(times) < TIMED_STEPS and sum(times) < 1.0:
+        t = time.perf_counter()
+        state, metrics = compiled(state, steps.put_batch(next(source)))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    return Timing(t2 - t1, statistics.median(times), t1 - t0, True), steps, state
+
+
+def run_costs(steps: Steps, state) -> RunCosts:
+    """Init and eval compile times and a checkpoint save, on one (small) shape."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(steps.init(0))  # compiles and runs init, as every run's start does
+    t1 = time.perf_counter()
+    batch = steps.put_batch(np.zeros((steps.cfg.train.batch_size, steps.cfg.model.seq_len + 1), np.int32))
+    jax.block_until_ready(steps.eval_loss(state.params, batch))
+    t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lmscale-plan-") as tmp:
+        ckpt = Checkpointer(Path(tmp) / "checkpoints", keep=2, async_save=True)
+        t3 = time.perf_counter()
+        ckpt.save(1, state, {"data": {}})
+        ckpt.close()
+        save_s = time.perf_counter() - t3
+    return RunCosts(t1 - t0, t2 - t1, save_s, 0.0)
+
+
+def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise linear in log-log through (xs, ys), flat beyond the ends; xs sorted."""
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    lx, lx0, lx1 = math.log(x), math.log(xs[i - 1]), math.log(xs[i])
+    w = min(max((lx - lx0) / (lx1 - lx0), 0.0), 1.0) if lx1 > lx0 else 0.0
+    return math.exp((1 - w) * math.log(ys[i - 1]) + w * math.log(ys[i]))
+
+
+def step_flops(cfg: Config) -> float:
+    return cfg.train.batch_size * cfg.model.seq_len * flops.train_flops_per_token(cfg.model)
+
+
+def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[tuple, Timing], RunCosts]:
+    """Time the distinct shapes, extremes first, then the one farthest (in log FLOPs) from any timed."""
+    shapes: dict[tuple, Config] = {}
+    for cell in cells:
+        shapes.setdefault(shape_key(cell.cfg), cell.cfg)
+    order = sorted(shapes, key=lambda k: step_flops(shapes[k]))
+    pending = [order[-1], order[0]] if len(order) > 1 else [order[0]]
+    timings: dict[tuple, Timing] = {}
+    costs, t_start = None, time.perf_counter()
+    while pending:
+        key = pending.pop(0)
+        timings[key], steps, state = time_shape(shapes[key])
+        if key == order[0]:
+            costs = run_costs(steps, state)
+        del steps, state
+        if not pending and time.perf_counter() - t_start < budget_s:
+            logged = [math.log(step_flops(shapes[k])) for k in timings]
+            rest = [k for k in order if k not in timings]
+            if rest:
+                pending.append(
+                    max(rest, key=lambda k: min(abs(math.log(step_flops(shapes[k])) - x) for x in logged))
+                )
+    measured = sorted(timings, key=lambda k: step_flops(shapes[k]))
+    if jax.devices()[0].platform == "cpu":  # peak.calibrated_cpu_peak: 8 matmuls of 2048^2, at the best rate
+        best = max(step_flops(shapes[k]) / timings[k].step_s for k in measured)
+        costs.process_s = 8 * 2 * 2048**3 / best
+    xs = [step_flops(shapes[k]) for k in measured]
+    compile_s = statistics.mean(timings[k].compile_s for k in measured)
+    setup_s = statistics.mean(timings[k].setup_s for k in measured)
+    for key in order:
+        if key not in timings:
+            step_s = _interpolate(step_flops(shapes[key]), xs, [timings[k].step_s for k in measured])
+            timings[key] = Timing(compile_s, step_s, setup_s, False)
+    return timings, costs
+
+
+def estimate_s(cfg: Config, timing: Timing, costs: RunCosts) -> float:
+    """One run's wall time as `summary.json` measures it: setup, compiles, steps, evals and saves."""
+    n, t = cfg.steps, cfg.train
+    evals = (n // t.eval_every + (n % t.eval_every > 0)) if t.eval_batches else 0
+    saves = n // cfg.checkpoint.every_steps + (n % cfg.checkpoint.every_steps > 0)
+    eval_s = evals * (t.eval_batches * EVAL_COST * timing.step_s) + (costs.eval_compile_s if evals else 0.0)
+    return (
+        timing.setup_s
+        + timing.compile_s
+        + costs.init_compile_s
+        + n * timing.step_s
+        + eval_s
+        + saves * costs.save_s
+    )
+
+
+def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) -> tuple[pd.DataFrame, dict]:
+    """One row per cell (cheapest first) and the totals; no time columns when `budget_s` is None."""
+    timings, costs = calibrate(sweep.cells, budget_s) if budget_s is not None else ({}, None)
+    rows = []
+    for i, cell in enumerate(sweep.cells):
+        m, counts = cell.cfg.model, flops.param_counts(cell.cfg.model)
+        row = {
+            "run_id": cell.run_id,
+            "n_layers": m.n_layers,
+            "d_model": m.d_model,
+            "n_heads": m.n_heads,
+            "d_ff": m.ff_dim,
+            "params": counts.total,
+            "params_nonembedding": counts.nonembedding,
+            "tokens": cell.cfg.steps * cell.cfg.train.batch_size * m.seq_len,
+            "steps": cell.cfg.steps,
+            "flops": cell.flops,
+            "memory_bytes": memory_bytes(cell.cfg, n_devices),
+            "lr": cell.cfg.train.lr,
+        }
+        if timings:
+            timing = timings[shape_key(cell.cfg)]
+            row["time_s"] = estimate_s(cell.cfg, timing, costs) + (costs.process_s if i == 0 else 0.0)
+            row["timed"] = timing.measured
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    totals = {"runs": len(df), "flops": df["flops"].sum()}
+    if timings:
+        totals |= {
+            "time_s": df["time_s"].sum(),
+            "shapes": len(timings),
+            "timed": sum(t.measured for t in timings.values()),
+        }
+    return df, totals
+
+
+def _duration(s: float) -> str:
+    return f"{s:.1f}s" if s < 60 else f"{s / 60:.1f}min" if s < 3600 else f"{s / 3600:.1f}h"
+
+
+def render(df: pd.DataFrame, totals: dict, device: str) -> str:
+    """The table as text, with human units, then one line of totals."""
+    shown = pd.DataFrame(
+        {
+            "run_id": df["run_id"],
+            "L": df["n_layers"],
+            "D": df["d_model"],
+            "H": df["n_heads"],
+            "F": df["d_ff"],
+            "params": df["params"].map(human),
+            "non-emb": df["params_nonembedding"].map(human),
+            "tokens": df["tokens"].map(human),
+            "FLOPs": df["flops"].map(lambda x: f"{x:.2e}"),
+            "memory": df["memory_bytes"].map(lambda b: f"{b / 2**20:.1f}MiB"),
+            "lr": df["lr"].map(lambda x: f"{x:.3g}"),
+        }
+    )
+    if "time_s" in df:
+        shown["time"] = [
+            _duration(s) + ("" if timed else "*") for s, timed in zip(df["time_s"], df["timed"], strict=True)
+        ]
+    lines = [shown.to_string(index=False)]
+    total = f"total: {totals['runs']} runs, {totals['flops']:.2e} FLOPs"
+    if "time_s" in totals:
+        total += f", about {_duration(totals['time_s'])} on {device}"
+        if totals["timed"] < totals["shapes"]:
+            total += f" (* step time interpolated: {totals['timed']} of {totals['shapes']} shapes timed)"
+    lines.append(total)
+    return "\n".join(lines)
+
+
+def main(sweep: Sweep, calibrate: bool = True) -> int:
+    """Print the plan of an expanded, validated sweep."""
+    t0 = time.perf_counter()
+    devices = jax.devices()
+    device = f"{len(devices)} x {devices[0].device_kind}"
+    df, totals = table(sweep, len(devices), CALIBRATION_S if calibrate else None)
+    print(render(df, totals, device))
+    print(f"plan took {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return 0

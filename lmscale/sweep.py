@@ -1,0 +1,267 @@
+"""`lmscale sweep`: train every cell of a grid, cheapest first, and keep the sweep's tables current.
+
+Each cell trains under an exclusive `flock` on `RUN_DIR/.lock`, so any number of sweep processes on one
+host (or on a filesystem with working POSIX locks) can share a sweep: a cell locked by another process
+is skipped and waited for at the end. The kernel drops the lock when its holder dies, even by SIGKILL,
+and the next process to take it resumes the run from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lmscale import flops, runlog
+from lmscale.config import ConfigError
+from lmscale.grid import Cell, Sweep
+
+LOCK = ".lock"  # per run: held while a process trains it
+TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
+CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
+ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run: pid, host, worker, time
+FINAL = ("completed", "diverged")  # a diverged run would diverge again: rerunning it wastes the compute
+FEWSHOT_COLUMNS = ["run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n"]
+
+# Work on a run after its training completes, e.g. few-shot evaluation. A hook takes the cell, its run
+# directory and its summary and returns the summary to keep; it runs at every visit to a completed cell
+# (so a kill between training and the hook loses nothing) and must skip work it has already done.
+AfterTrain = Callable[[Cell, Path, dict], dict]
+
+
+def assigned(cells: list[Cell], worker: int, num_workers: int) -> list[Cell]:
+    """Worker `worker`'s share: round-robin over the cheapest-first list, so shares cost about the same."""
+    if num_workers < 1:
+        raise ConfigError(f"--num-workers={num_workers}: must be positive")
+    if not 0 <= worker < num_workers:
+        raise ConfigError(f"--worker={worker}: must be in [0, {num_workers}) for --num-workers={num_workers}")
+    return cells[worker::num_workers]
+
+
+@contextlib.contextmanager
+def flocked(path: Path, block: bool) -> Iterator[bool]:
+    """Hold an exclusive flock on `path` for the block; yields False if `block` is off and it is taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _failed_summary(cell: Cell, run_dir: Path, error: str) -> dict:
+    """The run's last summary (or its planned shape if it never wrote one), marked failed."""
+    summary = _read_json(run_dir / "summary.json")
+    if summary is None:
+        m, counts = cell.cfg.model, flops.param_counts(cell.cfg.model)
+        summary = {
+            "params": counts.total,
+            "params_nonembedding": counts.nonembedding,
+            "n_layers": m.n_layers,
+            "d_model": m.d_model,
+            "n_heads": m.n_heads,
+            "d_ff": m.ff_dim,
+            "vocab_size": m.vocab_size,
+            "seq_len": m.seq_len,
+            "batch_size": cell.cfg.train.batch_size,
+            "lr": cell.cfg.train.lr,
+            "seed": cell.cfg.train.seed,
+            "steps": 0,
+            "tokens": 0,
+            "flops": 0,
+            "fewshot": {},
+        }
+    return summary | {"status": "failed", "error": error}
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """results.csv and fewshot.csv, built from every run directory's summary.json."""
+    results, fewshot = [], []
+    for path in sorted(Path(sweep_dir).glob("*/summary.json")):
+        summary = _read_json(path)
+        if summary is None:
+            continue
+        run_id = path.parent.name
+        coords = (_read_json(path.parent / CELL) or {}).get("coords", {})
+        shots_table = summary.pop("fewshot", None) or {}
+        results.append({"run_id": run_id, **summary, **coords})
+        for task, by_shots in shots_table.items():
+            for shots, metrics in by_shots.items():
+                for metric, v in metrics.items():
+                    fewshot.append(
+                        {
+                            "run_id": run_id,
+                            "params": summary.get("params"),
+                            "flops": summary.get("flops"),
+                            "tokens": summary.get("tokens"),
+                            "task": task,
+                            "shots": int(shots),
+                            "metric": metric,
+                            "value": v.get("value"),
+                            "stderr": v.get("stderr"),
+                            "n": v.get("n"),
+                        }
+                    )
+    results_df = pd.json_normalize(results, sep=".") if results else pd.DataFrame(columns=["run_id"])
+    return results_df, pd.DataFrame(fewshot, columns=FEWSHOT_COLUMNS)
+
+
+def write_tables(sweep_dir: Path) -> pd.DataFrame:
+    """Rescan and rewrite both tables atomically; serialised, so the last writer saw the newest runs."""
+    with flocked(Path(sweep_dir) / TABLES_LOCK, block=True):
+        results, fewshot = tables(sweep_dir)
+        runlog.write_atomic(Path(sweep_dir) / "results.csv", results.to_csv(index=False))
+        runlog.write_atomic(Path(sweep_dir) / "fewshot.csv", fewshot.to_csv(index=False))
+    return results
+
+
+# -- the runner -------------------------------------------------------------------------------
+
+
+class Runner:
+    """Visits cells in order; trains those it can lock, then waits for and finishes the rest."""
+
+    def __init__(
+        self,
+        sweep: Sweep,
+        out: Path,
+        worker: int = 0,
+        progress: bool = True,
+        after_train: Sequence[AfterTrain] = (),
+    ):
+        import jax  # imported here: the CLI validates the spec before paying for jax
+
+        self.sweep, self.worker, self.progress = sweep, worker, progress
+        self.after_train = list(after_train)
+        self.sweep_dir = Path(out) / sweep.name
+        self.primary = jax.process_index() == 0
+        # Every host of a multi-host run trains the same cell at once, so hosts must not race for locks;
+        # such a run is one worker, and separate pods split a sweep with --worker.
+        self.locking = jax.process_count() == 1
+        self.status: dict[str, str] = {}
+        self.stopped = False
+
+    def run(self, cells: list[Cell]) -> dict[str, str]:
+        """Statuses of `cells` after training each of them or seeing another process finish it."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(
+            total=len(cells), unit="run", desc=self.sweep.name, file=sys.stderr, disable=not self.progress
+        )
+        try:
+            waiting = [c for c in cells if not self._visit(c, block=False, bar=bar)]
+            for cell in waiting:  # locked by another process: wait for it, then finish it if it died
+                if self.stopped:
+                    break
+                self._visit(cell, block=True, bar=bar)
+        finally:
+            bar.close()
+            if self.primary:
+                write_tables(self.sweep_dir)
+        return self.status
+
+    def _visit(self, cell: Cell, block: bool, bar: tqdm) -> bool:
+        """Train or skip `cell` under its lock; False if another process holds it and `block` is off."""
+        if self.stopped:
+            return True
+        run_dir = self.sweep_dir / cell.run_id
+        run_dir.mkdir(exist_ok=True)
+        lock = flocked(run_dir / LOCK, block) if self.locking else contextlib.nullcontext(True)
+        with lock as held:
+            if not held:
+                return False
+            status = self._run_cell(cell, run_dir)
+        self.status[cell.run_id] = status
+        self.stopped = status == "running"  # SIGTERM: checkpointed; the same command resumes
+        if self.primary:
+            write_tables(self.sweep_dir)
+        bar.update(1)
+        bar.set_postfix(
+            {s: sum(v == s for v in self.status.values()) for s in sorted(set(self.status.values()))}
+        )
+        return True
+
+    def _run_cell(self, cell: Cell, run_dir: Path) -> str:
+        """One cell: train it unless finished, then the after-training hooks on a completed run."""
+        summary = _read_json(run_dir / "summary.json") or {}
+        if summary.get("status") not in FINAL:
+            summary = self._train(cell, run_dir)
+        if summary.get("status") == "completed" and self.after_train:
+            try:
+                for hook in self.after_train:
+                    summary = hook(cell, run_dir, summary)
+            except Exception as e:  # noqa: BLE001 - one bad run must not stop the sweep
+                summary = self._fail(cell, run_dir, e, "after training")
+            if self.primary:
+                runlog.write_json(run_dir / "summary.json", summary)
+        return summary["status"]
+
+    def _train(self, cell: Cell, run_dir: Path) -> dict:
+        from lmscale.train import train
+
+        if self.primary:
+            runlog.write_json(
+                run_dir / CELL, {"run_id": cell.run_id, "sweep": self.sweep.name, "coords": cell.coords}
+            )
+            attempt = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "worker": self.worker,
+                "time": time.time(),
+            }
+            with (run_dir / ATTEMPTS).open("a") as f:
+                f.write(json.dumps(attempt) + "\n")
+        try:
+            return train(cell.cfg, run_dir, progress=self.progress)
+        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep carries on
+            return self._fail(cell, run_dir, e, "training")
+
+    def _fail(self, cell: Cell, run_dir: Path, error: Exception, stage: str) -> dict:
+        message = f"{stage}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        print(
+            f"lmscale sweep: {cell.run_id} failed ({message}); see {run_dir / 'error.log'}", file=sys.stderr
+        )
+        summary = _failed_summary(cell, run_dir, message)
+        if self.primary:
+            runlog.write_atomic(run_dir / "error.log", traceback.format_exc())
+            runlog.write_json(run_dir / "summary.json", summary)
+        return summary
+
+
+def run_sweep(
+    sweep: Sweep,
+    out: Path,
+    worker: int = 0,
+    num_workers: int = 1,
+    progress: bool = True,
+    after_train: Sequence[AfterTrain] = (),
+) -> dict[str, str]:
+    """Run this worker's share of `sweep` into `out/<sweep name>/`; returns run_id -> status."""
+    cells = assigned(sweep.cells, worker, num_workers)
+    return Runner(sweep, out, worker, progress, after_train).run(cells)
