@@ -48,6 +48,38 @@ def _parser() -> argparse.ArgumentParser:
         "(default: 240 points drawn from Hoffmann et al.'s published law)",
     )
 
+    pl = sub.add_parser(
+        "plan",
+        help="a sweep's cells with params, tokens, FLOPs, memory and time estimates; trains nothing",
+        description="Expand a sweep YAML into its cells and print one row per run: shape, params "
+        "(total and non-embedding), tokens, FLOPs, a per-device memory estimate and a time estimate "
+        "from compiling and timing a few train steps of each distinct shape on the current devices. "
+        "The total comes last. Nothing is trained and no run directory is written.",
+        epilog=EPILOG + " Sweep keys are overridden the same way, e.g. sweep.seeds=[0,1].",
+    )
+    pl.add_argument("sweep", type=Path, help="sweep YAML, e.g. experiments/cpu_demo.yaml")
+    pl.add_argument("--no-time", action="store_true", help="skip the calibration and the time estimates")
+    pl.add_argument("overrides", nargs="*", metavar="key=value", help="config or sweep overrides")
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train every cell of a sweep: skip, resume, lock, and tabulate",
+        description="Train the cells of a sweep YAML cheapest first into DIR/<sweep name>/<run_id>/. "
+        "Completed runs are skipped, partial ones resume from their checkpoints, diverged or failed "
+        "runs are marked and the sweep carries on. Each run is locked while it trains, so several "
+        "sweep processes can share one sweep; results.csv and fewshot.csv are rewritten after every "
+        "run. Exit status 1 if any run diverged or failed.",
+        epilog=EPILOG + " Sweep keys are overridden the same way, e.g. sweep.seeds=[0,1].",
+    )
+    sw.add_argument("sweep", type=Path, help="sweep YAML, e.g. experiments/cpu_demo.yaml")
+    sw.add_argument(
+        "--out", type=Path, default=Path("runs"), help="parent of the sweep directory (default: runs)"
+    )
+    sw.add_argument("--worker", type=int, default=0, help="this process's share, 0 .. N-1 (default: 0)")
+    sw.add_argument("--num-workers", type=int, default=1, help="split the cells round-robin into N shares")
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="config or sweep overrides")
+
     from analysis.cli import add_commands  # the reading side: fit, plot, report
 
     add_commands(sub)
@@ -81,6 +113,40 @@ def _train(args: argparse.Namespace) -> int:
     return 1 if status == "diverged" else 0
 
 
+def _load_sweep(args: argparse.Namespace):
+    """Expand and validate the sweep on this host's devices; nothing is written before this passes."""
+    from lmscale import grid
+
+    sweep = grid.load(args.sweep, args.overrides)
+    from lmscale import sharding  # jax is imported only once the spec has parsed
+
+    sharding.initialize_distributed(sweep.cells[0].cfg.mesh.distributed)
+    import jax
+
+    return grid.validate_cells(sweep, jax.device_count())
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from lmscale import plan
+
+    return plan.main(_load_sweep(args), calibrate=not args.no_time)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from lmscale.sweep import assigned, run_sweep
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out '{args.out}' exists and is not a directory")
+    sweep = _load_sweep(args)
+    assigned(sweep.cells, args.worker, args.num_workers)  # bad --worker fails before anything runs
+    statuses = run_sweep(sweep, args.out, args.worker, args.num_workers, progress=not args.no_progress)
+    counts = {s: sum(v == s for v in statuses.values()) for s in sorted(set(statuses.values()))}
+    print(f"{args.out / sweep.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if "running" in statuses.values():
+        print("stopped by SIGTERM after a checkpoint; rerun the same command to resume")
+    return 1 if {"diverged", "failed"} & set(statuses.values()) else 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from lmscale import bench
 
@@ -101,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     try:
-        return {"train": _train, "bench": _bench}[args.command](args)
+        return {"train": _train, "plan": _plan, "sweep": _sweep, "bench": _bench}[args.command](args)
     except ConfigError as e:
         print(f"lmscale {args.command}: error: {e}", file=sys.stderr)
         return 2
