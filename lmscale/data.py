@@ -92,13 +92,14 @@ class Component:
 
 
 def _build_cache(
-    comp: MixtureComponent, prefix: str, tok: Tokenizer, d: DataConfig, root: Path, key: str
+    comp: MixtureComponent, prefix: str, tok: Tokenizer, d: DataConfig, root: Path, key: str, progress: bool
 ) -> Path:
     """Tokenize one corpus into `root/tokens/key/{train,val}.arrow` plus meta.json, atomically."""
     final = root / "tokens" / key
     if (final / "meta.json").exists():
         return final
-    print(f"lmscale: tokenizing {prefix}corpus={comp.corpus!r} into {final}", file=sys.stderr)
+    if progress:
+        print(f"lmscale: tokenizing {prefix}corpus={comp.corpus!r} into {final}", file=sys.stderr)
     tmp = final.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
@@ -149,7 +150,12 @@ def _build_cache(
 
 
 def _tokenizer(
-    cfg: Config, comps: list[MixtureComponent], prefixes: list[str], root: Path, saved: Path | None
+    cfg: Config,
+    comps: list[MixtureComponent],
+    prefixes: list[str],
+    root: Path,
+    saved: Path | None,
+    progress: bool,
 ) -> Tokenizer:
     d = cfg.data
     if saved is not None and saved.is_file():
@@ -169,7 +175,8 @@ def _tokenizer(
         )
         path = root / "tokenizers" / f"{key}.json"
         if not path.exists():
-            print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
+            if progress:
+                print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
             texts = []
             for comp, prefix in zip(comps, prefixes, strict=True):
                 docs = corpora.load(comp, prefix, root / "hf")
@@ -240,13 +247,17 @@ class Pipeline:
         return Source(self, split, batch_size, seed, process_index, process_count)
 
 
-def prepare(cfg: Config, tokenizer_path: Path | None = None) -> Pipeline:
+def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = False) -> Pipeline:
     """Tokenizer and token caches for `cfg.data`, building what is missing; ConfigError on bad input."""
+    if progress:
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
     d = cfg.data
     root = cache_root(d)
     comps = d.components()
     prefixes = ["data."] if d.corpus != "mixture" else [f"data.mixture[{i}]." for i in range(len(comps))]
-    tok = _tokenizer(cfg, comps, prefixes, root, tokenizer_path)
+    tok = _tokenizer(cfg, comps, prefixes, root, tokenizer_path, progress)
     parts = []
     for comp, prefix in zip(comps, prefixes, strict=True):
         key = _key(
@@ -257,7 +268,7 @@ def prepare(cfg: Config, tokenizer_path: Path | None = None) -> Pipeline:
                 "version": PIPELINE_VERSION,
             }
         )
-        path = _build_cache(comp, prefix, tok, d, root, key)
+        path = _build_cache(comp, prefix, tok, d, root, key, progress)
         meta = json.loads((path / "meta.json").read_text())
         if meta["train"]["documents"] == 0:
             raise ConfigError(

@@ -103,7 +103,9 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
             summary = json.loads(summary_path.read_text())
             if summary.get("status") == "completed":
                 return summary
-    pipe = prepare(cfg, out / "tokenizer.json")  # bad data fails here, before the run dir exists
+    pipe = prepare(
+        cfg, out / "tokenizer.json", progress=progress and primary
+    )  # bad data fails here, before the run dir exists
     out.mkdir(parents=True, exist_ok=True)
     if primary:
         runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": run_metadata(cfg, pipe)})

@@ -1,47 +1,202 @@
+"""The token pipeline: exact resume for every corpus kind, hash splits, packing, mixtures, the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import datasets
 import numpy as np
+import pandas as pd
+import pytest
 
-from lmscale.data import MarkovSource
+from lmscale import config, corpora, data
 
-
-def _source(**kw):
-    return MarkovSource(vocab_size=64, seq_len=16, batch_size=8, seed=1, **kw)
-
-
-def test_batches_are_int32_with_one_extra_token_for_the_target():
-    batch = next(_source())
-    assert batch.shape == (8, 17) and batch.dtype == np.int32
-    assert batch.min() >= 0 and batch.max() < 64
+SMALL_SYNTHETIC = {"documents": 300, "doc_words": 48, "words": 512, "classes": 16, "branching": 4}
 
 
-def test_restored_source_continues_with_the_next_batch():
-    a = _source()
-    [next(a) for _ in range(5)]
-    saved = a.state()
-    expected = [next(a) for _ in range(3)]
-    b = _source()
-    b.restore(saved)
+def words_text(rng: np.random.Generator, n_words: int) -> str:
+    vocab = ["alpha", "beta", "gamma", "delta", "épsilon", "zeta", "ηta", "theta", "iota", "kappa"]
+    return " ".join(rng.choice(vocab, n_words))
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    """A folder with .txt, .jsonl and .parquet documents, and a hub-style local dataset folder."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    (root / "txt").mkdir()
+    for i in range(40):
+        (root / "txt" / f"doc{i:02d}.txt").write_text(words_text(rng, 60 + i))
+    rows = [{"text": words_text(rng, 50), "id": i} for i in range(60)]
+    (root / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame({"body": [words_text(rng, 40) for _ in range(50)]}).to_parquet(root / "docs.parquet")
+    hub = root / "hub_folder" / "data"
+    hub.mkdir(parents=True)
+    (hub / "train.jsonl").write_text(
+        "".join(json.dumps({"text": words_text(rng, 45)}) + "\n" for _ in range(80))
+    )
+    saved = root / "saved"
+    datasets.Dataset.from_dict({"text": [words_text(rng, 45) for _ in range(70)]}).save_to_disk(str(saved))
+    return root
+
+
+def make_cfg(tmp_path, data_cfg: dict, seq_len: int = 32, batch: int = 8, **train) -> config.Config:
+    raw = {
+        "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "seq_len": seq_len},
+        "train": {"batch_size": batch, "tokens": batch * seq_len * 100, **train},
+        "data": {"cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2, **data_cfg},
+    }
+    cfg = config.from_dict(raw)
+    return config.validate(cfg, 1)
+
+
+def kinds(corpus_dir) -> dict[str, dict]:
+    return {
+        "synthetic": {"corpus": "synthetic", "synthetic": SMALL_SYNTHETIC},
+        "stdlib": {"corpus": "stdlib", "max_documents": 200},
+        "files-txt": {"corpus": "files", "paths": [str(corpus_dir / "txt")]},
+        "files-jsonl": {"corpus": "files", "paths": [str(corpus_dir / "docs.jsonl")]},
+        "files-parquet": {
+            "corpus": "files",
+            "paths": [str(corpus_dir / "docs.parquet")],
+            "text_field": "body",
+        },
+        "hub": {"corpus": "hub", "name": str(corpus_dir / "hub_folder")},
+        "hub-streaming": {
+            "corpus": "hub",
+            "name": str(corpus_dir / "hub_folder"),
+            "streaming": True,
+            "max_documents": 50,
+        },
+        "hub-saved": {"corpus": "hub", "name": str(corpus_dir / "saved")},
+        "mixture": {
+            "corpus": "mixture",
+            "mixture": [
+                {"corpus": "synthetic", "synthetic": SMALL_SYNTHETIC, "weight": 3},
+                {"corpus": "files", "paths": [str(corpus_dir / "txt")], "weight": 1},
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "synthetic",
+        "stdlib",
+        "files-txt",
+        "files-jsonl",
+        "files-parquet",
+        "hub",
+        "hub-streaming",
+        "hub-saved",
+        "mixture",
+    ],
+)
+def test_restored_source_continues_with_exactly_the_next_batches(tmp_path, corpus_dir, kind):
+    cfg = make_cfg(tmp_path, kinds(corpus_dir)[kind])
+    uninterrupted = data.prepare(cfg).source("train", 8, seed=3)
+    before = [next(uninterrupted) for _ in range(7)]
+    saved = json.loads(json.dumps(uninterrupted.state()))  # the checkpoint stores it as JSON
+    expected = [next(uninterrupted) for _ in range(40)]  # long enough to cross an epoch of small corpora
+    resumed = data.prepare(cfg).source("train", 8, seed=3)  # a new process: the cache is warm
+    resumed.restore(saved)
     for want in expected:
-        np.testing.assert_array_equal(next(b), want)
+        np.testing.assert_array_equal(next(resumed), want)
+    assert before[0].shape == (8, 33) and before[0].dtype == np.int32
+    assert 0 <= min(b.min() for b in before) and max(b.max() for b in before) < 257
 
 
-def test_same_seed_same_batches_and_splits_differ():
-    np.testing.assert_array_equal(next(_source()), next(_source()))
-    assert not np.array_equal(next(_source()), next(_source(split="val")))
+def test_every_token_is_a_target_once_per_epoch(tmp_path, corpus_dir):
+    cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-txt"], seq_len=16)
+    pipe = data.prepare(cfg)
+    stream = pipe.components[0].streams["train"]
+    n = stream.n_windows(16)
+    src = pipe.source("train", 1, seed=0)
+    windows = np.concatenate([next(src) for _ in range(n)])
+    expected = np.stack([stream.window(j, 16) for j in range(n)])
+    # One epoch is a permutation of the windows, and consecutive windows overlap by one token.
+    assert sorted(map(bytes, windows.astype(np.uint16))) == sorted(map(bytes, expected.astype(np.uint16)))
+    np.testing.assert_array_equal(expected[1:, 0], expected[:-1, -1])
+    flat = np.concatenate([expected[0], *[w[1:] for w in expected[1:]]])
+    docs = [t for t in pipe.tokenizer.decode(flat).split("<|endoftext|>") if t]
+    assert set(docs[:-1]) <= {p.read_text() for p in (corpus_dir / "txt").glob("*.txt")}
 
 
-def test_process_shards_tile_the_global_batch():
-    whole = _source().batch(3)
-    parts = [_source(process_index=i, process_count=4).batch(3) for i in range(4)]
-    np.testing.assert_array_equal(np.concatenate(parts), whole)
+def test_validation_documents_never_appear_in_training(tmp_path, corpus_dir):
+    cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-jsonl"], seq_len=16)
+    pipe = data.prepare(cfg)
+
+    def doc_hashes(split: str) -> set[str]:
+        stream = pipe.components[0].streams[split]
+        tokens = np.concatenate(stream.chunks)
+        docs = pipe.tokenizer.decode(tokens).split("<|endoftext|>")[:-1]
+        return {hashlib.sha256(d.encode()).hexdigest() for d in docs}
+
+    train, val = doc_hashes("train"), doc_hashes("val")
+    assert train and val and not train & val
+    texts = [json.loads(line)["text"] for line in (corpus_dir / "docs.jsonl").read_text().splitlines()]
+    assert len(train) + len(val) == len(set(texts))
+    # The split is a function of each document alone: more documents never move an old one.
+    more = texts + [f"new document {i}" for i in range(500)]
+    np.testing.assert_array_equal(data.is_val(more, 0.2)[: len(texts)], data.is_val(texts, 0.2))
+    assert abs(data.is_val(more, 0.2).mean() - 0.2) < 0.05
 
 
-def test_entropy_rate_matches_an_empirical_estimate():
-    src = MarkovSource(vocab_size=32, seq_len=256, batch_size=64, seed=0, branching=4, alpha=1.0)
-    tokens = np.concatenate([src.batch(i) for i in range(8)])
-    counts = np.zeros((32, 32))
-    np.add.at(counts, (tokens[:, :-1].ravel(), tokens[:, 1:].ravel()), 1)
-    p_next = counts / counts.sum(1, keepdims=True)
-    p_prev = counts.sum(1) / counts.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.nansum(p_prev[:, None] * p_next * np.log(p_next))
-    assert abs(h - src.entropy_rate) < 0.01
+def test_process_rows_tile_the_global_batch(tmp_path, corpus_dir):
+    pipe = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
+    full = pipe.source("train", 8, seed=1)
+    whole = [next(full) for _ in range(3)]
+    parts = [pipe.source("train", 8, seed=1, process_index=i, process_count=4) for i in range(4)]
+    for step in range(3):
+        np.testing.assert_array_equal(np.concatenate([next(p) for p in parts]), whole[step])
+
+
+def test_seed_orders_the_windows_and_the_mixture_follows_its_weights(tmp_path, corpus_dir):
+    pipe = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
+    a, b = pipe.source("train", 8, seed=1), pipe.source("train", 8, seed=2)
+    assert not np.array_equal(next(a), next(b))
+    np.testing.assert_array_equal(
+        next(pipe.source("train", 8, seed=1)), next(pipe.source("train", 8, seed=1))
+    )
+    src = pipe.source("train", 64, seed=0)
+    for _ in range(50):
+        next(src)
+    share = src.consumed[0] / sum(src.consumed)
+    assert abs(share - 0.75) < 0.02  # weights 3:1, 3200 rows: binomial sd 0.008
+
+
+def test_second_prepare_reads_the_cache_without_tokenizing(tmp_path, corpus_dir, monkeypatch):
+    cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])
+    first = data.prepare(cfg)
+    monkeypatch.setattr(corpora, "load", lambda *a: pytest.fail("the corpus was loaded again"))
+    second = data.prepare(cfg)
+    assert second.fingerprint == first.fingerprint
+    # A changed file is a different corpus: a new cache key, never stale tokens.
+    monkeypatch.undo()
+    path = corpus_dir / "txt" / "doc00.txt"
+    original = path.read_text()
+    try:
+        path.write_text(original + " omega")
+        assert data.prepare(cfg).components[0].key != first.components[0].key
+    finally:
+        path.write_text(original)
+
+
+def test_restoring_into_a_different_corpus_is_an_error(tmp_path, corpus_dir):
+    a = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])).source("train", 8, seed=0)
+    next(a)
+    b = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-jsonl"])).source("train", 8, seed=0)
+    with pytest.raises(config.ConfigError, match="differs from the one this run was checkpointed with"):
+        b.restore(a.state())
+
+
+def test_pipeline_records_what_it_read(tmp_path, corpus_dir):
+    meta = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"])).metadata()
+    syn, files = meta["components"]
+    assert syn["weight"] == pytest.approx(0.75) and files["weight"] == pytest.approx(0.25)
+    assert syn["entropy_rate"] > 0 and "entropy_rate" not in files
+    assert meta["entropy_rate"] is None  # unknown for the files part, so unknown for the stream
+    stdlib = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["stdlib"])).metadata()["components"][0]
+    assert stdlib["identity"]["python"] and len(stdlib["identity"]["content_sha256"]) == 64

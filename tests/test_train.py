@@ -14,6 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from lmscale.synthetic import SyntheticSource
+from lmscale.tokenizer import Tokenizer
 from tests.conftest import TINY, lmscale_env, run_cli
 
 SUMMARY_KEYS = {
@@ -74,6 +76,12 @@ def test_run_writes_the_contract_files(uninterrupted):
     assert config["model"]["d_model"] == 32
     assert config["meta"]["versions"]["jax"] == jax.__version__
     assert config["meta"]["devices"]["count"] >= 1
+    # The corpus's exact entropy rate is recorded, and the tokenizer travels with the run.
+    rate = SyntheticSource().entropy_rate(Tokenizer.byte().encode)
+    assert summary["data_entropy_rate"] == pytest.approx(rate, rel=1e-9)
+    assert config["meta"]["data"]["entropy_rate"] == pytest.approx(rate, rel=1e-9)
+    assert Tokenizer.load(uninterrupted / "tokenizer.json").fingerprint == Tokenizer.byte().fingerprint
+    assert 0 < summary["data_epochs"] < 0.01
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth_at_the_end(uninterrupted):
