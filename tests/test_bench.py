@@ -15,6 +15,8 @@ def test_bench_reports_throughput_and_mfu_as_json(tmp_path, capsys):
     assert row["size"] == "s" and row["tokens_per_s"] > 0
     assert row["mfu"] == row["flops_per_s"] / result["peak_flops"]
     assert 0 < row["mfu"] < 1.5
+    pipeline = result["pipeline"]
+    assert pipeline["vs_trainer"]["s"] == pytest.approx(pipeline["tokens_per_s"] / row["tokens_per_s"])
 
 
 def test_bench_rejects_unknown_sizes(capsys):
