@@ -29,7 +29,7 @@ DEFAULT_RULES: dict[str, Any] = {
 }
 LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
 MESH_AXES = ("data", "fsdp", "tensor")
-CORPORA = ("synthetic", "stdlib", "files", "hub", "mixture")
+CORPORA = ("synthetic", "stdlib", "tasks", "files", "hub", "mixture")
 
 
 @dataclasses.dataclass
@@ -121,10 +121,18 @@ class SyntheticConfig:
 
 
 @dataclasses.dataclass
+class TaskTextConfig:
+    documents: int = 50_000  # training documents: one k-shot prompt with answers each
+    names: list = dataclasses.field(default_factory=list)  # tasks to include; [] = every task
+    max_shots: int = 8  # each document shows k in [0, max_shots] solved lines before its last one
+    seed: int = 0  # instances are drawn from the training split only, whatever the seed
+
+
+@dataclasses.dataclass
 class SourceConfig:
     """Where documents come from: one corpus, or one component of `data.mixture`."""
 
-    corpus: str = "synthetic"  # synthetic | stdlib | files | hub | mixture
+    corpus: str = "synthetic"  # synthetic | stdlib | tasks | files | hub | mixture
     paths: list = dataclasses.field(
         default_factory=list
     )  # files: .txt/.jsonl/.json/.parquet files or folders
@@ -136,6 +144,7 @@ class SourceConfig:
     streaming: bool = False  # hub: stream instead of downloading; needs max_documents
     max_documents: int = 0  # files and hub: keep the first N documents; 0 keeps all
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    tasks: TaskTextConfig = dataclasses.field(default_factory=TaskTextConfig)
 
 
 @dataclasses.dataclass
@@ -347,6 +356,8 @@ def _validate_source(src: SourceConfig, prefix: str) -> None:
         raise ConfigError(f"{prefix}max_documents={src.max_documents}: must be zero (all) or positive")
     if src.streaming and src.max_documents == 0:
         raise ConfigError(f"{prefix}streaming=true needs {prefix}max_documents > 0 to bound the stream")
+    if src.tasks.documents <= 0 or src.tasks.max_shots < 0:
+        raise ConfigError(f"{prefix}tasks: documents must be positive and max_shots zero or positive")
     syn = src.synthetic
     for name in ("documents", "doc_words", "words", "classes", "branching", "zipf"):
         if getattr(syn, name) <= 0:

@@ -202,12 +202,41 @@ def _load_synthetic(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dat
     return datasets.Dataset.from_dict({"text": docs})
 
 
+# -- tasks --------------------------------------------------------------------------------------
+def _task_names(src: SourceConfig, prefix: str) -> list[str]:
+    from lmscale import tasks
+
+    names = [str(n) for n in src.tasks.names] or list(tasks.TASKS)
+    unknown = [n for n in names if n not in tasks.TASKS]
+    if unknown:
+        raise ConfigError(
+            f"{prefix}tasks.names: unknown task '{unknown[0]}'; known: {', '.join(tasks.TASKS)}"
+        )
+    return names
+
+
+def _tasks_identity(src: SourceConfig, prefix: str) -> dict:
+    from lmscale import tasks
+
+    t = src.tasks
+    versions = {n: tasks.TASKS[n].version for n in _task_names(src, prefix)}
+    return {"tasks": versions, "documents": t.documents, "max_shots": t.max_shots, "seed": t.seed}
+
+
+def _load_tasks(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
+    from lmscale import tasks
+
+    t = src.tasks
+    return tasks.task_corpus(t.documents, t.seed, _task_names(src, prefix), t.max_shots)
+
+
 Loader = Callable[[SourceConfig, str, Path], datasets.Dataset]
 KINDS: dict[str, tuple[Callable[[SourceConfig, str], dict], Loader]] = {
     "files": (_files_identity, _load_files),
     "hub": (_hub_identity, _load_hub),
     "stdlib": (_stdlib_identity, _load_stdlib),
     "synthetic": (_synthetic_identity, _load_synthetic),
+    "tasks": (_tasks_identity, _load_tasks),
 }
 
 

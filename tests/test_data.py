@@ -55,6 +55,8 @@ def kinds(corpus_dir) -> dict[str, dict]:
     return {
         "synthetic": {"corpus": "synthetic", "synthetic": SMALL_SYNTHETIC},
         "stdlib": {"corpus": "stdlib", "max_documents": 200},
+        "tasks": {"corpus": "tasks", "tasks": {"documents": 400}},
+        "tasks": {"corpus": "tasks", "tasks": {"documents": 400}},
         "files-txt": {"corpus": "files", "paths": [str(corpus_dir / "txt")]},
         "files-jsonl": {"corpus": "files", "paths": [str(corpus_dir / "docs.jsonl")]},
         "files-parquet": {
@@ -85,6 +87,7 @@ def kinds(corpus_dir) -> dict[str, dict]:
     [
         "synthetic",
         "stdlib",
+        "tasks",
         "files-txt",
         "files-jsonl",
         "files-parquet",
