@@ -1,6 +1,10 @@
 """Decoder-only Transformer: pre-norm RMSNorm, RoPE, causal attention, GELU or SwiGLU MLP.
 
-Shape suffixes: B batch, L length, D d_model, N heads, H head dim, F d_ff, V vocab.
+Shape suffixes: B batch, L length, S cache length, D d_model, N heads, H head dim, F d_ff, V vocab.
+
+Decoding runs the same modules with a key/value cache (`init_cache`): `model.apply(v, tokens_BxL,
+cache, pos_B)` writes the new keys and values at each row's position and returns (logits, cache).
+Without a cache the training path is unchanged.
 """
 
 from __future__ import annotations
@@ -45,12 +49,13 @@ def _norm(cfg: ModelConfig, name: str) -> nn.Module:
     )
 
 
-def rope(x_BxLxNxH: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021), applied in float32."""
+def rope(x_BxLxNxH: jax.Array, theta: float, pos_BxL: jax.Array | None = None) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), applied in float32; positions default to 0..L-1."""
     L, H = x_BxLxNxH.shape[1], x_BxLxNxH.shape[3]
     inv_freq_h = theta ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
-    angle_Lxh = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq_h[None, :]
-    sin, cos = jnp.sin(angle_Lxh)[None, :, None, :], jnp.cos(angle_Lxh)[None, :, None, :]
+    pos_BxL = jnp.arange(L)[None, :] if pos_BxL is None else pos_BxL
+    angle_BxLxh = pos_BxL.astype(jnp.float32)[:, :, None] * inv_freq_h[None, None, :]
+    sin, cos = jnp.sin(angle_BxLxh)[:, :, None, :], jnp.cos(angle_BxLxh)[:, :, None, :]
     x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return out.astype(x_BxLxNxH.dtype)
@@ -63,11 +68,36 @@ def sinusoid(L: int, D: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angle_LxD2), jnp.cos(angle_LxD2)], axis=-1)
 
 
+Cache = dict  # {"k": [(layers,) B, S, N, H], "v": same}: keys and values at positions 0..S-1
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
+    """An empty key/value cache for every layer, stacked on a leading layer axis."""
+    shape = (cfg.n_layers, batch, length, cfg.n_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+
+
+def cached_attention(
+    q_BxLxNxH: jax.Array, k_BxLxNxH: jax.Array, v_BxLxNxH: jax.Array, cache: Cache, pos_B: jax.Array
+) -> tuple[jax.Array, Cache]:
+    """Write the L new keys and values at positions pos_B.. of each row; attend to the cache causally."""
+    write = jax.vmap(lambda c_SxNxH, u_LxNxH, p: jax.lax.dynamic_update_slice(c_SxNxH, u_LxNxH, (p, 0, 0)))
+    k_BxSxNxH = write(cache["k"], k_BxLxNxH.astype(cache["k"].dtype), pos_B)
+    v_BxSxNxH = write(cache["v"], v_BxLxNxH.astype(cache["v"].dtype), pos_B)
+    L, S = q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
+    qpos_BxL = pos_B[:, None] + jnp.arange(L)[None, :]
+    mask_Bx1xLxS = (jnp.arange(S)[None, None, :] <= qpos_BxL[:, :, None])[:, None]
+    o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1xLxS)
+    return o_BxLxNxH, {"k": k_BxSxNxH, "v": v_BxSxNxH}
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    def __call__(
+        self, x_BxLxD: jax.Array, cache: Cache | None = None, pos_B: jax.Array | None = None
+    ) -> tuple[jax.Array, Cache | None]:
         c = self.cfg
         D, N, H = c.d_model, c.n_heads, c.head_dim
         std_in, std_out = D**-0.5, (N * H * 2 * c.n_layers) ** -0.5
@@ -77,12 +107,17 @@ class Attention(nn.Module):
             y_BxLxNxH = matmul(x_BxLxD, w_DxNxH)
             qkv.append(constrain(y_BxLxNxH, ("batch", "length", "heads", "kv")))
         q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = qkv
+        pos_BxL = None if cache is None else pos_B[:, None] + jnp.arange(x_BxLxD.shape[1])[None, :]
         if c.pos_emb == "rope":
-            q_BxLxNxH, k_BxLxNxH = rope(q_BxLxNxH, c.rope_theta), rope(k_BxLxNxH, c.rope_theta)
-        o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, is_causal=True)
+            q_BxLxNxH = rope(q_BxLxNxH, c.rope_theta, pos_BxL)
+            k_BxLxNxH = rope(k_BxLxNxH, c.rope_theta, pos_BxL)
+        if cache is None:
+            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, is_causal=True)
+        else:
+            o_BxLxNxH, cache = cached_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, cache, pos_B)
         o_BxLxNxH = constrain(o_BxLxNxH, ("batch", "length", "heads", "kv"))
         w_NxHxD = _weight(self, "out", (N, H, D), ("heads", "kv", "embed"), std_out)
-        return matmul(o_BxLxNxH, w_NxHxD, n_in=2)
+        return matmul(o_BxLxNxH, w_NxHxD, n_in=2), cache
 
 
 class Mlp(nn.Module):
@@ -108,19 +143,24 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, _: None = None) -> tuple[jax.Array, None]:
-        x_BxLxD = x_BxLxD + Attention(self.cfg, name="attn")(_norm(self.cfg, "attn_norm")(x_BxLxD))
+    def __call__(
+        self, x_BxLxD: jax.Array, cache: Cache | None = None, pos_B: jax.Array | None = None
+    ) -> tuple[jax.Array, Cache | None]:
+        h_BxLxD, cache = Attention(self.cfg, name="attn")(_norm(self.cfg, "attn_norm")(x_BxLxD), cache, pos_B)
+        x_BxLxD = x_BxLxD + h_BxLxD
         x_BxLxD = x_BxLxD + Mlp(self.cfg, name="mlp")(_norm(self.cfg, "mlp_norm")(x_BxLxD))
-        return constrain(x_BxLxD, ("batch", "length", "embed")), None
+        return constrain(x_BxLxD, ("batch", "length", "embed")), cache
 
 
 class Transformer(nn.Module):
-    """Maps int tokens [B, L] to float32 logits [B, L, V]."""
+    """Maps int tokens [B, L] to float32 logits [B, L, V]; with a cache, to (logits, updated cache)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    def __call__(
+        self, tokens_BxL: jax.Array, cache: Cache | None = None, pos_B: jax.Array | None = None
+    ) -> jax.Array | tuple[jax.Array, Cache]:
         c = self.cfg
         D, V, L = c.d_model, c.vocab_size, tokens_BxL.shape[1]
         embed_init = nn.with_logical_partitioning(nn.initializers.normal(D**-0.5), ("vocab", "embed"))
@@ -131,25 +171,33 @@ class Transformer(nn.Module):
         x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(c.compute_dtype)
         if c.pos_emb == "learned":
             pos_init = nn.with_logical_partitioning(nn.initializers.normal(D**-0.5), ("length", "embed"))
-            x_BxLxD = x_BxLxD + self.param("pos_embed", pos_init, (c.seq_len, D), jnp.float32)[:L]
+            table_LxD = self.param("pos_embed", pos_init, (c.seq_len, D), jnp.float32)
+            x_BxLxD = x_BxLxD + (table_LxD[:L] if cache is None else _at(table_LxD, pos_B, L))
         elif c.pos_emb == "sinusoidal":
-            x_BxLxD = x_BxLxD + sinusoid(L, D).astype(c.compute_dtype) * D**-0.5
+            table_LxD = sinusoid(L, D) if cache is None else _at(sinusoid(c.seq_len, D), pos_B, L)
+            x_BxLxD = x_BxLxD + table_LxD.astype(c.compute_dtype) * D**-0.5
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
 
         block = nn.remat(Block, prevent_cse=not c.scan_layers) if c.remat else Block
         if c.scan_layers:
             # One compiled block reused n_layers times: compile time stays flat as depth grows.
+            # The cache is scanned over its leading layer axis; positions are the same for every layer.
             layers = nn.scan(
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
                 length=c.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BxLxD, _ = layers(c, name="layers")(x_BxLxD, None)
+            x_BxLxD, cache = layers(c, name="layers")(x_BxLxD, cache, pos_B)
         else:
+            caches = []
             for i in range(c.n_layers):
-                x_BxLxD, _ = block(c, name=f"layer_{i}")(x_BxLxD, None)
+                layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
+                x_BxLxD, layer_cache = block(c, name=f"layer_{i}")(x_BxLxD, layer_cache, pos_B)
+                caches.append(layer_cache)
+            cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
 
         x_BxLxD = _norm(c, "final_norm")(x_BxLxD)
         if c.tie_embeddings:
@@ -157,4 +205,10 @@ class Transformer(nn.Module):
         else:
             w_DxV = _weight(self, "unembed", (D, V), ("embed", "vocab"), D**-0.5)
             logits_BxLxV = matmul(x_BxLxD, w_DxV)
-        return constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits_BxLxV = constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))
+        return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+
+def _at(table_SxD: jax.Array, pos_B: jax.Array, L: int) -> jax.Array:
+    """Rows pos_B..pos_B+L-1 of a position table, per batch row: [B, L, D]."""
+    return jnp.take(table_SxD, pos_B[:, None] + jnp.arange(L)[None, :], axis=0)
