@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("sweep", type=Path, help="sweep YAML, e.g. experiments/cpu_demo.yaml")
     pl.add_argument("--no-time", action="store_true", help="skip the calibration and the time estimates")
+    pl.add_argument("--csv", type=Path, help="also write the table, in plain units, to this CSV file")
     pl.add_argument("overrides", nargs="*", metavar="key=value", help="config or sweep overrides")
 
     sw = sub.add_parser(
@@ -129,7 +130,7 @@ def _load_sweep(args: argparse.Namespace):
 def _plan(args: argparse.Namespace) -> int:
     from lmscale import plan
 
-    return plan.main(_load_sweep(args), calibrate=not args.no_time)
+    return plan.main(_load_sweep(args), calibrate=not args.no_time, csv=args.csv)
 
 
 def _sweep(args: argparse.Namespace) -> int:

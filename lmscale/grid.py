@@ -80,7 +80,7 @@ def _number(value: Any, key: str, positive: bool = True) -> float:
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r}: expected a number") from None
     if not math.isfinite(x) or (positive and x <= 0):
-        raise ConfigError(f"{key}={value!r}: must be a positive number")
+        raise ConfigError(f"{key}={x:g}: must be a positive number")
     return x
 
 

@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lmscale import flops, sharding
+from lmscale import flops, runlog, sharding
 from lmscale.checkpoint import Checkpointer
 from lmscale.config import Config
 from lmscale.data import make_source
 from lmscale.grid import Cell, Sweep, human
 from lmscale.steps import Steps, build
 
-CALIBRATION_S = 15.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
+CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
 TIMED_STEPS = 3  # steps timed per shape after one warm-up step (fewer if a step takes over a second)
 EVAL_COST = 1 / 3  # an eval batch is a forward pass: a third of a train step's FLOPs
 
@@ -66,19 +66,20 @@ def shape_key(cfg: Config) -> tuple:
 
 
 def memory_bytes(cfg: Config, n_devices: int) -> int:
-    """Per-device estimate: float32 params, grads and two Adam moments, plus saved activations."""
+    """Per-device estimate: float32 params, grads and two Adam moments, plus the activations and their
+    gradients alive at the backward pass's peak (coefficients fitted to XLA's CPU memory analysis)."""
     m, t = cfg.model, cfg.train
     shape = cfg.mesh.shape(n_devices)
     dp, tp = shape["data"] * shape["fsdp"], shape["tensor"]
     state = 16 * flops.param_counts(m).total / (shape["fsdp"] * tp)
-    rows = t.batch_size // t.grad_accum / dp  # sequences per device per micro-batch
+    tokens = t.batch_size // t.grad_accum / dp * m.seq_len  # per device per micro-batch
     c = 2 if m.compute_dtype == "bfloat16" else 4
-    S, D, H, F = m.seq_len, m.d_model, m.n_heads, m.ff_dim
-    mlp = (3 if m.mlp == "swiglu" else 2) * F
-    # Saved per layer: residual and norm outputs, q/k/v, attention output, scores and probabilities, MLP.
-    per_layer = rows * S * c * (6 * D + (2 * H * S + 3 * D + mlp) / tp)
-    layers = rows * S * c * D * m.n_layers + per_layer if m.remat else per_layer * m.n_layers
-    logits = 3 * rows * S * m.vocab_size / tp * 4  # float32 logits, softmax and its gradient
+    mlp = (3 if m.mlp == "swiglu" else 2) * m.ff_dim
+    # Per token per layer: residual-stream tensors (~21 of width D), the MLP's hidden activations, and
+    # the attention scores and probabilities (heads x seq_len), the last two split by tensor parallelism.
+    per_layer = tokens * c * (21 * m.d_model + (2.5 * mlp + 3.5 * m.n_heads * m.seq_len) / tp)
+    layers = tokens * c * m.d_model * m.n_layers + per_layer if m.remat else per_layer * m.n_layers
+    logits = 3 * tokens * m.vocab_size / tp * 4  # float32 logits, softmax and its gradient
     return int(state + layers + logits)
 
 
@@ -146,14 +147,16 @@ def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[
     order = sorted(shapes, key=lambda k: step_flops(shapes[k]))
     pending = [order[-1], order[0]] if len(order) > 1 else [order[0]]
     timings: dict[tuple, Timing] = {}
-    costs, t_start = None, time.perf_counter()
+    costs, t_start, spent = None, time.perf_counter(), []
     while pending:
         key = pending.pop(0)
+        t0 = time.perf_counter()
         timings[key], steps, state = time_shape(shapes[key])
+        spent.append(time.perf_counter() - t0)
         if key == order[0]:
             costs = run_costs(steps, state)
         del steps, state
-        if not pending and time.perf_counter() - t_start < budget_s:
+        if not pending and time.perf_counter() - t_start + statistics.mean(spent) < budget_s:
             logged = [math.log(step_flops(shapes[k])) for k in timings]
             rest = [k for k in order if k not in timings]
             if rest:
@@ -261,12 +264,16 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
     return "\n".join(lines)
 
 
-def main(sweep: Sweep, calibrate: bool = True) -> int:
-    """Print the plan of an expanded, validated sweep."""
+def main(sweep: Sweep, calibrate: bool = True, csv: Path | None = None) -> int:
+    """Print the plan of an expanded, validated sweep (and write it to `csv` if given)."""
     t0 = time.perf_counter()
     devices = jax.devices()
     device = f"{len(devices)} x {devices[0].device_kind}"
     df, totals = table(sweep, len(devices), CALIBRATION_S if calibrate else None)
     print(render(df, totals, device))
-    print(f"plan took {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if csv is not None:
+        Path(csv).parent.mkdir(parents=True, exist_ok=True)
+        runlog.write_atomic(Path(csv), df.to_csv(index=False))
+    if calibrate:
+        print(f"plan took {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
