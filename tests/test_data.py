@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from lmscale import config, corpora, data
+from lmscale.tokenizer import Tokenizer
 
 SMALL_SYNTHETIC = {"documents": 300, "doc_words": 48, "words": 512, "classes": 16, "branching": 4}
 
@@ -55,7 +56,6 @@ def kinds(corpus_dir) -> dict[str, dict]:
     return {
         "synthetic": {"corpus": "synthetic", "synthetic": SMALL_SYNTHETIC},
         "stdlib": {"corpus": "stdlib", "max_documents": 200},
-        "tasks": {"corpus": "tasks", "tasks": {"documents": 400}},
         "tasks": {"corpus": "tasks", "tasks": {"documents": 400}},
         "files-txt": {"corpus": "files", "paths": [str(corpus_dir / "txt")]},
         "files-jsonl": {"corpus": "files", "paths": [str(corpus_dir / "docs.jsonl")]},
@@ -203,3 +203,17 @@ def test_pipeline_records_what_it_read(tmp_path, corpus_dir):
     assert meta["entropy_rate"] is None  # unknown for the files part, so unknown for the stream
     stdlib = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["stdlib"])).metadata()["components"][0]
     assert stdlib["identity"]["python"] and len(stdlib["identity"]["content_sha256"]) == 64
+
+
+def test_bpe_is_trained_once_and_a_run_keeps_its_own(tmp_path, corpus_dir):
+    cfg = make_cfg(tmp_path, {**kinds(corpus_dir)["stdlib"], "tokenizer": "bpe"}, seq_len=64)
+    cfg.model.vocab_size = 512
+    first = data.prepare(cfg)
+    assert first.tokenizer.kind == "bpe" and first.tokenizer.vocab_size == 512
+    assert data.prepare(cfg).tokenizer.fingerprint == first.tokenizer.fingerprint  # cached, not retrained
+    # A run directory's tokenizer.json wins over whatever the cache holds now.
+    own = Tokenizer.train_bpe(["a different corpus entirely " * 50], vocab_size=300)
+    own.save(tmp_path / "tokenizer.json")
+    resumed = data.prepare(cfg, tmp_path / "tokenizer.json")
+    assert resumed.tokenizer.fingerprint == own.fingerprint
+    assert resumed.fingerprint != first.fingerprint  # so a checkpoint from `first` would refuse it
