@@ -206,10 +206,12 @@ def test_pipeline_records_what_it_read(tmp_path, corpus_dir):
 
 
 def test_bpe_is_trained_once_and_a_run_keeps_its_own(tmp_path, corpus_dir):
-    cfg = make_cfg(tmp_path, {**kinds(corpus_dir)["stdlib"], "tokenizer": "bpe"}, seq_len=64)
+    cfg = make_cfg(tmp_path, {**kinds(corpus_dir)["files-txt"], "tokenizer": "bpe"}, seq_len=32)
     cfg.model.vocab_size = 512
     first = data.prepare(cfg)
-    assert first.tokenizer.kind == "bpe" and first.tokenizer.vocab_size == 512
+    assert (
+        first.tokenizer.kind == "bpe" and 257 < first.tokenizer.vocab_size <= 512
+    )  # small corpora stop early
     assert data.prepare(cfg).tokenizer.fingerprint == first.tokenizer.fingerprint  # cached, not retrained
     # A run directory's tokenizer.json wins over whatever the cache holds now.
     own = Tokenizer.train_bpe(["a different corpus entirely " * 50], vocab_size=300)
