@@ -92,9 +92,23 @@ class Component:
 
 
 def _build_cache(
-    comp: MixtureComponent, prefix: str, tok: Tokenizer, d: DataConfig, root: Path, key: str, progress: bool
+    comp: MixtureComponent,
+    prefix: str,
+    identity: dict,
+    tok: Tokenizer,
+    d: DataConfig,
+    root: Path,
+    progress: bool,
 ) -> Path:
-    """Tokenize one corpus into `root/tokens/key/{train,val}.arrow` plus meta.json, atomically."""
+    """Tokenize one corpus into `root/tokens/KEY/{train,val}.arrow` plus meta.json, atomically."""
+    key = _key(
+        {
+            "identity": identity,
+            "tokenizer": tok.fingerprint,
+            "val_fraction": d.val_fraction,
+            "version": PIPELINE_VERSION,
+        }
+    )
     final = root / "tokens" / key
     if (final / "meta.json").exists():
         return final
@@ -105,7 +119,7 @@ def _build_cache(
     try:
         docs = corpora.load(comp, prefix, root / "hf")
         features = datasets.Features({"ids": datasets.Sequence(datasets.Value(tok.dtype.name))})
-        meta = {"identity": corpora.identity(comp, prefix), "tokenizer": tok.fingerprint}
+        meta = {"key": key, "identity": identity, "tokenizer": tok.fingerprint}
         for split in _SPLITS:
             want_val = split == "val"
             part = docs.filter(
@@ -130,10 +144,11 @@ def _build_cache(
             if not (tmp / f"{split}.arrow").exists():  # datasets writes no file for an empty split
                 with ArrowWriter(features=features, path=str(tmp / f"{split}.arrow")) as writer:
                     writer.finalize()
-            lengths = ids.data.column("ids").combine_chunks().value_lengths().to_numpy() if len(ids) else [1]
+            chunks = ids.data.column("ids").chunks if len(ids) else []  # empty: map kept the old columns
+            lengths = np.concatenate([c.value_lengths().to_numpy() for c in chunks] + [[1]])
             meta[split] = {
                 "documents": len(ids),
-                "tokens": int(np.sum(lengths)) if len(ids) else 0,
+                "tokens": int(np.sum(lengths)) - 1,
                 "max_doc_tokens": int(np.max(lengths)) - 1,  # EOS not counted
             }
         if comp.corpus == "synthetic":
@@ -260,22 +275,14 @@ def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = Fa
     tok = _tokenizer(cfg, comps, prefixes, root, tokenizer_path, progress)
     parts = []
     for comp, prefix in zip(comps, prefixes, strict=True):
-        key = _key(
-            {
-                "identity": corpora.identity(comp, prefix),
-                "tokenizer": tok.fingerprint,
-                "val_fraction": d.val_fraction,
-                "version": PIPELINE_VERSION,
-            }
-        )
-        path = _build_cache(comp, prefix, tok, d, root, key, progress)
+        path = _build_cache(comp, prefix, corpora.identity(comp, prefix), tok, d, root, progress)
         meta = json.loads((path / "meta.json").read_text())
         if meta["train"]["documents"] == 0:
             raise ConfigError(
                 f"{prefix}corpus={comp.corpus!r}: the corpus is empty (no non-empty documents{_where(comp)})"
             )
         streams = {s: TokenStream(path / f"{s}.arrow") for s in _SPLITS}
-        parts.append(Component(prefix, comp, key, meta, streams))
+        parts.append(Component(prefix, comp, meta["key"], meta, streams))
     longest = max(c.meta["train"]["max_doc_tokens"] for c in parts)
     if cfg.model.seq_len > longest:
         raise ConfigError(
