@@ -103,9 +103,13 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
             summary = json.loads(summary_path.read_text())
             if summary.get("status") == "completed":
                 return summary
-    pipe = prepare(
-        cfg, out / "tokenizer.json", progress=progress and primary
-    )  # bad data fails here, before the run dir exists
+    # Bad data fails here, before the run directory exists.
+    pipe = prepare(cfg, out / "tokenizer.json", progress=progress and primary)
+    if jax.process_count() > 1:  # each host builds its own cache: they must agree, or batches are nonsense
+        from jax.experimental import multihost_utils
+
+        digest = np.frombuffer(bytes.fromhex(pipe.fingerprint[:16]), np.int32)
+        multihost_utils.assert_equal(digest, "lmscale: hosts built different data pipelines")
     out.mkdir(parents=True, exist_ok=True)
     if primary:
         runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": run_metadata(cfg, pipe)})
