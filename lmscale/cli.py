@@ -81,6 +81,25 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     sw.add_argument("overrides", nargs="*", metavar="key=value", help="config or sweep overrides")
 
+    e = sub.add_parser(
+        "eval",
+        help="few-shot evaluation of a run's latest checkpoint",
+        description="Evaluate the latest checkpoint of RUN_DIR on k-shot prompts of the built-in tasks: "
+        "exact match of the greedy answer, answer log-prob, token accuracy and edit distance (and "
+        "choice probability and Brier score for multiple-choice tasks). Writes RUN_DIR/fewshot.jsonl "
+        "and the `fewshot` field of RUN_DIR/summary.json, replacing only the tasks and shots evaluated.",
+    )
+    e.add_argument("run_dir", type=Path, help="run directory with config.yaml, tokenizer.json, checkpoints/")
+    e.add_argument("--tasks", help="comma-separated task names (default: all)")
+    e.add_argument(
+        "--shots", help="comma-separated shot counts (default: 0,1,2,4,8, each kept if it fits the context)"
+    )
+    e.add_argument(
+        "--examples", type=int, default=100, help="examples per task and shot count (default: 100)"
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed of the evaluation examples (default: 0)")
+    e.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default: 64)")
+
     from analysis.cli import add_commands  # the reading side: fit, plot, report
 
     add_commands(sub)
@@ -154,6 +173,24 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from lmscale import evaluate, tasks
+
+    names = evaluate.parse_list(args.tasks, "--tasks")
+    for name in names or []:
+        tasks.get(name)
+    shots = evaluate.parse_list(args.shots, "--shots", int)
+    fewshot = evaluate.evaluate_run(args.run_dir, names, shots, args.examples, args.seed, args.batch_size)
+    print(f"{'task':<12} {'shots':>5} {'exact_match':>16} {'logprob/token':>14}")
+    for task in names or tasks.TASKS:
+        for k, m in fewshot.get(task, {}).items():
+            if shots is None or int(k) in shots:
+                em, lp = m["exact_match"], m["logprob_per_token"]
+                se = f" ± {em['stderr']:.3f}" if em["stderr"] is not None else ""
+                print(f"{task:<12} {k:>5} {em['value']:>8.3f}{se:<8} {lp['value']:>14.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may follow options (`train CFG --out DIR a.b=1`); argparse leaves those over.
@@ -168,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     try:
-        return {"train": _train, "plan": _plan, "sweep": _sweep, "bench": _bench}[args.command](args)
+        return {"train": _train, "plan": _plan, "sweep": _sweep, "bench": _bench, "eval": _eval}[
+            args.command
+        ](args)
     except ConfigError as e:
         print(f"lmscale {args.command}: error: {e}", file=sys.stderr)
         return 2

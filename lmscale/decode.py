@@ -34,6 +34,7 @@ class Score:
 
     logprobs: np.ndarray
     greedy: np.ndarray
+    first_logprobs: np.ndarray | None = None  # [V]: every token's log-prob at the first position
 
 
 class Decoder:
@@ -44,7 +45,7 @@ class Decoder:
         self.mesh, self.rules = mesh, rules
         self.model = Transformer(cfg)
         self._score = jax.jit(self._score_fn)
-        self._generate = jax.jit(self._generate_fn, static_argnames=("max_new", "cache_len"))
+        self._run = jax.jit(self._run_fn, static_argnames=("max_new", "cache_len"))
 
     @contextlib.contextmanager
     def _context(self):
@@ -62,23 +63,35 @@ class Decoder:
         greedy_BxL = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
         return logp_BxL, greedy_BxL
 
-    def _generate_fn(
+    def _run_fn(
         self,
         params: Any,
         prompt_BxP: jax.Array,
         len_B: jax.Array,
+        cont_BxA: jax.Array,
         limit_B: jax.Array,
         stop_V: jax.Array,
         max_new: int,
         cache_len: int,
-    ) -> jax.Array:
-        """Greedy tokens [B, max_new]; a row stops after a stop token or `limit_B` tokens (then -1s)."""
-        B = prompt_BxP.shape[0]
+    ) -> tuple[jax.Array, ...]:
+        """One prefill of the prompts, then the teacher-forced continuation and greedy generation.
+
+        Returns the continuation's log-probs and greedy flags [B, A], the full log-prob vector of its
+        first token [B, V], and greedy tokens [B, max_new] (-1 after a row's stop token or its limit).
+        """
+        B, A = prompt_BxP.shape[0], cont_BxA.shape[1]
         variables = {"params": params}
         cache = init_cache(self.cfg, B, cache_len)
         logits_BxPxV, cache = self.model.apply(variables, prompt_BxP, cache, jnp.zeros(B, jnp.int32))
-        next_B = jnp.argmax(logits_BxPxV[jnp.arange(B), len_B - 1], axis=-1).astype(jnp.int32)
-        out_BxT = jnp.full((B, max_new), -1, jnp.int32)
+        last_BxV = logits_BxPxV[jnp.arange(B), len_B - 1]
+        logp_BxA = greedy_BxA = first_BxV = jnp.zeros((B, 0))
+        if A:
+            logits_BxAxV, _ = self.model.apply(variables, cont_BxA, cache, len_B)
+            pred_BxAxV = jnp.concatenate([last_BxV[:, None], logits_BxAxV[:, :-1]], axis=1)
+            logp_BxAxV = jax.nn.log_softmax(pred_BxAxV.astype(jnp.float32), axis=-1)
+            logp_BxA = jnp.take_along_axis(logp_BxAxV, cont_BxA[..., None], axis=-1)[..., 0]
+            greedy_BxA = jnp.argmax(pred_BxAxV, axis=-1) == cont_BxA
+            first_BxV = logp_BxAxV[:, 0]
 
         def cond(carry):
             t, _, _, _, done_B = carry
@@ -92,9 +105,11 @@ class Decoder:
             logits_Bx1xV, cache = self.model.apply(variables, next_B[:, None], cache, len_B + t)
             return t + 1, jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache, out_BxT, done_B
 
-        done_B = limit_B <= 0
-        carry = (jnp.int32(0), next_B, cache, out_BxT, done_B)
-        return jax.lax.while_loop(cond, body, carry)[3]
+        next_B = jnp.argmax(last_BxV, axis=-1).astype(jnp.int32)
+        out_BxT = jnp.full((B, max_new), -1, jnp.int32)
+        carry = (jnp.int32(0), next_B, cache, out_BxT, limit_B <= 0)
+        out_BxT = jax.lax.while_loop(cond, body, carry)[3] if max_new else out_BxT
+        return logp_BxA, greedy_BxA, first_BxV, out_BxT
 
     # -- host API --------------------------------------------------------------------------------
     def _batches(self, lengths: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
@@ -133,32 +148,47 @@ class Decoder:
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new: int, stop_ids: Sequence[int]
     ) -> list[list[int]]:
-        """Greedy continuations of each prompt, up to `max_new` tokens, ending after a stop token.
+        """Greedy continuations of each prompt, up to `max_new` tokens, ending after a stop token."""
+        return [g for _, g in self.score_and_generate([(p, []) for p in prompts], max_new, stop_ids)]
 
-        A row never runs past the context length. `max_new` is rounded up to a power of two so that
-        few shapes compile; rows still stop at `max_new`.
+    def score_and_generate(
+        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_new: int, stop_ids: Sequence[int]
+    ) -> list[tuple[Score, list[int]]]:
+        """For each (context, continuation): the continuation's score and a greedy generation.
+
+        Both come from one cached prefill of the context. Generation stops after a stop token, after
+        `max_new` tokens, or at the context length. Continuation and `max_new` are padded to powers of
+        two so that few shapes compile.
         """
         stop_V = np.zeros(self.cfg.vocab_size, bool)
         stop_V[list(stop_ids)] = True
-        steps = 1 << max(max_new - 1, 0).bit_length()
-        out: list[list[int]] = [[] for _ in prompts]
-        for size, idx in self._batches([len(p) for p in prompts]):
+        steps = 1 << max(max_new - 1, 0).bit_length() if max_new else 0
+        longest = max((len(c) for _, c in requests), default=0)
+        A = 1 << max(longest - 1, 0).bit_length() if longest else 0
+        out: list[tuple[Score, list[int]] | None] = [None] * len(requests)
+        for size, idx in self._batches([len(ctx) for ctx, _ in requests]):
             prompt_BxP = np.zeros((self.batch_size, size), np.int32)
+            cont_BxA = np.zeros((self.batch_size, A), np.int32)
             len_B, limit_B = np.ones(self.batch_size, np.int32), np.zeros(self.batch_size, np.int32)
             for row, i in enumerate(idx):
-                if not prompts[i] or len(prompts[i]) > self.cfg.seq_len:
+                ctx, cont = requests[i]
+                if not ctx or len(ctx) + len(cont) > self.cfg.seq_len + 1:
                     raise ValueError(
-                        f"prompt of {len(prompts[i])} tokens: must fit {self.cfg.seq_len} tokens"
+                        f"request of {len(ctx)}+{len(cont)} tokens: the context must be non-empty and "
+                        f"both must fit {self.cfg.seq_len} tokens"
                     )
-                prompt_BxP[row, : len(prompts[i])] = prompts[i]
-                len_B[row] = len(prompts[i])
-                limit_B[row] = min(max_new, self.cfg.seq_len - len(prompts[i]))
-            cache_len = min(size + steps, self.cfg.seq_len)
+                prompt_BxP[row, : len(ctx)], cont_BxA[row, : len(cont)] = ctx, cont
+                len_B[row] = len(ctx)
+                limit_B[row] = min(max_new, self.cfg.seq_len - len(ctx))
             with self._context():
-                tokens_BxT = self._generate(
-                    self.params, prompt_BxP, len_B, limit_B, stop_V, max_new=steps, cache_len=cache_len
-                )
-                tokens_BxT = jax.device_get(tokens_BxT)
+                result = self._run(
+                    self.params, prompt_BxP, len_B, cont_BxA, limit_B, stop_V, max_new=steps,
+                    cache_len=size + max(A, steps, 1),
+                )  # fmt: skip
+                logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(result)
             for row, i in enumerate(idx):
-                out[i] = [int(t) for t in tokens_BxT[row] if t >= 0]
+                n = len(requests[i][1])
+                first = first_BxV[row] if n else None
+                score = Score(logp_BxA[row, :n], greedy_BxA[row, :n], first)
+                out[i] = (score, [int(t) for t in tokens_BxT[row] if t >= 0])
         return out

@@ -210,5 +210,9 @@ class Transformer(nn.Module):
 
 
 def _at(table_SxD: jax.Array, pos_B: jax.Array, L: int) -> jax.Array:
-    """Rows pos_B..pos_B+L-1 of a position table, per batch row: [B, L, D]."""
-    return jnp.take(table_SxD, pos_B[:, None] + jnp.arange(L)[None, :], axis=0)
+    """Rows pos_B..pos_B+L-1 of a position table, per batch row: [B, L, D].
+
+    Positions past the table clip to its last row: only padding ever sits there, and a finite value
+    keeps it out of the real rows' attention (a NaN key would not stay masked).
+    """
+    return jnp.take(table_SxD, pos_B[:, None] + jnp.arange(L)[None, :], axis=0, mode="clip")

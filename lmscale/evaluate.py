@@ -1,0 +1,278 @@
+"""Few-shot evaluation of a run: k-shot prompts of every task, per-example metrics, aggregates.
+
+Per example (one task, shot count and example id): `exact_match` of the greedy generation up to the
+newline, `logprob_sum` and `logprob_per_token` of the answer, `token_accuracy` (answer tokens that are
+the greedy choice under teacher forcing) and `edit_distance` (token edit distance between generation
+and answer). Multiple-choice tasks add `prob_correct` (softmax over the choices' log-probs) and
+`brier`. Raw rows go to `fewshot.jsonl`; means with standard errors to `summary.json`'s `fewshot`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lmscale import runlog, tasks
+from lmscale.config import ConfigError
+from lmscale.decode import Decoder
+
+METRICS = ("exact_match", "logprob_sum", "logprob_per_token", "token_accuracy", "edit_distance")
+CHOICE_METRICS = ("prob_correct", "brier")
+DEFAULT_EXAMPLES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One k-shot prompt of one example, tokenized: EOS (start of document), prompt, then answer."""
+
+    task: str
+    shots: int
+    example_id: int
+    answer: str
+    context: list[int]
+    continuation: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.context) + len(self.continuation)
+
+
+def parse_list(text: str | None, option: str, kind: type = str) -> list | None:
+    """`a,b,c` -> a list; None stays None. Integers must be non-negative."""
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"{option}: expected a comma-separated list, got {text!r}")
+    if kind is int:
+        bad = [x for x in items if not x.isdigit()]
+        if bad:
+            raise ConfigError(f"{option}: '{bad[0]}' is not a non-negative integer")
+        return [int(x) for x in items]
+    return items
+
+
+def _continuation(tok, context_text: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and answer, split where a joint encoding splits (BPE may merge across)."""
+    ctx = tok.encode(context_text)
+    whole = tok.encode(context_text + answer)
+    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx) :]
+    return ctx, tok.encode(answer)
+
+
+def build_requests(
+    tok, names: Sequence[str], shots: Sequence[int] | None, n_examples: int, seq_len: int, seed: int = 0
+) -> list[Request]:
+    """Requests for every task and shot count; `shots=None` keeps the default counts that fit.
+
+    Explicit shot counts that do not fit the context are an error naming the task and the length.
+    """
+    requests = []
+    for name in names:
+        exs = tasks.examples(name, n_examples, seed)
+        for k in tasks.SHOTS if shots is None else shots:
+            if k > tasks.MAX_SHOTS:
+                raise ConfigError(
+                    f"--shots: {k} is more than the {tasks.MAX_SHOTS} demonstrations per example"
+                )
+            batch = []
+            for ex in exs:
+                ctx, cont = _continuation(tok, ex.prompt(k), ex.query.answer)
+                batch.append(Request(name, k, ex.example_id, ex.query.answer, [tok.eos_id, *ctx], cont))
+            longest = max(r.length for r in batch)
+            if longest > seq_len:
+                if shots is None:
+                    continue  # the default counts are capped by the context length
+                raise ConfigError(
+                    f"--shots: {k}-shot prompts of task '{name}' need {longest} tokens, more than "
+                    f"model.seq_len={seq_len}"
+                )
+            requests.extend(batch)
+    return requests
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance between two token sequences."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def stop_ids(tok) -> list[int]:
+    """Tokens that end a generated answer: EOS, and any token whose text holds the newline."""
+    if tok.kind == "byte":
+        return [tok.eos_id, ord(tasks.SEP)]
+    return [i for i in range(tok.vocab_size) if i == tok.eos_id or tasks.SEP in tok.decode([i])]
+
+
+def _choice_ids(tok, name: str) -> list[int] | None:
+    """Single-token ids of a multiple-choice task's answers, or None when a choice spans tokens."""
+    ids = [tok.encode(c) for c in tasks.get(name).choices]
+    return [i[0] for i in ids] if ids and all(len(i) == 1 for i in ids) else None
+
+
+def evaluate(decoder: Decoder, tok, requests: Sequence[Request]) -> list[dict]:
+    """One row per request: task, shots, example_id and every metric."""
+    max_new = max(len(r.continuation) for r in requests) + 1  # the answer, then its newline
+    results = decoder.score_and_generate(
+        [(r.context, r.continuation) for r in requests], max_new, stop_ids(tok)
+    )
+    choices = {name: _choice_ids(tok, name) for name in {r.task for r in requests}}
+    rows = []
+    for r, (score, generated) in zip(requests, results, strict=True):
+        text = tok.decode(generated).split(tasks.SEP)[0].split("<|endoftext|>")[0]
+        lp = float(score.logprobs.sum())
+        row = {
+            "task": r.task,
+            "shots": r.shots,
+            "example_id": r.example_id,
+            "exact_match": float(text == r.answer),
+            "logprob_sum": lp,
+            "logprob_per_token": lp / len(r.continuation),
+            "token_accuracy": float(score.greedy.mean()),
+            "edit_distance": float(edit_distance(tok.encode(text), r.continuation)),
+            "answer": r.answer,
+            "generated": text,
+        }
+        ids = choices[r.task]
+        if ids is not None:
+            logp_C = score.first_logprobs[ids]
+            p_C = np.exp(logp_C - logp_C.max())
+            p_C /= p_C.sum()
+            target_C = np.array([c == r.answer for c in tasks.get(r.task).choices], float)
+            row["prob_correct"] = float(p_C @ target_C)
+            row["brier"] = float(((p_C - target_C) ** 2).sum())
+        rows.append(row)
+    return rows
+
+
+def aggregate(rows: Sequence[dict]) -> dict:
+    """{task: {str(shots): {metric: {"value", "stderr", "n"}}}}: means with standard errors."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["shots"]), []).append(row)
+    out: dict = {}
+    for (task, shots), group in sorted(groups.items()):
+        metrics = {}
+        for metric in METRICS + CHOICE_METRICS:
+            values = np.array([g[metric] for g in group if metric in g], float)
+            if len(values):
+                stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+                metrics[metric] = {"value": float(values.mean()), "stderr": stderr, "n": len(values)}
+        out.setdefault(task, {})[str(shots)] = metrics
+    return out
+
+
+def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None) -> dict:
+    """Merge into `fewshot.jsonl` and summary.json's `fewshot`, replacing only the (task, shots) evaluated.
+
+    Both files are rewritten atomically; every other key of summary.json is kept as it was.
+    """
+    run_dir = Path(run_dir)
+    done = {(r["task"], r["shots"]) for r in rows}
+    kept = [r for r in runlog.read_jsonl(run_dir / "fewshot.jsonl") if (r["task"], r["shots"]) not in done]
+    new = [r | {"step": step} for r in rows] if step is not None else list(rows)
+    runlog.write_atomic(run_dir / "fewshot.jsonl", "".join(json.dumps(r) + "\n" for r in kept + new))
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    fewshot = summary.get("fewshot") or {}
+    for task, by_shots in aggregate(rows).items():
+        fewshot[task] = {**fewshot.get(task, {}), **by_shots}
+    summary["fewshot"] = fewshot
+    runlog.write_json(summary_path, summary)
+    return fewshot
+
+
+@dataclasses.dataclass
+class Run:
+    """A run directory's config, tokenizer and the step of its latest checkpoint."""
+
+    path: Path
+    cfg: object
+    tokenizer: object
+    step: int
+
+
+def open_run(run_dir: Path) -> Run:
+    """Read config and tokenizer and find the latest checkpoint; a one-line ConfigError if any is missing."""
+    from lmscale import tokenizer
+    from lmscale.checkpoint import Checkpointer
+    from lmscale.config import from_dict, read_yaml
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory '{run_dir}' does not exist")
+    cfg = from_dict(read_yaml(run_dir / "config.yaml"))
+    tok = tokenizer.for_run(run_dir)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"'{run_dir / 'tokenizer.json'}' has {tok.vocab_size} tokens, more than "
+            f"model.vocab_size={cfg.model.vocab_size}"
+        )
+    ckpt_dir = run_dir / "checkpoints"
+    step = None
+    if ckpt_dir.is_dir():
+        ckpt = Checkpointer(ckpt_dir, cfg.checkpoint.keep, async_save=False)
+        step = ckpt.latest_step()
+        ckpt.close()
+    if step is None:
+        raise ConfigError(f"run directory '{run_dir}' has no checkpoint in '{ckpt_dir}'")
+    return Run(run_dir, cfg, tok, step)
+
+
+def restore_decoder(run: Run, batch_size: int = 64) -> Decoder:
+    """The latest checkpoint's params on this process's devices, wrapped in a Decoder."""
+    import jax
+
+    from lmscale import sharding
+    from lmscale.checkpoint import Checkpointer
+    from lmscale.steps import build
+
+    cfg = run.cfg
+    n = jax.device_count()
+    if math.prod(cfg.mesh.shape(n).values()) != n:  # trained on another device count: data parallel here
+        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=-1, fsdp=1, tensor=1))
+    mesh = sharding.make_mesh(cfg.mesh)
+    steps = build(cfg, mesh)
+    ckpt = Checkpointer(run.path / "checkpoints", cfg.checkpoint.keep, async_save=False)
+    try:
+        state, _ = ckpt.restore(run.step, steps.abstract_state)
+    finally:
+        ckpt.close()
+    shape = cfg.mesh.shape(n)
+    dp = shape["data"] * shape["fsdp"]
+    return Decoder(cfg.model, state.params, -(-batch_size // dp) * dp, mesh, steps.rules)
+
+
+def evaluate_run(
+    run_dir: Path,
+    task_names: Sequence[str] | None = None,
+    shots: Sequence[int] | None = None,
+    n_examples: int = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
+    """Evaluate a run's latest checkpoint and write its few-shot results. Returns the `fewshot` dict."""
+    names = list(tasks.TASKS) if task_names is None else list(task_names)
+    for name in names:
+        tasks.get(name)
+    if n_examples < 1:
+        raise ConfigError(f"--examples={n_examples}: must be positive")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size}: must be positive")
+    run = open_run(run_dir)
+    requests = build_requests(run.tokenizer, names, shots, n_examples, run.cfg.model.seq_len, seed)
+    if not requests:
+        raise ConfigError(f"no shot count of {names} fits model.seq_len={run.cfg.model.seq_len}")
+    decoder = restore_decoder(run, batch_size)
+    rows = evaluate(decoder, run.tokenizer, requests)
+    return write_results(run.path, rows, run.step)
