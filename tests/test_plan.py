@@ -1,0 +1,82 @@
+"""`lmscale plan`: every cell priced, nothing trained, and time estimates close to measured runs."""
+
+import json
+
+import jax
+import pandas as pd
+import pytest
+
+from lmscale import config, flops, plan, sharding
+from lmscale.steps import build
+from tests.conftest import run_cli
+
+SPEC = """
+model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32, vocab_size: 320}
+train: {batch_size: 8, tokens: 10240, lr: 0.01, log_every: 5, eval_every: 10, eval_batches: 2}
+checkpoint: {every_steps: 10}
+sweep:
+  sizes:
+    shapes: [{n_layers: 1, d_model: 32, n_heads: 2}, {n_layers: 2, d_model: 64, n_heads: 4}]
+"""
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plan")
+    (tmp / "pair.yaml").write_text(SPEC)
+    proc = run_cli("plan", tmp / "pair.yaml", "--csv", tmp / "plan.csv", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc.stdout, pd.read_csv(tmp / "plan.csv")
+
+
+def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
+    tmp, stdout, table = planned
+    lines = stdout.strip().splitlines()
+    assert lines[0].split() == "run_id L D H F params non-emb tokens FLOPs memory lr time".split()
+    assert lines[1].split()[0] == "L1-D32-T10.2K-s0" and lines[2].split()[0] == "L2-D64-T10.2K-s0"
+    assert lines[-1].startswith("total: 2 runs") and "on 1 x cpu" in lines[-1]
+    shapes = ((1, 32, 2), (2, 64, 4))
+    models = [
+        config.ModelConfig(n_layers=n, d_model=d, n_heads=h, seq_len=32, vocab_size=320) for n, d, h in shapes
+    ]
+    counts = [flops.param_counts(m) for m in models]
+    assert list(table["params"]) == [c.total for c in counts]
+    assert list(table["params_nonembedding"]) == [c.nonembedding for c in counts]
+    assert list(table["tokens"]) == [10240, 10240] and (table["time_s"] > 0).all()
+    assert (
+        table["flops"].iloc[1] > table["flops"].iloc[0]
+        and table["memory_bytes"].iloc[1] > 16 * counts[1].total
+    )
+    assert table["timed"].all()  # two shapes: both are calibrated
+    assert sorted(p.name for p in tmp.iterdir()) == ["pair.yaml", "plan.csv"]  # nothing trained
+
+
+def test_time_estimate_is_within_2x_of_the_measured_run(planned):
+    tmp, _, table = planned
+    only_first = "sweep.sizes.shapes=[{n_layers: 1, d_model: 32, n_heads: 2}]"  # the plan's first row
+    proc = run_cli("sweep", tmp / "pair.yaml", "--out", tmp / "runs", "--no-progress", only_first)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = json.loads((tmp / "runs" / "pair" / "L1-D32-T10.2K-s0" / "summary.json").read_text())
+    estimate = table.set_index("run_id").loc["L1-D32-T10.2K-s0", "time_s"]
+    assert 0.5 < measured["wall_time_s"] / estimate < 2.0, (measured["wall_time_s"], estimate)
+
+
+def test_memory_estimate_is_within_2x_of_what_xla_allocates():
+    cfg = config.from_dict(
+        {"model": {"n_layers": 3, "d_model": 96, "n_heads": 6, "seq_len": 64}, "train": {"batch_size": 16}}
+    )
+    compiled = build(cfg, sharding.make_mesh(cfg.mesh)).compile_train_step()
+    mem = compiled.memory_analysis()
+    xla = (
+        mem.argument_size_in_bytes
+        + mem.temp_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+    )
+    assert 0.5 < plan.memory_bytes(cfg, jax.device_count()) / xla < 2.0
+
+
+def test_step_times_between_timed_shapes_are_interpolated_in_log_log():
+    assert plan._interpolate(10.0, [1.0, 100.0], [0.01, 1.0]) == pytest.approx(0.1)
+    assert plan._interpolate(1e4, [1.0, 100.0], [0.01, 1.0]) == pytest.approx(1.0)  # flat beyond the ends
+    assert plan._interpolate(4.0, [2.0], [0.5]) == pytest.approx(1.0)  # one shape: time scales with FLOPs

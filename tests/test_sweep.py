@@ -1,0 +1,295 @@
+"""The sweep runner: kills lose nothing, concurrent processes and workers train each cell exactly once,
+failures are recorded and skipped over, and the results tables always describe every run directory."""
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from lmscale import grid, runlog, sweep
+from tests.conftest import lmscale_env, run_cli
+
+# Three cells of a few seconds each (mostly compilation), 20 steps each.
+SPEC = """
+model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32, vocab_size: 320}
+train: {batch_size: 8, tokens: 5120, lr: 0.01, log_every: 1, eval_every: 10, eval_batches: 2}
+checkpoint: {every_steps: 5}
+sweep:
+  sizes:
+    shapes: [{n_layers: 1, d_model: 32, n_heads: 2}, {n_layers: 2, d_model: 32, n_heads: 2},
+             {n_layers: 3, d_model: 32, n_heads: 2}]
+"""
+RUN_IDS = {"L1-D32-T5.12K-s0", "L2-D32-T5.12K-s0", "L3-D32-T5.12K-s0"}
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "mini.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(spec, tmp_path_factory):
+    """An uninterrupted sweep: its directory and wall time."""
+    out = tmp_path_factory.mktemp("straight")
+    t0 = time.perf_counter()
+    proc = run_cli("sweep", spec, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "mini", time.perf_counter() - t0
+
+
+def _sweep_cmd(spec, out, *args):
+    return [sys.executable, "-m", "lmscale", "sweep", str(spec), "--out", str(out), "--no-progress", *args]
+
+
+def _results(sweep_dir):
+    return pd.read_csv(sweep_dir / "results.csv").set_index("run_id").sort_index()
+
+
+def _attempts(run_dir):
+    return runlog.read_jsonl(run_dir / sweep.ATTEMPTS)
+
+
+def _assert_each_step_logged_once(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    steps = [r["step"] for r in runlog.read_jsonl(run_dir / "metrics.jsonl") if "split" not in r]
+    assert steps == list(range(1, summary["steps"] + 1)), run_dir.name
+
+
+def test_sweep_writes_every_run_and_both_tables(straight):
+    sweep_dir, _ = straight
+    results = _results(sweep_dir)
+    assert set(results.index) == RUN_IDS
+    assert (results["status"] == "completed").all()
+    assert (
+        results.loc["L2-D32-T5.12K-s0", "tokens"] == 5120 and results.loc["L2-D32-T5.12K-s0", "n_layers"] == 2
+    )
+    assert "fewshot" not in results.columns
+    assert {"params", "params_nonembedding", "flops", "flops_6nd", "final_loss", "final_val_loss"} <= set(
+        results
+    )
+    fewshot = pd.read_csv(sweep_dir / "fewshot.csv")
+    assert list(fewshot.columns) == sweep.FEWSHOT_COLUMNS and fewshot.empty  # no evaluation yet
+    for run_id in RUN_IDS:
+        _assert_each_step_logged_once(sweep_dir / run_id)
+        assert len(_attempts(sweep_dir / run_id)) == 1
+
+
+def test_a_rerun_of_a_finished_sweep_trains_nothing(spec, straight):
+    sweep_dir, _ = straight
+    before = _results(sweep_dir)
+    proc = run_cli("sweep", spec, "--out", sweep_dir.parent, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 completed" in proc.stdout
+    assert all(len(_attempts(sweep_dir / r)) == 1 for r in RUN_IDS)
+    pd.testing.assert_frame_equal(_results(sweep_dir), before)
+
+
+def test_three_sigkills_at_random_moments_lose_nothing(spec, straight, tmp_path):
+    sweep_dir, duration = straight
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            _sweep_cmd(spec, tmp_path),
+            env=lmscale_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.1, 0.4) * duration)
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+        proc.kill()
+        proc.wait()
+    proc = run_cli("sweep", spec, "--out", tmp_path, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed, clean = _results(tmp_path / "mini"), _results(sweep_dir)
+    assert list(killed.index) == list(clean.index) == sorted(RUN_IDS)  # no run missing or duplicated
+    for column in ("status", "steps", "tokens", "flops", "params", "final_loss", "final_val_loss"):
+        assert killed[column].tolist() == clean[column].tolist(), column  # losses bitwise equal
+    for run_id in RUN_IDS:
+        _assert_each_step_logged_once(tmp_path / "mini" / run_id)
+        rows = [runlog.read_jsonl(d / run_id / "metrics.jsonl") for d in (tmp_path / "mini", sweep_dir)]
+        assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+
+
+def test_two_concurrent_sweeps_train_every_cell_exactly_once(spec, tmp_path):
+    procs = [
+        subprocess.Popen(
+            _sweep_cmd(spec, tmp_path), env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    sweep_dir = tmp_path / "mini"
+    attempts = {run_id: _attempts(sweep_dir / run_id) for run_id in RUN_IDS}
+    assert all(len(a) == 1 for a in attempts.values()), attempts
+    assert {a[0]["pid"] for a in attempts.values()} == {p.pid for p in procs}  # both shared the work
+    for run_id in RUN_IDS:
+        _assert_each_step_logged_once(sweep_dir / run_id)
+    assert (_results(sweep_dir)["status"] == "completed").all() and len(_results(sweep_dir)) == 3
+
+
+@pytest.mark.slow
+def test_three_worker_processes_cover_every_cell_exactly_once(spec, tmp_path):
+    procs = [
+        subprocess.Popen(
+            _sweep_cmd(spec, tmp_path, "--worker", str(i), "--num-workers", "3"),
+            env=lmscale_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    cells = grid.load(spec).cells
+    sweep_dir = tmp_path / "mini"
+    for i in range(3):
+        for cell in sweep.assigned(cells, i, 3):
+            attempts = _attempts(sweep_dir / cell.run_id)
+            assert [a["worker"] for a in attempts] == [i], cell.run_id
+    assert set(_results(sweep_dir).index) == RUN_IDS and (_results(sweep_dir)["status"] == "completed").all()
+
+
+@pytest.mark.parametrize(
+    "spec_text, message",
+    [
+        ("sweep: {axes: {train.bogus: [1, 2]}}", "sweep.axes.train.bogus: unknown config key 'train.bogus'"),
+        ("sweep: {seeds: []}", "sweep.seeds=[]: an empty list makes the grid empty"),
+        (
+            "sweep: {sizes: {params: [3.0e+4], aspect_ratio: 32, n_heads: 5}}",
+            "not divisible by model.n_heads=5",
+        ),
+        ("sweep: {tokens: {fixed: [-1.0e+6]}}", "sweep.tokens.fixed=-1e+06: must be a positive number"),
+    ],
+)
+def test_bad_specs_exit_2_with_one_line_before_any_run_dir(tmp_path, spec_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(spec_text + "\n")
+    proc = run_cli("sweep", path, "--out", tmp_path / "runs", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plan_rejects_a_bad_spec_the_same_way(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sweep: {axes: {model.depth: [1, 2]}}\n")
+    proc = run_cli("plan", path, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "sweep.axes.model.depth: unknown config key 'model.depth'" in proc.stderr
+
+
+def test_bad_worker_numbers_exit_2(spec, tmp_path):
+    proc = run_cli("sweep", spec, "--out", tmp_path / "runs", "--worker", "3", "--num-workers", "3")
+    assert proc.returncode == 2 and "--worker=3: must be in [0, 3)" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+# -- the runner's logic, with a stand-in for training (no compilation) ---------------------------
+
+
+def _fake_train(fail=(), diverge=(), calls=None):
+    def train(cfg, run_dir, progress=True):
+        if calls is not None:
+            calls.append(run_dir.name)
+        if run_dir.name in fail:
+            raise RuntimeError("out of memory\nsecond line")
+        status = "diverged" if run_dir.name in diverge else "completed"
+        summary = {"status": status, "params": cfg.model.d_model, "tokens": cfg.train.tokens, "flops": 1.0,
+                   "final_loss": 1.5, "fewshot": {}}  # fmt: skip
+        runlog.write_json(run_dir / "summary.json", summary)
+        return summary
+
+    return train
+
+
+@pytest.fixture
+def fake_sweep():
+    spec = {"sizes": {"shapes": [{"n_layers": 1, "d_model": d, "n_heads": 2} for d in (32, 64, 128)]}}
+    raw = {"model": {"seq_len": 32}, "train": {"batch_size": 8, "tokens": 2560}, "sweep": spec}
+    return grid.expand(raw, "fake")
+
+
+def test_failed_runs_are_marked_the_sweep_carries_on_and_a_rerun_retries_them(
+    fake_sweep, tmp_path, monkeypatch
+):
+    import lmscale.train
+
+    first, second = fake_sweep.cells[0].run_id, fake_sweep.cells[1].run_id
+    monkeypatch.setattr(lmscale.train, "train", _fake_train(fail={first}, diverge={second}))
+    status = sweep.run_sweep(fake_sweep, tmp_path, progress=False)
+    assert list(status.values()) == ["failed", "diverged", "completed"]
+    results = _results(tmp_path / "fake")
+    assert results.loc[first, "status"] == "failed"
+    assert results.loc[first, "error"] == "training: RuntimeError: out of memory"
+    assert "RuntimeError" in (tmp_path / "fake" / first / "error.log").read_text()
+    calls = []
+    monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=calls))
+    status = sweep.run_sweep(fake_sweep, tmp_path, progress=False)
+    assert calls == [first]  # failed runs are retried; diverged and completed ones are final
+    assert list(status.values()) == ["completed", "diverged", "completed"]
+
+
+def test_workers_split_the_cells_round_robin_and_cover_each_once(fake_sweep, tmp_path, monkeypatch):
+    import lmscale.train
+
+    calls = []
+    monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=calls))
+    shares = [sweep.assigned(fake_sweep.cells, i, 2) for i in range(2)]
+    assert [c.run_id for c in shares[0]] == [c.run_id for c in fake_sweep.cells[0::2]]
+    for i in range(2):
+        sweep.run_sweep(fake_sweep, tmp_path, worker=i, num_workers=2, progress=False)
+    assert sorted(calls) == sorted(c.run_id for c in fake_sweep.cells)
+    for i, share in enumerate(shares):
+        assert all([a["worker"] for a in _attempts(tmp_path / "fake" / c.run_id)] == [i] for c in share)
+    assert set(_results(tmp_path / "fake").index) == {c.run_id for c in fake_sweep.cells}
+
+
+def test_a_cell_locked_elsewhere_is_skipped_then_waited_for(fake_sweep, tmp_path, monkeypatch):
+    import lmscale.train
+
+    calls = []
+    monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=calls))
+    locked = tmp_path / "fake" / fake_sweep.cells[0].run_id
+    locked.mkdir(parents=True)
+    with sweep.flocked(locked / sweep.LOCK, block=True):
+        runner = threading.Thread(
+            target=sweep.run_sweep, args=(fake_sweep, tmp_path), kwargs={"progress": False}
+        )
+        runner.start()
+        deadline = time.time() + 30
+        while len(calls) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert calls == [c.run_id for c in fake_sweep.cells[1:]] and runner.is_alive()  # waiting on the lock
+    runner.join(timeout=30)
+    assert calls[-1] == locked.name and not runner.is_alive()
+
+
+def test_after_train_hooks_feed_fewshot_csv_and_rerun_on_every_visit(fake_sweep, tmp_path, monkeypatch):
+    import lmscale.train
+
+    monkeypatch.setattr(lmscale.train, "train", _fake_train())
+    visits = []
+
+    def evaluate(cell, run_dir, summary):
+        visits.append(cell.run_id)
+        score = {"value": 0.5, "stderr": 0.1, "n": 40}
+        return summary | {"fewshot": {"copy": {"0": {"acc": score}, "4": {"acc": score}}}}
+
+    sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    assert len(visits) == 6
+    fewshot = pd.read_csv(tmp_path / "fake" / "fewshot.csv")
+    assert len(fewshot) == 6 and set(fewshot["shots"]) == {0, 4} and set(fewshot["task"]) == {"copy"}
+    assert fewshot.iloc[0][["metric", "value", "stderr", "n"]].tolist() == ["acc", 0.5, 0.1, 40]
+    assert "fewshot" not in pd.read_csv(tmp_path / "fake" / "results.csv").columns
