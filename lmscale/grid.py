@@ -91,13 +91,15 @@ def _integer(value: Any, key: str, minimum: int = 1) -> int:
     return int(x)
 
 
-def _set(raw: dict, dotted: str, value: Any) -> None:
+def _set(raw: dict, dotted: str, value: Any, label: str = "") -> None:
     node = raw
     *sections, name = dotted.split(".")
     for part in sections:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # a section left empty in YAML reads as None
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"'{dotted}': '{part}' is not a section")
+            raise ConfigError(f"'{label}{dotted}': '{label}{part}' is not a section")
     node[name] = value
 
 
@@ -120,7 +122,7 @@ def _apply_sweep_override(spec: dict, key: str, value: Any) -> None:
     if rest.startswith("axes."):  # axis names are dotted config keys themselves
         spec.setdefault("axes", {})[rest.removeprefix("axes.")] = value
     else:
-        _set(spec, rest, value)
+        _set(spec, rest, value, label="sweep.")
 
 
 # -- sizes ------------------------------------------------------------------------------------
@@ -343,7 +345,7 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
     spec = raw.pop("sweep", None)
     if spec is None:
         raise ConfigError(f"sweep '{name}': no 'sweep:' section; use `lmscale train` for a single run")
-    spec = spec or {}
+    spec = _mapping(spec or {}, "sweep", SWEEP_KEYS)
     base_overrides, sweep_overrides = split_overrides(list(overrides))
     for key, value in sweep_overrides:
         _apply_sweep_override(spec, key, value)

@@ -30,7 +30,6 @@ LOCK = ".lock"  # per run: held while a process trains it
 TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
 CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
 ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run: pid, host, worker, time
-FINAL = ("completed", "diverged")  # a diverged run would diverge again: rerunning it wastes the compute
 FEWSHOT_COLUMNS = ["run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n"]
 
 # Work on a run after its training completes, e.g. few-shot evaluation. A hook takes the cell, its run
@@ -210,8 +209,10 @@ class Runner:
     def _run_cell(self, cell: Cell, run_dir: Path) -> str:
         """One cell: train it unless finished, then the after-training hooks on a completed run."""
         summary = _read_json(run_dir / "summary.json") or {}
-        if summary.get("status") not in FINAL:
-            summary = self._train(cell, run_dir)
+        # A diverged run would diverge again, so it is final; train() returns a completed run's summary
+        # at once, after checking that its directory holds this cell's config.
+        if summary.get("status") != "diverged":
+            summary = self._train(cell, run_dir, record=summary.get("status") != "completed")
         if summary.get("status") == "completed" and self.after_train:
             try:
                 for hook in self.after_train:
@@ -222,10 +223,11 @@ class Runner:
                 runlog.write_json(run_dir / "summary.json", summary)
         return summary["status"]
 
-    def _train(self, cell: Cell, run_dir: Path) -> dict:
+    def _train(self, cell: Cell, run_dir: Path, record: bool) -> dict:
+        """Train (or resume) the run; `record` notes this process in cell.json and attempts.jsonl."""
         from lmscale.train import train
 
-        if self.primary:
+        if self.primary and record:
             runlog.write_json(
                 run_dir / CELL, {"run_id": cell.run_id, "sweep": self.sweep.name, "coords": cell.coords}
             )
@@ -239,6 +241,8 @@ class Runner:
                 f.write(json.dumps(attempt) + "\n")
         try:
             return train(cell.cfg, run_dir, progress=self.progress)
+        except ConfigError:
+            raise  # the run directory holds another config, or the spec is bad: stop, exit status 2
         except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep carries on
             return self._fail(cell, run_dir, e, "training")
 

@@ -91,6 +91,15 @@ def test_a_rerun_of_a_finished_sweep_trains_nothing(spec, straight):
     pd.testing.assert_frame_equal(_results(sweep_dir), before)
 
 
+def test_a_run_dir_holding_another_config_stops_the_sweep_with_exit_2(spec, straight):
+    sweep_dir, _ = straight
+    before = (sweep_dir / "results.csv").read_text()
+    proc = run_cli("sweep", spec, "--out", sweep_dir.parent, "--no-progress", "train.lr=0.02")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "train.lr=0.02 differs from 0.01" in proc.stderr
+    assert (sweep_dir / "results.csv").read_text() == before
+
+
 def test_three_sigkills_at_random_moments_lose_nothing(spec, straight, tmp_path):
     sweep_dir, duration = straight
     rng = random.Random(0)
@@ -199,6 +208,11 @@ def test_bad_worker_numbers_exit_2(spec, tmp_path):
 
 def _fake_train(fail=(), diverge=(), calls=None):
     def train(cfg, run_dir, progress=True):
+        done = (
+            json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+        )
+        if done.get("status") == "completed":  # like the trainer: a completed run is returned as it is
+            return done
         if calls is not None:
             calls.append(run_dir.name)
         if run_dir.name in fail:
