@@ -194,18 +194,17 @@ def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None) 
 
 @dataclasses.dataclass
 class Run:
-    """A run directory's config, tokenizer and the step of its latest checkpoint."""
+    """A run directory's config, tokenizer and, once found, the step of its latest checkpoint."""
 
     path: Path
     cfg: object
     tokenizer: object
-    step: int
+    step: int | None
 
 
 def open_run(run_dir: Path) -> Run:
-    """Read config and tokenizer and find the latest checkpoint; a one-line ConfigError if any is missing."""
+    """Read a run's config and tokenizer; a one-line ConfigError if either is missing or they disagree."""
     from lmscale import tokenizer
-    from lmscale.checkpoint import Checkpointer
     from lmscale.config import from_dict, read_yaml
 
     run_dir = Path(run_dir)
@@ -218,15 +217,22 @@ def open_run(run_dir: Path) -> Run:
             f"'{run_dir / 'tokenizer.json'}' has {tok.vocab_size} tokens, more than "
             f"model.vocab_size={cfg.model.vocab_size}"
         )
-    ckpt_dir = run_dir / "checkpoints"
+    return Run(run_dir, cfg, tok, None)
+
+
+def latest_step(run: Run) -> int:
+    """The step of the run's latest checkpoint; a ConfigError when there is none."""
+    from lmscale.checkpoint import Checkpointer
+
+    ckpt_dir = run.path / "checkpoints"
     step = None
-    if ckpt_dir.is_dir():
-        ckpt = Checkpointer(ckpt_dir, cfg.checkpoint.keep, async_save=False)
+    if ckpt_dir.is_dir():  # checked first: opening a manager would create the directory
+        ckpt = Checkpointer(ckpt_dir, run.cfg.checkpoint.keep, async_save=False)
         step = ckpt.latest_step()
         ckpt.close()
     if step is None:
-        raise ConfigError(f"run directory '{run_dir}' has no checkpoint in '{ckpt_dir}'")
-    return Run(run_dir, cfg, tok, step)
+        raise ConfigError(f"run directory '{run.path}' has no checkpoint in '{ckpt_dir}'")
+    return step
 
 
 def restore_decoder(run: Run, batch_size: int = 64) -> Decoder:
@@ -273,6 +279,7 @@ def evaluate_run(
     requests = build_requests(run.tokenizer, names, shots, n_examples, run.cfg.model.seq_len, seed)
     if not requests:
         raise ConfigError(f"no shot count of {names} fits model.seq_len={run.cfg.model.seq_len}")
+    run.step = latest_step(run)
     decoder = restore_decoder(run, batch_size)
     rows = evaluate(decoder, run.tokenizer, requests)
     return write_results(run.path, rows, run.step)

@@ -1,0 +1,109 @@
+import re
+
+import pytest
+
+from lmscale import tasks
+from lmscale.config import ConfigError
+
+KINDS = {
+    "addition": ["add2", "add3", "add4"],
+    "modified arithmetic": ["modarith"],
+    "associative recall": ["recall"],
+    "word transforms": ["reverse", "cycle", "unscramble"],
+    "modular linear function": ["modlin"],
+    "repeat with a count": ["repeat"],
+}
+
+
+def test_registry_has_every_kind_with_versions():
+    assert all(name in tasks.TASKS for names in KINDS.values() for name in names)
+    assert all(t.version for t in tasks.TASKS.values())
+    assert len({"".join(sorted(w)) for w in tasks.WORDS}) == len(tasks.WORDS)  # unscrambling is unique
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_examples_are_a_pure_function_of_task_id_and_seed(name):
+    a = [tasks.example(name, i, seed=3).prompt(8) for i in range(20)]
+    assert a == [tasks.example(name, i, seed=3).prompt(8) for i in range(20)]
+    assert a != [tasks.example(name, i, seed=4).prompt(8) for i in range(20)]
+    assert len(set(a)) > 15
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_demonstrations_are_nested_training_lines_and_never_the_query(name):
+    task = tasks.get(name)
+    for i in range(30):
+        ex = tasks.example(name, i)
+        full = ex.prompt(8).split(tasks.SEP)
+        for k in tasks.SHOTS:
+            lines = ex.prompt(k).split(tasks.SEP)
+            assert lines[:k] == full[:k] and lines[k] == ex.query.question  # one template for every k
+        keys = [d.key for d in ex.demos]
+        assert ex.query.key not in keys and len(set(keys)) == len(keys)
+        assert tasks.split_of(task, ex.query) == "eval"
+        assert all(tasks.split_of(task, d) == "train" for d in ex.demos)
+
+
+def test_hidden_context_is_shared_by_demonstrations_and_query():
+    for i in range(30):
+        ex = tasks.example("modarith", i)
+        offsets = {
+            int(x.answer) - sum(map(int, re.findall(r"\d", x.question))) for x in (*ex.demos, ex.query)
+        }
+        assert len(offsets) == 1 and 1 <= offsets.pop() <= 9
+
+        ex = tasks.example("modlin", i)
+        points = [(*map(int, re.findall(r"\d", x.question)), int(x.answer)) for x in (*ex.demos, ex.query)]
+        fits = [
+            (a, b) for a in range(5) for b in range(5) if all((a * x + b * y) % 5 == z for x, y, z in points)
+        ]
+        assert fits
+
+        ex = tasks.example("recall", i)
+        table: dict[str, str] = {}
+        for x in (*ex.demos, ex.query):
+            pairs = re.findall(r"(\w)=(\d)", x.line)
+            for key, value in pairs:
+                assert table.setdefault(key, value) == value  # one key table per prompt
+            assert pairs[-1][0] not in dict(pairs[:-1])  # the queried key is not on its own line
+
+
+def test_held_out_instances_never_appear_in_training_text():
+    eval_lines = {n: {tasks.example(n, i).query.line for i in range(300)} for n in tasks.TASKS}
+    text = "\n".join(tasks.task_corpus(20_000, seed=0)["text"])
+    train_lines = set(text.split(tasks.SEP))
+    for name, lines in eval_lines.items():
+        if name == "modlin":
+            continue  # its lines recur under other hidden (a, b): checked by key below
+        assert not lines & train_lines, name
+        assert not any(line + tasks.SEP in text for line in sorted(lines)[:50]), name
+    # Keys (which include hidden parameters) of every instance that training documents emit.
+    for name in tasks.TASKS:
+        held_out = {tasks.example(name, i).query.key for i in range(300)}
+        emitted = {x.key for d in range(2000) for x in tasks.training_document(name, d, 0, 8)}
+        assert not held_out & emitted, name
+
+
+def test_split_holds_out_about_a_tenth_of_instances():
+    import random
+
+    task = tasks.get("add3")
+    rng = random.Random(0)
+    draws = [task.draw(rng, None) for _ in range(20_000)]
+    share = sum(tasks.split_of(task, x) == "eval" for x in draws) / len(draws)
+    assert abs(share - tasks.EVAL_PERCENT / 100) < 0.01
+
+
+def test_task_corpus_is_deterministic_prompts_with_answers():
+    a = tasks.task_corpus(200, seed=1)["text"]
+    assert a == tasks.task_corpus(200, seed=1)["text"] and a != tasks.task_corpus(200, seed=2)["text"]
+    assert all(t.endswith(tasks.SEP) for t in a)
+    shot_counts = {t.count(tasks.SEP) - 1 for t in a}
+    assert shot_counts == set(range(tasks.MAX_SHOTS + 1))
+    only = tasks.task_corpus(50, seed=0, tasks=["add2"])["text"]
+    assert all(re.fullmatch(r"(\d\d\+\d\d=\d+\n)+", t) for t in only)
+
+
+def test_unknown_task_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        tasks.task_corpus(10, 0, tasks=["nope"])
