@@ -1,0 +1,201 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+
+from lmscale import config, evaluate
+from lmscale.decode import Decoder, Score
+from lmscale.model import Transformer
+from lmscale.tokenizer import Tokenizer
+from tests.conftest import run_cli
+
+SEQ_LEN = 160
+
+
+def _model(**variant):
+    cfg = config.from_dict(
+        {
+            "model": {
+                "n_layers": 2,
+                "d_model": 32,
+                "n_heads": 2,
+                "vocab_size": 320,
+                "seq_len": SEQ_LEN,
+                **variant,
+            }
+        }
+    )
+    params = Transformer(cfg.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return cfg.model, params
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def requests():
+    return evaluate.build_requests(Tokenizer.byte(), ["add3", "recall", "repeat"], [0, 8], 5, SEQ_LEN)
+
+
+def _reference_scores(cfg, params, reqs):
+    """Each request alone: batch 1, no cache, right-padded to the context length (one compile)."""
+    apply = jax.jit(Transformer(cfg).apply)
+    out = []
+    for r in reqs:
+        seq = r.context + r.continuation
+        tokens = np.zeros((1, SEQ_LEN), np.int32)
+        tokens[0, : len(seq) - 1] = seq[:-1]
+        logits = apply({"params": params}, tokens)[0]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        pos = np.arange(len(r.context) - 1, len(seq) - 1)
+        targets = np.array(seq[1:])[pos]
+        out.append((np.asarray(logp[pos, targets]), np.asarray(jnp.argmax(logits[pos], -1) == targets)))
+    return out
+
+
+def test_batched_scores_equal_unbatched_whatever_the_batch_size(model, requests):
+    cfg, params = model
+    reference = _reference_scores(cfg, params, requests)
+    pairs = [(r.context, r.continuation) for r in requests]
+    for batch_size in (1, 3, 16):
+        decoder = Decoder(cfg, params, batch_size)
+        cached = [s for s, _ in decoder.score_and_generate(pairs, 4, [10])]
+        for scores in (decoder.score(pairs), cached):
+            for (logp, greedy), s in zip(reference, scores, strict=True):
+                np.testing.assert_allclose(s.logprobs, logp, atol=1e-5, rtol=0)
+                np.testing.assert_array_equal(s.greedy, greedy)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"pos_emb": "learned", "tie_embeddings": False, "scan_layers": False}, {"pos_emb": "sinusoidal"}],
+    ids=["rope-scan", "learned-loop", "sinusoidal"],
+)
+def test_cached_generation_equals_uncached(variant):
+    cfg, params = _model(**variant)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, 256, rng.integers(1, 60))) for _ in range(6)] + [[1] * (SEQ_LEN - 3)]
+    generated = Decoder(cfg, params, batch_size=4).generate(prompts, 24, [10])
+    forward = jax.jit(lambda t: Transformer(cfg).apply({"params": params}, t))
+    for prompt, got in zip(prompts, generated, strict=True):
+        seq, want = list(prompt), []
+        while len(want) < 24 and len(seq) < SEQ_LEN:  # full forward over the whole sequence each step
+            padded = np.zeros((1, SEQ_LEN), np.int32)
+            padded[0, : len(seq)] = seq
+            token = int(jnp.argmax(forward(padded)[0, len(seq) - 1]))
+            want.append(token)
+            seq.append(token)
+            if token == 10:
+                break
+        assert got == want
+    assert len(generated[-1]) == 3  # stops at the context length
+
+
+def test_metrics_of_a_model_that_always_answers_right():
+    class Oracle:  # scores every answer token as certain and generates the answer, then a newline
+        def score_and_generate(self, pairs, max_new, stop):
+            out = []
+            for _ctx, cont in pairs:
+                first = np.full(320, -np.inf)
+                first[cont[0]] = 0.0
+                gen = [*cont, 10]
+                out.append((Score(np.zeros(len(cont)), np.ones(len(cont), bool), first), gen))
+            return out
+
+    tok = Tokenizer.byte()
+    reqs = evaluate.build_requests(tok, ["add2", "modlin"], [0, 1], 4, SEQ_LEN)
+    rows = evaluate.evaluate(Oracle(), tok, reqs)
+    assert all(r["exact_match"] == 1 and r["edit_distance"] == 0 and r["token_accuracy"] == 1 for r in rows)
+    assert all(r["prob_correct"] == 1 and r["brier"] == 0 for r in rows if r["task"] == "modlin")
+    assert not any("prob_correct" in r for r in rows if r["task"] == "add2")
+
+
+def test_edit_distance_and_aggregates():
+    assert evaluate.edit_distance([1, 2, 3], [1, 3]) == 1
+    assert evaluate.edit_distance([], [4, 5]) == 2
+    assert evaluate.edit_distance([1, 2], [2, 1]) == 2
+    rows = [
+        {"task": "t", "shots": 2, "example_id": i, **dict.fromkeys(evaluate.METRICS, float(i))}
+        for i in range(4)
+    ]
+    agg = evaluate.aggregate(rows)["t"]["2"]
+    assert agg["exact_match"] == {
+        "value": 1.5,
+        "stderr": pytest.approx(np.std([0, 1, 2, 3], ddof=1) / 2),
+        "n": 4,
+    }
+    assert set(agg) == set(evaluate.METRICS)
+
+
+def test_explicit_shots_that_do_not_fit_are_an_error_and_defaults_are_capped():
+    tok = Tokenizer.byte()
+    with pytest.raises(config.ConfigError, match="8-shot prompts of task 'add4' need .* model.seq_len=96"):
+        evaluate.build_requests(tok, ["add4"], [0, 8], 3, 96)
+    shots = {r.shots for r in evaluate.build_requests(tok, ["add4"], None, 3, 96)}
+    assert shots == {0, 1, 2, 4}
+
+
+def _make_run(path, with_checkpoint=True, seq_len=SEQ_LEN):
+    from lmscale import runlog, sharding
+    from lmscale.checkpoint import Checkpointer
+    from lmscale.steps import build
+
+    model = {"n_layers": 1, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": seq_len}
+    cfg = config.from_dict({"model": model, "train": {"batch_size": 4, "tokens": 4 * seq_len * 10}})
+    path.mkdir(parents=True)
+    runlog.write_yaml(path / "config.yaml", cfg.to_dict())
+    Tokenizer.byte().save(path / "tokenizer.json")
+    runlog.write_json(path / "summary.json", {"status": "completed", "params": 123, "fewshot": {}})
+    if with_checkpoint:
+        steps = build(cfg, sharding.make_mesh(cfg.mesh))
+        ckpt = Checkpointer(path / "checkpoints", 2, async_save=False)
+        ckpt.save(7, steps.init(0), {})
+        ckpt.close()
+    return path
+
+
+def test_eval_writes_rows_and_merges_summary(tmp_path):
+    run = _make_run(tmp_path / "run")
+    proc = run_cli("eval", run, "--tasks", "add2,recall", "--shots", "0,2", "--examples", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "recall" in proc.stdout
+    evaluate.evaluate_run(run, ["add2"], [1], n_examples=3)  # a second call replaces only what it evaluates
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["params"] == 123
+    assert set(summary["fewshot"]) == {"add2", "recall"}
+    assert set(summary["fewshot"]["add2"]) == {"0", "1", "2"}
+    for metric in (*evaluate.METRICS, *evaluate.CHOICE_METRICS):
+        assert set(summary["fewshot"]["recall"]["2"][metric]) == {"value", "stderr", "n"}
+    rows = [json.loads(line) for line in (run / "fewshot.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 6 + 3
+    assert {(r["task"], r["shots"]) for r in rows} == {
+        ("add2", 0),
+        ("add2", 2),
+        ("recall", 0),
+        ("recall", 2),
+        ("add2", 1),
+    }
+    assert all(r["step"] == 7 for r in rows)
+
+
+def test_eval_bad_inputs_exit_2_with_one_line(tmp_path):
+    no_ckpt = _make_run(tmp_path / "no_ckpt", with_checkpoint=False)
+    short = _make_run(tmp_path / "short", with_checkpoint=False, seq_len=64)
+    cases = [
+        (["--tasks", "add2,nope"], no_ckpt, "unknown task 'nope'"),
+        (["--shots", "0,8", "--tasks", "add4"], short, "8-shot prompts of task 'add4' need"),
+        (["--shots", "0,x"], no_ckpt, "'x' is not a non-negative integer"),
+        ([], no_ckpt, "has no checkpoint"),
+        ([], tmp_path / "missing", "does not exist"),
+    ]
+    for args, run, message in cases:
+        proc = run_cli("eval", run, *args)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (no_ckpt / "checkpoints").exists() and not (no_ckpt / "fewshot.jsonl").exists()
+    assert yaml.safe_load((no_ckpt / "config.yaml").read_text())["model"]["seq_len"] == SEQ_LEN
