@@ -96,6 +96,58 @@ def _bench_fit(csv: Path | None) -> dict:
     return row
 
 
+EVAL_TASKS = ("add3", "modarith", "recall", "reverse", "modlin", "repeat")  # one task of each kind
+EVAL_SHOTS, EVAL_EXAMPLES = (0, 1, 4), 200
+EVAL_SHAPE = {"n_layers": 4, "d_model": 144, "n_heads": 4, "vocab_size": 320, "seq_len": 256}  # ~1.0M params
+ONE_BY_ONE_EVERY = 10  # the one-by-one baseline times every 10th request and extrapolates
+
+
+def bench_eval(examples: int = EVAL_EXAMPLES, batch_size: int = 64) -> dict:
+    """The batched evaluator against the same evaluator fed one example at a time (batch size 1)."""
+    import jax.numpy as jnp
+
+    from lmscale import evaluate
+    from lmscale.decode import Decoder
+    from lmscale.model import Transformer
+    from lmscale.tokenizer import Tokenizer
+
+    cfg = config.from_dict({"model": EVAL_SHAPE}).model
+    params = Transformer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    tok = Tokenizer.byte()
+    requests = evaluate.build_requests(tok, EVAL_TASKS, EVAL_SHOTS, examples, cfg.seq_len)
+    subset = requests[::ONE_BY_ONE_EVERY]
+
+    def timed(decoder: Decoder, reqs: list) -> float:
+        evaluate.evaluate(decoder, tok, reqs)  # compiles every length bucket first
+        t0 = time.perf_counter()
+        evaluate.evaluate(decoder, tok, reqs)
+        return time.perf_counter() - t0
+
+    batched_s = timed(Decoder(cfg, params, batch_size), requests)
+    subset_s = timed(Decoder(cfg, params, 1), subset)
+    one_by_one_s = subset_s * len(requests) / len(subset)
+    row = {
+        "params": flops.param_counts(cfg).total,
+        "tasks": list(EVAL_TASKS),
+        "shots": list(EVAL_SHOTS),
+        "examples_per_task": examples,
+        "requests": len(requests),
+        "batch_size": batch_size,
+        "batched_s": batched_s,
+        "examples_per_s": len(requests) / batched_s,
+        "one_by_one_s_estimated": one_by_one_s,
+        "one_by_one_timed_requests": len(subset),
+        "speedup_vs_one_by_one": one_by_one_s / batched_s,
+    }
+    print(
+        f"eval: {row['requests']} examples ({row['params'] / 1e6:.2f}M params) in {batched_s:.1f} s "
+        f"batched vs {one_by_one_s:.0f} s one by one (timed on {len(subset)}, extrapolated): "
+        f"{row['speedup_vs_one_by_one']:.0f}x",
+        file=sys.stderr,
+    )
+    return row
+
+
 def main(args: argparse.Namespace) -> int:
     names = args.sizes.split(",") if args.sizes else list(SIZES)
     unknown = [n for n in names if n not in SIZES]
@@ -135,6 +187,8 @@ def main(args: argparse.Namespace) -> int:
     }
     if not args.no_fit:
         result["fit"] = _bench_fit(args.fit_data)
+    if not getattr(args, "no_eval", False):
+        result["eval"] = bench_eval()
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -35,12 +35,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a few steps of several model sizes on the current devices and report "
         "tokens/s and MFU against the device peak (on CPU, a matmul calibrated in this process); "
         "then time the Approach-3 fit (4500 starts) against a scipy L-BFGS-B loop over the same "
-        "starts, and a 1000-resample bootstrap.",
+        "starts, and a 1000-resample bootstrap; then the batched few-shot evaluator against the "
+        "same evaluator fed one example at a time.",
     )
     b.add_argument("--json", type=Path, help="also write the results to this JSON file")
     b.add_argument("--steps", type=int, default=6, help="timed steps per size (default: 6)")
     b.add_argument("--sizes", help="comma-separated subset of size names to run")
     b.add_argument("--no-fit", action="store_true", help="skip the scaling-law fitting benchmark")
+    b.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip the evaluator benchmark (batched few-shot evaluation against one example at a time)",
+    )
     b.add_argument(
         "--fit-data",
         type=Path,

@@ -8,7 +8,7 @@ from lmscale.cli import main
 
 def test_bench_reports_throughput_and_mfu_as_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--sizes", "s", "--steps", "1", "--no-fit", "--json", str(out)]) == 0
+    assert main(["bench", "--sizes", "s", "--steps", "1", "--no-fit", "--no-eval", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["peak_source"].startswith("calibrated")
     (row,) = result["train"]

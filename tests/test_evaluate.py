@@ -199,3 +199,13 @@ def test_eval_bad_inputs_exit_2_with_one_line(tmp_path):
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (no_ckpt / "checkpoints").exists() and not (no_ckpt / "fewshot.jsonl").exists()
     assert yaml.safe_load((no_ckpt / "config.yaml").read_text())["model"]["seq_len"] == SEQ_LEN
+
+
+@pytest.mark.slow
+def test_eval_bench_times_batched_against_one_by_one():
+    from lmscale.bench import EVAL_TASKS, bench_eval
+
+    row = bench_eval(examples=10)
+    assert row["requests"] == len(EVAL_TASKS) * 3 * 10 and row["one_by_one_timed_requests"] == 18
+    assert row["speedup_vs_one_by_one"] == pytest.approx(row["one_by_one_s_estimated"] / row["batched_s"])
+    assert row["speedup_vs_one_by_one"] > 1
