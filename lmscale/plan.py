@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lmscale import flops, runlog, sharding
+from lmscale import flops, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer
 from lmscale.config import Config
 from lmscale.data import make_source
@@ -51,7 +51,7 @@ class RunCosts:
     init_compile_s: float  # the jitted init: compiled at every run's start
     eval_compile_s: float  # the eval loss: compiled at the first evaluation
     save_s: float  # one checkpoint save (asynchronous, so mostly the device-to-host copy)
-    process_s: float  # once per sweep process: the CPU peak calibration that MFU needs
+    process_s: float  # once per sweep process: the peak FLOP/s that MFU needs (a matmul calibration on CPU)
 
 
 def shape_key(cfg: Config) -> tuple:
@@ -122,7 +122,9 @@ def run_costs(steps: Steps, state) -> RunCosts:
         ckpt.save(1, state, {"data": {}})
         ckpt.close()
         save_s = time.perf_counter() - t3
-    return RunCosts(t1 - t0, t2 - t1, save_s, 0.0)
+    t4 = time.perf_counter()
+    peak.peak_flops()  # MFU's denominator; on CPU a matmul calibration that a sweep's first run pays for
+    return RunCosts(t1 - t0, t2 - t1, save_s, time.perf_counter() - t4)
 
 
 def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
@@ -135,25 +137,42 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
     return math.exp((1 - w) * math.log(ys[i - 1]) + w * math.log(ys[i]))
 
 
+def _label(cfg: Config) -> str:
+    m = cfg.model
+    return f"L{m.n_layers}-D{m.d_model}-H{m.n_heads} (batch {cfg.train.batch_size})"
+
+
 def step_flops(cfg: Config) -> float:
     return cfg.train.batch_size * cfg.model.seq_len * flops.train_flops_per_token(cfg.model)
 
 
 def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[tuple, Timing], RunCosts]:
-    """Time the distinct shapes, extremes first, then the one farthest (in log FLOPs) from any timed."""
+    """Time the distinct shapes, smallest and largest first, then the one farthest (in log FLOPs) from any
+    timed, while the budget lasts. A shape that fails (say, out of memory) gets NaN times."""
     shapes: dict[tuple, Config] = {}
     for cell in cells:
         shapes.setdefault(shape_key(cell.cfg), cell.cfg)
     order = sorted(shapes, key=lambda k: step_flops(shapes[k]))
-    pending = [order[-1], order[0]] if len(order) > 1 else [order[0]]
+    pending = [order[0], order[-1]] if len(order) > 1 else [order[0]]
     timings: dict[tuple, Timing] = {}
     costs, t_start, spent = None, time.perf_counter(), []
+    failed: set[tuple] = set()
     while pending:
         key = pending.pop(0)
         t0 = time.perf_counter()
-        timings[key], steps, state = time_shape(shapes[key])
+        try:
+            timings[key], steps, state = time_shape(shapes[key])
+        except Exception as e:  # noqa: BLE001 - e.g. out of device memory: that row says so, the rest go on
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(
+                f"lmscale plan: shape {_label(shapes[key])} failed: {type(e).__name__}: {first}",
+                file=sys.stderr,
+            )
+            failed.add(key)
+            timings[key] = Timing(math.nan, math.nan, math.nan, False)
+            continue
         spent.append(time.perf_counter() - t0)
-        if key == order[0]:
+        if costs is None:  # the smallest shape that runs
             costs = run_costs(steps, state)
         del steps, state
         if not pending and time.perf_counter() - t_start + statistics.mean(spent) < budget_s:
@@ -163,10 +182,9 @@ def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[
                 pending.append(
                     max(rest, key=lambda k: min(abs(math.log(step_flops(shapes[k])) - x) for x in logged))
                 )
-    measured = sorted(timings, key=lambda k: step_flops(shapes[k]))
-    if jax.devices()[0].platform == "cpu":  # peak.calibrated_cpu_peak: 8 matmuls of 2048^2, at the best rate
-        best = max(step_flops(shapes[k]) / timings[k].step_s for k in measured)
-        costs.process_s = 8 * 2 * 2048**3 / best
+    measured = sorted((k for k in timings if k not in failed), key=lambda k: step_flops(shapes[k]))
+    if not measured:
+        return timings, RunCosts(math.nan, math.nan, math.nan, math.nan)
     xs = [step_flops(shapes[k]) for k in measured]
     compile_s = statistics.mean(timings[k].compile_s for k in measured)
     setup_s = statistics.mean(timings[k].setup_s for k in measured)
@@ -230,6 +248,8 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
 
 
 def _duration(s: float) -> str:
+    if math.isnan(s):
+        return "failed"
     return f"{s:.1f}s" if s < 60 else f"{s / 60:.1f}min" if s < 3600 else f"{s / 3600:.1f}h"
 
 
@@ -252,12 +272,15 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
     )
     if "time_s" in df:
         shown["time"] = [
-            _duration(s) + ("" if timed else "*") for s, timed in zip(df["time_s"], df["timed"], strict=True)
+            _duration(s) + ("" if timed or math.isnan(s) else "*")
+            for s, timed in zip(df["time_s"], df["timed"], strict=True)
         ]
     lines = [shown.to_string(index=False)]
     total = f"total: {totals['runs']} runs, {totals['flops']:.2e} FLOPs"
     if "time_s" in totals:
         total += f", about {_duration(totals['time_s'])} on {device}"
+        if df["time_s"].isna().any():
+            total += f" ({int(df['time_s'].isna().sum())} runs not included: their shape failed, see above)"
         if totals["timed"] < totals["shapes"]:
             total += f" (* step time interpolated: {totals['timed']} of {totals['shapes']} shapes timed)"
     lines.append(total)

@@ -80,3 +80,28 @@ def test_step_times_between_timed_shapes_are_interpolated_in_log_log():
     assert plan._interpolate(10.0, [1.0, 100.0], [0.01, 1.0]) == pytest.approx(0.1)
     assert plan._interpolate(1e4, [1.0, 100.0], [0.01, 1.0]) == pytest.approx(1.0)  # flat beyond the ends
     assert plan._interpolate(4.0, [2.0], [0.5]) == pytest.approx(1.0)  # one shape: time scales with FLOPs
+
+
+def test_a_shape_that_fails_to_run_is_reported_and_the_rest_are_still_timed(monkeypatch, capsys):
+    from lmscale import grid
+
+    shapes = [{"n_layers": 1, "d_model": d, "n_heads": 2} for d in (32, 64, 128)]
+    sweep = grid.expand(
+        {"model": {"seq_len": 32}, "train": {"batch_size": 8}, "sweep": {"sizes": {"shapes": shapes}}}, "s"
+    )
+
+    def time_shape(cfg):
+        if cfg.model.d_model == 128:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory\nmore")
+        return plan.Timing(1.0, 0.01 * cfg.model.d_model / 32, 0.1, True), None, None
+
+    monkeypatch.setattr(plan, "time_shape", time_shape)
+    monkeypatch.setattr(plan, "run_costs", lambda steps, state: plan.RunCosts(1.0, 0.5, 0.1, 2.0))
+    df, totals = plan.table(sweep, n_devices=1)
+    assert (
+        "L1-D128-H2 (batch 8) failed: RuntimeError: RESOURCE_EXHAUSTED: out of memory"
+        in capsys.readouterr().err
+    )
+    assert df["time_s"].isna().tolist() == [False, False, True]
+    text = plan.render(df, totals, "1 x cpu")
+    assert "failed" in text.splitlines()[3] and "1 runs not included" in text.splitlines()[-1]
