@@ -37,6 +37,16 @@ class Score:
     first_logprobs: np.ndarray | None = None  # [V]: every token's log-prob at the first position
 
 
+def unstack_layers(params: Any, cfg: ModelConfig) -> Any:
+    """Scanned params (`layers` with a leading layer axis) as the unrolled model's `layer_i` entries."""
+    if not cfg.scan_layers:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(cfg.n_layers):
+        out[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+    return out
+
+
 class Decoder:
     """Jitted scoring and generation for `params` of a `Transformer(cfg)`, under an optional mesh."""
 
@@ -44,6 +54,9 @@ class Decoder:
         self.cfg, self.params, self.batch_size = cfg, params, batch_size
         self.mesh, self.rules = mesh, rules
         self.model = Transformer(cfg)
+        # Decoding runs the layers unrolled (same params, unstacked), so the cache is updated in place.
+        self.unrolled = Transformer(dataclasses.replace(cfg, scan_layers=False))
+        self.unrolled_params = unstack_layers(params, cfg)
         self._score = jax.jit(self._score_fn)
         self._run = jax.jit(self._run_fn, static_argnames=("max_new", "cache_len"))
 
@@ -81,12 +94,12 @@ class Decoder:
         """
         B, A = prompt_BxP.shape[0], cont_BxA.shape[1]
         variables = {"params": params}
-        cache = init_cache(self.cfg, B, cache_len)
-        logits_BxPxV, cache = self.model.apply(variables, prompt_BxP, cache, jnp.zeros(B, jnp.int32))
+        cache = init_cache(self.unrolled.cfg, B, cache_len)
+        logits_BxPxV, cache = self.unrolled.apply(variables, prompt_BxP, cache, jnp.zeros(B, jnp.int32))
         last_BxV = logits_BxPxV[jnp.arange(B), len_B - 1]
         logp_BxA = greedy_BxA = first_BxV = jnp.zeros((B, 0))
         if A:
-            logits_BxAxV, _ = self.model.apply(variables, cont_BxA, cache, len_B)
+            logits_BxAxV, _ = self.unrolled.apply(variables, cont_BxA, cache, len_B)
             pred_BxAxV = jnp.concatenate([last_BxV[:, None], logits_BxAxV[:, :-1]], axis=1)
             logp_BxAxV = jax.nn.log_softmax(pred_BxAxV.astype(jnp.float32), axis=-1)
             logp_BxA = jnp.take_along_axis(logp_BxAxV, cont_BxA[..., None], axis=-1)[..., 0]
@@ -102,7 +115,7 @@ class Decoder:
             done_B = done_B | (t >= limit_B)
             out_BxT = out_BxT.at[:, t].set(jnp.where(done_B, -1, next_B))
             done_B = done_B | stop_V[next_B]
-            logits_Bx1xV, cache = self.model.apply(variables, next_B[:, None], cache, len_B + t)
+            logits_Bx1xV, cache = self.unrolled.apply(variables, next_B[:, None], cache, len_B + t)
             return t + 1, jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache, out_BxT, done_B
 
         next_B = jnp.argmax(last_BxV, axis=-1).astype(jnp.int32)
@@ -112,11 +125,13 @@ class Decoder:
         return logp_BxA, greedy_BxA, first_BxV, out_BxT
 
     # -- host API --------------------------------------------------------------------------------
-    def _batches(self, lengths: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
-        """(bucket length, request indices) per batch, shortest requests first."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    def _batches(
+        self, lengths: Sequence[int], within: Sequence[int] | None = None
+    ) -> Iterator[tuple[int, list[int]]]:
+        """(bucket length, request indices) per batch; within a bucket, ordered by `within` (or length)."""
+        key = lengths if within is None else within
         groups: dict[int, list[int]] = {}
-        for i in order:
+        for i in sorted(range(len(lengths)), key=lambda i: (bucket(lengths[i], self.cfg.seq_len), key[i])):
             groups.setdefault(bucket(lengths[i], self.cfg.seq_len), []).append(i)
         for size, idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
@@ -152,13 +167,17 @@ class Decoder:
         return [g for _, g in self.score_and_generate([(p, []) for p in prompts], max_new, stop_ids)]
 
     def score_and_generate(
-        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_new: int, stop_ids: Sequence[int]
+        self,
+        requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+        max_new: int,
+        stop_ids: Sequence[int],
+        limits: Sequence[int] | None = None,
     ) -> list[tuple[Score, list[int]]]:
         """For each (context, continuation): the continuation's score and a greedy generation.
 
         Both come from one cached prefill of the context. Generation stops after a stop token, after
-        `max_new` tokens, or at the context length. Continuation and `max_new` are padded to powers of
-        two so that few shapes compile.
+        `max_new` tokens (or the request's own limit), or at the context length. Continuation and
+        `max_new` are padded to powers of two so that few shapes compile.
         """
         stop_V = np.zeros(self.cfg.vocab_size, bool)
         stop_V[list(stop_ids)] = True
@@ -166,7 +185,9 @@ class Decoder:
         longest = max((len(c) for _, c in requests), default=0)
         A = 1 << max(longest - 1, 0).bit_length() if longest else 0
         out: list[tuple[Score, list[int]] | None] = [None] * len(requests)
-        for size, idx in self._batches([len(ctx) for ctx, _ in requests]):
+        # Rows that stop after similar numbers of tokens share a batch: the loop runs to the longest.
+        within = [len(c) if limits is None else limits[i] for i, (_, c) in enumerate(requests)]
+        for size, idx in self._batches([len(ctx) for ctx, _ in requests], within):
             prompt_BxP = np.zeros((self.batch_size, size), np.int32)
             cont_BxA = np.zeros((self.batch_size, A), np.int32)
             len_B, limit_B = np.ones(self.batch_size, np.int32), np.zeros(self.batch_size, np.int32)
@@ -179,10 +200,11 @@ class Decoder:
                     )
                 prompt_BxP[row, : len(ctx)], cont_BxA[row, : len(cont)] = ctx, cont
                 len_B[row] = len(ctx)
-                limit_B[row] = min(max_new, self.cfg.seq_len - len(ctx))
+                limit = max_new if limits is None else min(limits[i], max_new)
+                limit_B[row] = min(limit, self.cfg.seq_len - len(ctx))
             with self._context():
                 result = self._run(
-                    self.params, prompt_BxP, len_B, cont_BxA, limit_B, stop_V, max_new=steps,
+                    self.unrolled_params, prompt_BxP, len_B, cont_BxA, limit_B, stop_V, max_new=steps,
                     cache_len=size + max(A, steps, 1),
                 )  # fmt: skip
                 logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(result)

@@ -2,9 +2,10 @@
 
 Per example (one task, shot count and example id): `exact_match` of the greedy generation up to the
 newline, `logprob_sum` and `logprob_per_token` of the answer, `token_accuracy` (answer tokens that are
-the greedy choice under teacher forcing) and `edit_distance` (token edit distance between generation
-and answer). Multiple-choice tasks add `prob_correct` (softmax over the choices' log-probs) and
-`brier`. Raw rows go to `fewshot.jsonl`; means with standard errors to `summary.json`'s `fewshot`.
+the greedy choice under teacher forcing) and `edit_distance` (token edit distance between the answer
+and the generation, which stops one token past the answer's length). Multiple-choice tasks add
+`prob_correct` (softmax over the choices' log-probs) and `brier`. Raw rows go to `fewshot.jsonl`;
+means with standard errors to `summary.json`'s `fewshot`.
 """
 
 from __future__ import annotations
@@ -122,10 +123,10 @@ def _choice_ids(tok, name: str) -> list[int] | None:
 
 def evaluate(decoder: Decoder, tok, requests: Sequence[Request]) -> list[dict]:
     """One row per request: task, shots, example_id and every metric."""
-    max_new = max(len(r.continuation) for r in requests) + 1  # the answer, then its newline
-    results = decoder.score_and_generate(
-        [(r.context, r.continuation) for r in requests], max_new, stop_ids(tok)
-    )
+    # A generation longer than the answer and its newline cannot match, so it stops there.
+    limits = [len(r.continuation) + 1 for r in requests]
+    pairs = [(r.context, r.continuation) for r in requests]
+    results = decoder.score_and_generate(pairs, max(limits), stop_ids(tok), limits)
     choices = {name: _choice_ids(tok, name) for name in {r.task for r in requests}}
     rows = []
     for r, (score, generated) in zip(requests, results, strict=True):

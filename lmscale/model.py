@@ -68,13 +68,21 @@ def sinusoid(L: int, D: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angle_LxD2), jnp.cos(angle_LxD2)], axis=-1)
 
 
-Cache = dict  # {"k": [(layers,) B, S, N, H], "v": same}: keys and values at positions 0..S-1
+Cache = dict | tuple  # {"k", "v"}: [layers, B, S, N, H] when scanned, else a tuple of [B, S, N, H] per layer
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
-    """An empty key/value cache for every layer, stacked on a leading layer axis."""
-    shape = (cfg.n_layers, batch, length, cfg.n_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    """An empty key/value cache: stacked on a layer axis for scanned layers, one per layer otherwise.
+
+    Unrolled layers keep separate buffers, so a decode loop updates them in place; a stacked cache is
+    sliced and restacked by the scan at every step.
+    """
+    shape = (batch, length, cfg.n_heads, cfg.head_dim)
+    if cfg.scan_layers:
+        shape = (cfg.n_layers, *shape)
+        return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+    zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)  # noqa: E731
+    return tuple({"k": zeros(), "v": zeros()} for _ in range(cfg.n_layers))
 
 
 def cached_attention(
@@ -194,10 +202,9 @@ class Transformer(nn.Module):
         else:
             caches = []
             for i in range(c.n_layers):
-                layer_cache = None if cache is None else jax.tree.map(lambda a, i=i: a[i], cache)
-                x_BxLxD, layer_cache = block(c, name=f"layer_{i}")(x_BxLxD, layer_cache, pos_B)
+                x_BxLxD, layer_cache = block(c, name=f"layer_{i}")(x_BxLxD, cache and cache[i], pos_B)
                 caches.append(layer_cache)
-            cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+            cache = None if cache is None else tuple(caches)
 
         x_BxLxD = _norm(c, "final_norm")(x_BxLxD)
         if c.tie_embeddings:

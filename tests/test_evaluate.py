@@ -8,7 +8,7 @@ import yaml
 
 from lmscale import config, evaluate
 from lmscale.decode import Decoder, Score
-from lmscale.model import Transformer
+from lmscale.model import Transformer, init_cache
 from lmscale.tokenizer import Tokenizer
 from tests.conftest import run_cli
 
@@ -98,7 +98,7 @@ def test_cached_generation_equals_uncached(variant):
 
 def test_metrics_of_a_model_that_always_answers_right():
     class Oracle:  # scores every answer token as certain and generates the answer, then a newline
-        def score_and_generate(self, pairs, max_new, stop):
+        def score_and_generate(self, pairs, max_new, stop, limits=None):
             out = []
             for _ctx, cont in pairs:
                 first = np.full(320, -np.inf)
@@ -209,3 +209,14 @@ def test_eval_bench_times_batched_against_one_by_one():
     assert row["requests"] == len(EVAL_TASKS) * 3 * 10 and row["one_by_one_timed_requests"] == 18
     assert row["speedup_vs_one_by_one"] == pytest.approx(row["one_by_one_s_estimated"] / row["batched_s"])
     assert row["speedup_vs_one_by_one"] > 1
+
+
+def test_scanned_model_with_a_stacked_cache_matches_the_plain_forward():
+    cfg, params = _model()
+    model = Transformer(cfg)
+    tokens = jnp.array(np.random.default_rng(1).integers(0, 256, (2, 12)), jnp.int32)
+    plain = model.apply({"params": params}, tokens)
+    cache = init_cache(cfg, 2, 16)
+    first, cache = model.apply({"params": params}, tokens[:, :7], cache, jnp.zeros(2, jnp.int32))
+    rest, _ = model.apply({"params": params}, tokens[:, 7:], cache, jnp.full(2, 7, jnp.int32))
+    np.testing.assert_allclose(jnp.concatenate([first, rest], 1), plain, atol=1e-5)
