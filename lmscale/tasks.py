@@ -1,6 +1,6 @@
 """Few-shot tasks: seeded generators with a held-out split, k-shot prompts, and training text.
 
-A prompt is k demonstration lines and a query line, each `question=answer`, one per line:
+A prompt is k demonstration lines and a query line, each a question and its answer, one per line:
 
     37+45=82
     12+60=72
@@ -221,8 +221,10 @@ def _recall_table(rng: random.Random) -> dict[str, str]:
 
 
 def _recall(rng: random.Random, table: dict[str, str]) -> Instance:
+    # A value directly follows its key, in pairs and query alike, so the lookup is one induction step:
+    # find the key earlier in the context and copy the token after it.
     *shown, query = rng.sample(sorted(table), _RECALL_TABLE + 1)
-    q = "".join(f"{k}={table[k]} " for k in shown) + f"{query}="
+    q = "".join(f"{k}{table[k]} " for k in shown) + query
     return Instance(q, table[query], q + table[query])
 
 
@@ -268,7 +270,7 @@ _ALL = [
         context=lambda rng: rng.randint(1, 9), in_context=True,
     ),
     Task(
-        "recall", "1", "associative recall: each key's digit is shown only on other lines", "c=4 h=1 e=7",
+        "recall", "2", "associative recall: each key's digit is shown only on other lines", "c4 h1 e7",
         _recall, context=_recall_table, choices=tuple(string.digits), in_context=True,
     ),
     Task("reverse", "1", "reverse a word", "rev stone=enots", _word("rev", lambda w, r: (w, w[::-1]))),

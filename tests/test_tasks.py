@@ -62,7 +62,7 @@ def test_hidden_context_is_shared_by_demonstrations_and_query():
         ex = tasks.example("recall", i)
         table: dict[str, str] = {}
         for x in (*ex.demos, ex.query):
-            pairs = re.findall(r"(\w)=(\d)", x.line)
+            pairs = re.findall(r"([a-z])(\d)", x.line)
             for key, value in pairs:
                 assert table.setdefault(key, value) == value  # one key table per prompt
             assert pairs[-1][0] not in dict(pairs[:-1])  # the queried key is not on its own line
