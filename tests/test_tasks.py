@@ -107,3 +107,39 @@ def test_task_corpus_is_deterministic_prompts_with_answers():
 def test_unknown_task_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown task 'nope'"):
         tasks.task_corpus(10, 0, tasks=["nope"])
+
+
+@pytest.mark.slow
+def test_word_and_repeat_tasks_emerge_between_a_30k_and_a_1m_parameter_model(tmp_path):
+    """About 12 minutes on 2 cores: both sizes see 4M tokens, 20% of them task text."""
+    import jax
+
+    from lmscale import config, evaluate
+    from lmscale.train import train
+
+    exact = {}
+    for name, shape in {
+        "small": {"n_layers": 2, "d_model": 32, "n_heads": 2},
+        "large": {"n_layers": 4, "d_model": 128, "n_heads": 4},
+    }.items():
+        cfg = config.from_dict(
+            {
+                "model": {**shape, "vocab_size": 320, "seq_len": 128},
+                "train": {"batch_size": 32, "tokens": 4_000_000, "lr": 3e-3, "eval_batches": 2},
+                "checkpoint": {"every_steps": 1000},
+                "data": {
+                    "corpus": "mixture",
+                    "cache_dir": str(tmp_path / "cache"),
+                    "mixture": [
+                        {"corpus": "synthetic", "weight": 0.8},
+                        {"corpus": "tasks", "weight": 0.2, "tasks": {"documents": 200_000}},
+                    ],
+                },
+            }
+        )
+        config.validate(cfg, jax.device_count())
+        train(cfg, tmp_path / name, progress=False)
+        fewshot = evaluate.evaluate_run(tmp_path / name, ["reverse", "cycle", "repeat"], [4], n_examples=100)
+        exact[name] = {task: m["4"]["exact_match"]["value"] for task, m in fewshot.items()}
+    assert sum(v >= 0.5 for v in exact["large"].values()) >= 2, exact
+    assert max(exact["small"].values()) <= 0.1, exact
