@@ -134,6 +134,7 @@ def evaluate(decoder: Decoder, tok, requests: Sequence[Request]) -> list[dict]:
         lp = float(score.logprobs.sum())
         row = {
             "task": r.task,
+            "version": tasks.get(r.task).version,
             "shots": r.shots,
             "example_id": r.example_id,
             "exact_match": float(text == r.answer),
