@@ -100,6 +100,7 @@ def test_a_run_dir_holding_another_config_stops_the_sweep_with_exit_2(spec, stra
     assert (sweep_dir / "results.csv").read_text() == before
 
 
+@pytest.mark.slow  # ~50 s: five sweep processes; the in-process tests below cover the lock logic
 def test_three_sigkills_at_random_moments_lose_nothing(spec, straight, tmp_path):
     sweep_dir, duration = straight
     rng = random.Random(0)
