@@ -33,7 +33,7 @@ from lmscale import corpora
 from lmscale.config import Config, ConfigError, DataConfig, MixtureComponent
 from lmscale.tokenizer import Tokenizer
 
-PIPELINE_VERSION = "1"  # bump when cached token files change meaning
+PIPELINE_VERSION = "2"  # bump when cached token files change meaning
 _SPLITS = {"train": 0, "val": 1}
 
 
@@ -282,7 +282,7 @@ def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = Fa
                 f"{prefix}corpus={comp.corpus!r}: the corpus is empty (no non-empty documents{_where(comp)})"
             )
         streams = {s: TokenStream(path / f"{s}.arrow") for s in _SPLITS}
-        parts.append(Component(prefix, comp, meta["key"], meta, streams))
+        parts.append(Component(prefix, comp, path.name, meta, streams))
     longest = max(c.meta["train"]["max_doc_tokens"] for c in parts)
     if cfg.model.seq_len > longest:
         raise ConfigError(
