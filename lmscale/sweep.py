@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lmscale import flops, runlog
+from lmscale import runlog
 from lmscale.config import ConfigError
 from lmscale.grid import Cell, Sweep
+from lmscale.train import run_shape
 
 LOCK = ".lock"  # per run: held while a process trains it
 TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
@@ -76,19 +77,8 @@ def _failed_summary(cell: Cell, run_dir: Path, error: str) -> dict:
     """The run's last summary (or its planned shape if it never wrote one), marked failed."""
     summary = _read_json(run_dir / "summary.json")
     if summary is None:
-        m, counts = cell.cfg.model, flops.param_counts(cell.cfg.model)
         summary = {
-            "params": counts.total,
-            "params_nonembedding": counts.nonembedding,
-            "n_layers": m.n_layers,
-            "d_model": m.d_model,
-            "n_heads": m.n_heads,
-            "d_ff": m.ff_dim,
-            "vocab_size": m.vocab_size,
-            "seq_len": m.seq_len,
-            "batch_size": cell.cfg.train.batch_size,
-            "lr": cell.cfg.train.lr,
-            "seed": cell.cfg.train.seed,
+            **run_shape(cell.cfg),
             "steps": 0,
             "tokens": 0,
             "flops": 0,

@@ -62,6 +62,25 @@ def run_metadata(cfg: Config, pipe: Pipeline) -> dict:
     }
 
 
+def run_shape(cfg: Config) -> dict:
+    """The summary fields fixed by the config: parameter counts, shape and the training settings."""
+    m, counts = cfg.model, flops.param_counts(cfg.model)
+    return {
+        "params": counts.total,
+        "params_nonembedding": counts.nonembedding,
+        "params_embedding": counts.embedding,
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "n_heads": m.n_heads,
+        "d_ff": m.ff_dim,
+        "vocab_size": m.vocab_size,
+        "seq_len": m.seq_len,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "seed": cfg.train.seed,
+    }
+
+
 def _check_same_config(path: Path, cfg: Config) -> None:
     """A run directory belongs to one config; resuming it with another would mix two runs."""
     old = from_dict(read_yaml(path)).to_dict()
@@ -268,23 +287,11 @@ class _Loop:
 
     def _write_summary(self, status: str) -> dict:
         cfg, m = self.cfg, self.cfg.model
-        counts = flops.param_counts(m)
         done = self.done
         tokens = done * self.tokens_per_step
         summary = {
             "status": status,
-            "params": counts.total,
-            "params_nonembedding": counts.nonembedding,
-            "params_embedding": counts.embedding,
-            "n_layers": m.n_layers,
-            "d_model": m.d_model,
-            "n_heads": m.n_heads,
-            "d_ff": m.ff_dim,
-            "vocab_size": m.vocab_size,
-            "seq_len": m.seq_len,
-            "batch_size": cfg.train.batch_size,
-            "lr": cfg.train.lr,
-            "seed": cfg.train.seed,
+            **run_shape(cfg),
             "steps": done,
             "tokens": tokens,
             "flops": done * self.flops_per_step,
