@@ -393,6 +393,7 @@ def _validate_data(cfg: Config) -> None:
     if d.corpus != "mixture":
         _validate_source(d, "data.")
         return
+    total = 0.0
     for i, raw in enumerate(d.mixture):
         if not isinstance(raw, dict):
             raise ConfigError(f"data.mixture[{i}]={raw!r}: expected a mapping with corpus and weight")
@@ -402,7 +403,7 @@ def _validate_data(cfg: Config) -> None:
         _validate_source(part, f"data.mixture[{i}].")
         if not (part.weight >= 0 and math.isfinite(part.weight)):
             raise ConfigError(f"data.mixture[{i}].weight={part.weight}: must be a finite number >= 0")
-    total = sum(float(raw.get("weight", 1.0)) for raw in d.mixture)
+        total += part.weight
     if not total > 0:
         raise ConfigError(f"data.mixture: weights sum to {total:g}; they must sum to a positive number")
 

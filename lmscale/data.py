@@ -120,18 +120,16 @@ def _build_cache(
         docs = corpora.load(comp, prefix, root / "hf")
         features = datasets.Features({"ids": datasets.Sequence(datasets.Value(tok.dtype.name))})
         meta = {"key": key, "identity": identity, "tokenizer": tok.fingerprint}
-        for split in _SPLITS:
-            want_val = split == "val"
-            part = docs.filter(
-                lambda texts, want_val=want_val: [
-                    bool(t) and v == want_val
-                    for t, v in zip(texts, is_val(texts, d.val_fraction), strict=True)
-                ],
-                input_columns="text",
-                batched=True,
-                keep_in_memory=True,  # only an index of the kept rows
-                desc=f"split {split}",
-            )
+        # One hashing pass labels every document: -1 empty (dropped), 0 train, 1 validation.
+        label = np.concatenate(
+            [
+                np.where([bool(t) for t in b["text"]], is_val(b["text"], d.val_fraction), -1)
+                for b in docs.select_columns(["text"]).iter(batch_size=1000)
+            ]
+            + [np.zeros(0, np.int64)]
+        )
+        for split, code in _SPLITS.items():
+            part = docs.select(np.flatnonzero(label == code))
             ids = part.map(
                 lambda batch: {"ids": tok.encode_documents(batch["text"])},
                 batched=True,
@@ -152,8 +150,9 @@ def _build_cache(
                 "max_doc_tokens": int(np.max(lengths)) - 1,  # EOS not counted
             }
         if comp.corpus == "synthetic":
-            meta["entropy_rate"] = corpora.synthetic_source(comp).entropy_rate(tok.encode)
-            meta["entropy_per_word"] = corpora.synthetic_source(comp).entropy_per_word()
+            source = corpora.synthetic_source(comp)
+            meta["entropy_rate"] = source.entropy_rate(tok.encode)
+            meta["entropy_per_word"] = source.entropy_per_word()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             tmp.rename(final)
@@ -168,6 +167,7 @@ def _tokenizer(
     cfg: Config,
     comps: list[MixtureComponent],
     prefixes: list[str],
+    idents: list[dict],
     root: Path,
     saved: Path | None,
     progress: bool,
@@ -178,7 +178,6 @@ def _tokenizer(
     elif d.tokenizer == "byte":
         tok = Tokenizer.byte()
     else:
-        idents = [corpora.identity(c, p) for c, p in zip(comps, prefixes, strict=True)]
         key = _key(
             {
                 "corpora": idents,
@@ -272,10 +271,11 @@ def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = Fa
     root = cache_root(d)
     comps = d.components()
     prefixes = ["data."] if d.corpus != "mixture" else [f"data.mixture[{i}]." for i in range(len(comps))]
-    tok = _tokenizer(cfg, comps, prefixes, root, tokenizer_path, progress)
+    idents = [corpora.identity(c, p) for c, p in zip(comps, prefixes, strict=True)]
+    tok = _tokenizer(cfg, comps, prefixes, idents, root, tokenizer_path, progress)
     parts = []
-    for comp, prefix in zip(comps, prefixes, strict=True):
-        path = _build_cache(comp, prefix, corpora.identity(comp, prefix), tok, d, root, progress)
+    for comp, prefix, ident in zip(comps, prefixes, idents, strict=True):
+        path = _build_cache(comp, prefix, ident, tok, d, root, progress)
         meta = json.loads((path / "meta.json").read_text())
         if meta["train"]["documents"] == 0:
             raise ConfigError(
