@@ -159,13 +159,17 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from lmscale import evaluate
     from lmscale.sweep import assigned, run_sweep
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out '{args.out}' exists and is not a directory")
     sweep = _load_sweep(args)
     assigned(sweep.cells, args.worker, args.num_workers)  # bad --worker fails before anything runs
-    statuses = run_sweep(sweep, args.out, args.worker, args.num_workers, progress=not args.no_progress)
+    hooks = [evaluate.after_train(sweep.eval)] if sweep.eval is not None else []
+    statuses = run_sweep(
+        sweep, args.out, args.worker, args.num_workers, progress=not args.no_progress, after_train=hooks
+    )
     counts = {s: sum(v == s for v in statuses.values()) for s in sorted(set(statuses.values()))}
     print(f"{args.out / sweep.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if "running" in statuses.values():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -284,4 +284,30 @@ def evaluate_run(
     run.step = latest_step(run)
     decoder = restore_decoder(run, batch_size)
     rows = evaluate(decoder, run.tokenizer, requests)
+    import jax
+
+    if jax.process_index() != 0:  # every host runs the model; one writes the results
+        return aggregate(rows)
     return write_results(run.path, rows, run.step)
+
+
+def after_train(spec) -> Callable[[object, Path, dict], dict]:
+    """The sweep's hook for `sweep.eval` (a grid.EvalSpec): evaluate each completed run once.
+
+    A run whose summary already holds every requested task (and shot count) is left as it is, so a
+    rerun sweep, or one killed between training and evaluation, evaluates only what is missing.
+    """
+
+    def hook(cell, run_dir: Path, summary: dict) -> dict:
+        done = summary.get("fewshot") or {}
+        missing = [
+            name
+            for name in spec.tasks or tasks.TASKS
+            if name not in done or any(str(k) not in done[name] for k in spec.shots or ())
+        ]
+        if not missing:
+            return summary
+        fewshot = evaluate_run(run_dir, missing, spec.shots, spec.examples, batch_size=spec.batch_size)
+        return {**summary, "fewshot": {**done, **fewshot}}
+
+    return hook

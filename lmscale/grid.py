@@ -20,7 +20,7 @@ from lmscale import flops
 from lmscale.config import Config, ConfigError, from_dict, parse_overrides, read_yaml, validate
 from lmscale.shapes import SizeRule, shape_for_params
 
-SWEEP_KEYS = ("sizes", "tokens", "seeds", "lr", "axes")
+SWEEP_KEYS = ("sizes", "tokens", "seeds", "lr", "axes", "eval")
 SIZE_KEYS = (
     "shapes", "params", "count", "aspect_ratio", "head_dim", "n_heads", "d_model_multiple",
     "d_ff_multiple", "aspect_weight",
@@ -29,6 +29,7 @@ SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff")
 TOKEN_FORMS = ("fixed", "per_param", "isoflop")
 ISOFLOP_KEYS = ("budgets", "sizes", "spread", "tokens_per_param")
 LR_KEYS = ("rule", "base", "base_width", "exponent")
+EVAL_KEYS = ("tasks", "shots", "examples", "batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +48,20 @@ class Cell:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """Few-shot evaluation after every run (`sweep.eval`); None fields mean every task / shot count."""
+
+    tasks: tuple[str, ...] | None = None
+    shots: tuple[int, ...] | None = None  # None: every default count that fits the context
+    examples: int = 100
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
     name: str  # the YAML file's stem: the sweep directory under --out
     cells: list[Cell]  # cheapest first
+    eval: EvalSpec | None = EvalSpec()  # None: `sweep.eval: false`, no evaluation
 
 
 # -- reading the spec ---------------------------------------------------------------------------
@@ -199,6 +211,55 @@ def _isoflop_targets(iso: dict) -> list[tuple[float, float]]:
     return pairs
 
 
+def _eval_spec(value: Any) -> EvalSpec | None:
+    """`sweep.eval`: false, or a mapping of tasks, shots, examples and batch_size (all optional)."""
+    from lmscale import tasks
+
+    if value is False:
+        return None
+    spec = _mapping({} if value is None or value is True else value, "sweep.eval", EVAL_KEYS)
+    names = None
+    if spec.get("tasks") is not None:
+        names = tuple(str(t) for t in _values(spec["tasks"], "sweep.eval.tasks"))
+        for name in names:
+            try:
+                tasks.get(name)
+            except ConfigError as e:
+                raise ConfigError(f"sweep.eval.tasks: {e}") from None
+    shots = None
+    if spec.get("shots") is not None:
+        shots = tuple(
+            _integer(k, "sweep.eval.shots", minimum=0) for k in _values(spec["shots"], "sweep.eval.shots")
+        )
+        if max(shots) > tasks.MAX_SHOTS:
+            raise ConfigError(
+                f"sweep.eval.shots: {max(shots)} is more than the {tasks.MAX_SHOTS} demonstrations "
+                "per example"
+            )
+    return EvalSpec(
+        names,
+        shots,
+        _integer(spec.get("examples", EvalSpec.examples), "sweep.eval.examples"),
+        _integer(spec.get("batch_size", EvalSpec.batch_size), "sweep.eval.batch_size"),
+    )
+
+
+def _check_eval_fits(spec: EvalSpec | None, cells: list[Cell]) -> None:
+    """Explicit shot counts must fit every cell's context; checked exactly for the byte tokenizer
+    (a BPE's prompts are no longer than their bytes, so they fit whenever the bytes do)."""
+    if spec is None or spec.shots is None:
+        return
+    from lmscale import evaluate, tasks
+    from lmscale.tokenizer import Tokenizer
+
+    names = spec.tasks or tuple(tasks.TASKS)
+    for seq_len in sorted({c.cfg.model.seq_len for c in cells if c.cfg.data.tokenizer == "byte"}):
+        try:
+            evaluate.build_requests(Tokenizer.byte(), names, spec.shots, spec.examples, seq_len)
+        except ConfigError as e:
+            raise ConfigError(f"sweep.eval.shots: {str(e).removeprefix('--shots: ')}") from None
+
+
 # -- run ids ----------------------------------------------------------------------------------
 
 
@@ -314,6 +375,7 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
         for s in _values(spec.get("seeds", base_cfg.train.seed), "sweep.seeds")
     ]
     lr_spec = _mapping(spec.get("lr") or {}, "sweep.lr", LR_KEYS)
+    eval_spec = _eval_spec(spec.get("eval"))
 
     taken: dict[str, str] = {}
     if sizes or isoflop:
@@ -371,7 +433,8 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
     if not cells:
         raise ConfigError(f"sweep '{name}': the grid is empty")
     cells = _name(cells, axis_keys)
-    return Sweep(name, sorted(cells, key=lambda c: (c.flops, c.run_id)))
+    _check_eval_fits(eval_spec, cells)
+    return Sweep(name, sorted(cells, key=lambda c: (c.flops, c.run_id)), eval_spec)
 
 
 def _cell(

@@ -14,7 +14,7 @@ import pytest
 from lmscale import grid, runlog, sweep
 from tests.conftest import lmscale_env, run_cli
 
-# Three cells of a few seconds each (mostly compilation), 20 steps each.
+# Three cells of a few seconds each (mostly compilation), 20 steps each, then a small evaluation.
 SPEC = """
 model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32, vocab_size: 320}
 train: {batch_size: 8, tokens: 5120, lr: 0.01, log_every: 1, eval_every: 10, eval_batches: 2}
@@ -23,6 +23,7 @@ sweep:
   sizes:
     shapes: [{n_layers: 1, d_model: 32, n_heads: 2}, {n_layers: 2, d_model: 32, n_heads: 2},
              {n_layers: 3, d_model: 32, n_heads: 2}]
+  eval: {tasks: [add2, reverse], shots: [0, 1], examples: 8}
 """
 RUN_IDS = {"L1-D32-T5.12K-s0", "L2-D32-T5.12K-s0", "L3-D32-T5.12K-s0"}
 
@@ -75,9 +76,16 @@ def test_sweep_writes_every_run_and_both_tables(straight):
         results
     )
     fewshot = pd.read_csv(sweep_dir / "fewshot.csv")
-    assert list(fewshot.columns) == sweep.FEWSHOT_COLUMNS and fewshot.empty  # no evaluation yet
+    assert list(fewshot.columns) == sweep.FEWSHOT_COLUMNS
+    exact = fewshot[fewshot["metric"] == "exact_match"]
+    assert sorted(zip(exact["run_id"], exact["task"], exact["shots"], strict=True)) == sorted(
+        (r, t, k) for r in RUN_IDS for t in ("add2", "reverse") for k in (0, 1)
+    )  # every run evaluated once, on the sweep's tasks and shot counts
+    assert (exact["n"] == 8).all() and exact["value"].between(0, 1).all()
     for run_id in RUN_IDS:
         _assert_each_step_logged_once(sweep_dir / run_id)
+        rows = runlog.read_jsonl(sweep_dir / run_id / "fewshot.jsonl")
+        assert len(rows) == 2 * 2 * 8 and {r["step"] for r in rows} == {20}
         assert len(_attempts(sweep_dir / run_id)) == 1
 
 
@@ -89,6 +97,7 @@ def test_a_rerun_of_a_finished_sweep_trains_nothing(spec, straight):
     assert "3 completed" in proc.stdout
     assert all(len(_attempts(sweep_dir / r)) == 1 for r in RUN_IDS)
     pd.testing.assert_frame_equal(_results(sweep_dir), before)
+    assert all(len(runlog.read_jsonl(sweep_dir / r / "fewshot.jsonl")) == 32 for r in RUN_IDS)  # not redone
 
 
 def test_a_run_dir_holding_another_config_stops_the_sweep_with_exit_2(spec, straight):
@@ -121,6 +130,8 @@ def test_three_sigkills_at_random_moments_lose_nothing(spec, straight, tmp_path)
     assert list(killed.index) == list(clean.index) == sorted(RUN_IDS)  # no run missing or duplicated
     for column in ("status", "steps", "tokens", "flops", "params", "final_loss", "final_val_loss"):
         assert killed[column].tolist() == clean[column].tolist(), column  # losses bitwise equal
+    fewshot = [pd.read_csv(d / "fewshot.csv") for d in (tmp_path / "mini", sweep_dir)]
+    pd.testing.assert_frame_equal(*fewshot)  # evaluation too: a kill before it leaves it to the rerun
     for run_id in RUN_IDS:
         _assert_each_step_logged_once(tmp_path / "mini" / run_id)
         rows = [runlog.read_jsonl(d / run_id / "metrics.jsonl") for d in (tmp_path / "mini", sweep_dir)]
@@ -308,3 +319,51 @@ def test_after_train_hooks_feed_fewshot_csv_and_rerun_on_every_visit(fake_sweep,
     assert len(fewshot) == 6 and set(fewshot["shots"]) == {0, 4} and set(fewshot["task"]) == {"copy"}
     assert fewshot.iloc[0][["metric", "value", "stderr", "n"]].tolist() == ["acc", 0.5, 0.1, 40]
     assert "fewshot" not in pd.read_csv(tmp_path / "fake" / "results.csv").columns
+
+
+def _mini_spec(eval_spec):
+    raw = {"model": {"seq_len": 32}, "train": {"batch_size": 8, "tokens": 2560}}
+    return raw | {
+        "sweep": {"sizes": {"shapes": [{"n_layers": 1, "d_model": 32, "n_heads": 2}]}, "eval": eval_spec}
+    }
+
+
+def test_eval_spec_defaults_to_every_task_and_can_be_turned_off():
+    assert grid.expand(_mini_spec(None), "m").eval == grid.EvalSpec()
+    assert grid.expand(_mini_spec(False), "m").eval is None
+    spec = grid.expand(_mini_spec({"tasks": ["add2"], "shots": [0, 1], "examples": 5}), "m").eval
+    assert spec == grid.EvalSpec(("add2",), (0, 1), 5, 64)
+
+
+@pytest.mark.parametrize(
+    "eval_spec, message",
+    [
+        ({"tasks": ["add9"]}, "sweep.eval.tasks: unknown task 'add9'"),
+        ({"shots": [0, 16]}, "sweep.eval.shots: 16 is more than the 8 demonstrations"),
+        ({"shots": [8]}, "sweep.eval.shots: 8-shot prompts of task 'add2' need"),
+        ({"examples": 0}, "sweep.eval.examples=0"),
+        ({"metric": "x"}, "unknown sweep key 'sweep.eval.metric'"),
+    ],
+)
+def test_bad_eval_specs_fail_at_expansion(eval_spec, message):
+    with pytest.raises(grid.ConfigError, match=message.replace("(", r"\(")):
+        grid.expand(_mini_spec(eval_spec), "m")
+
+
+def test_the_eval_hook_evaluates_only_what_a_run_is_missing(fake_sweep, tmp_path, monkeypatch):
+    from lmscale import evaluate
+
+    calls = []
+
+    def evaluate_run(run_dir, names, shots, examples, batch_size):
+        calls.append((list(names), shots))
+        return {name: {str(k): {"exact_match": {}} for k in shots} for name in names}
+
+    monkeypatch.setattr(evaluate, "evaluate_run", evaluate_run)
+    hook = evaluate.after_train(grid.EvalSpec(("add2", "recall"), (0, 4), 10))
+    summary = hook(
+        None, tmp_path, {"status": "completed", "fewshot": {"add2": {"0": {}, "4": {}}, "recall": {"0": {}}}}
+    )
+    assert calls == [(["recall"], (0, 4))]
+    assert set(summary["fewshot"]) == {"add2", "recall"} and set(summary["fewshot"]["recall"]) == {"0", "4"}
+    assert hook(None, tmp_path, summary) == summary and len(calls) == 1  # nothing missing: nothing run
