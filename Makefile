@@ -9,8 +9,9 @@ install: .make/installed  ## install lmscale and its dev tools into the current 
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	@mkdir -p .make && touch $@
 
-demo: install  ## train the built-in tiny config on this machine
-	$(PYTHON) -m lmscale train experiments/tiny.yaml --out $(OUT)/tiny
+demo: install  ## the CPU demo sweep (6 sizes, trained and evaluated), then its report
+	$(PYTHON) -m lmscale sweep experiments/cpu_demo.yaml --out $(OUT)
+	$(PYTHON) -m lmscale report $(OUT)/cpu_demo
 
 test: install  ## fast tests (under 10 minutes on 2 CPU cores); pytest's 5 means no tests collected
 	$(PYTHON) -m pytest -q || [ $$? -eq 5 ]
