@@ -79,49 +79,80 @@ class Decoder:
     def _run_fn(
         self,
         params: Any,
-        prompt_BxP: jax.Array,
+        unrolled_params: Any,
+        tokens_BxS: jax.Array,
         len_B: jax.Array,
         cont_BxA: jax.Array,
+        cont_len_B: jax.Array,
         limit_B: jax.Array,
         stop_V: jax.Array,
         max_new: int,
         cache_len: int,
     ) -> tuple[jax.Array, ...]:
-        """One prefill of the prompts, then the teacher-forced continuation and greedy generation.
+        """One cached forward over each prompt and its continuation, then greedy generation.
 
-        Returns the continuation's log-probs and greedy flags [B, A], the full log-prob vector of its
-        first token [B, V], and greedy tokens [B, max_new] (-1 after a row's stop token or its limit).
+        `tokens_BxS` holds the context followed by the continuation less its last token (the
+        teacher-forced pass). Returns the continuation's log-probs and greedy flags [B, A], the full
+        log-prob vector of its first token [B, V], and greedy tokens [B, max_new] (-1 after a row's
+        stop token or its limit).
+
+        Greedy generation agrees with the continuation up to its first token that is not the greedy
+        choice (or is a stop token), so those tokens are copied from the teacher-forced pass, whose
+        keys and values are already cached, and decoding starts at that token: a row the model gets
+        right costs at most one decode step.
         """
-        B, A = prompt_BxP.shape[0], cont_BxA.shape[1]
-        variables = {"params": params}
-        cache = init_cache(self.unrolled.cfg, B, cache_len)
-        logits_BxPxV, cache = self.unrolled.apply(variables, prompt_BxP, cache, jnp.zeros(B, jnp.int32))
-        last_BxV = logits_BxPxV[jnp.arange(B), len_B - 1]
+        B, S, A = tokens_BxS.shape[0], tokens_BxS.shape[1], cont_BxA.shape[1]
+        # The forward pass runs the model as configured (a scan over layers compiles to faster code)
+        # on a cache of exactly its length; decoding then runs unrolled layers on per-layer caches
+        # grown to `cache_len`, which it updates in place.
+        cache = init_cache(self.cfg, B, S)
+        logits_BxSxV, cache = self.model.apply({"params": params}, tokens_BxS, cache, jnp.zeros(B, jnp.int32))
+        if self.cfg.scan_layers:
+            cache = tuple({"k": cache["k"][i], "v": cache["v"][i]} for i in range(self.cfg.n_layers))
+        grow = ((0, 0), (0, cache_len - S), (0, 0), (0, 0))
+        cache = tuple({k: jnp.pad(v, grow) for k, v in layer.items()} for layer in cache)
+        variables = {"params": unrolled_params}
+        W = max(A, 1)  # positions len-1 .. len-2+W predict the continuation's tokens
+        pos_BxW = jnp.minimum(len_B[:, None] - 1 + jnp.arange(W)[None, :], S - 1)
+        pred_BxWxV = jnp.take_along_axis(logits_BxSxV, pos_BxW[..., None], axis=1)
+        choice_BxW = jnp.argmax(pred_BxWxV, axis=-1).astype(jnp.int32)
         logp_BxA = greedy_BxA = first_BxV = jnp.zeros((B, 0))
+        t_B = jnp.zeros(B, jnp.int32)
+        out_BxT = jnp.full((B, max_new), -1, jnp.int32)
         if A:
-            logits_BxAxV, _ = self.unrolled.apply(variables, cont_BxA, cache, len_B)
-            pred_BxAxV = jnp.concatenate([last_BxV[:, None], logits_BxAxV[:, :-1]], axis=1)
-            logp_BxAxV = jax.nn.log_softmax(pred_BxAxV.astype(jnp.float32), axis=-1)
+            logp_BxAxV = jax.nn.log_softmax(pred_BxWxV.astype(jnp.float32), axis=-1)
             logp_BxA = jnp.take_along_axis(logp_BxAxV, cont_BxA[..., None], axis=-1)[..., 0]
-            greedy_BxA = jnp.argmax(pred_BxAxV, axis=-1) == cont_BxA
+            greedy_BxA = choice_BxW == cont_BxA
             first_BxV = logp_BxAxV[:, 0]
+            real_BxA = jnp.arange(A)[None, :] < cont_len_B[:, None]
+            diverge_BxA = real_BxA & (~greedy_BxA | stop_V[cont_BxA])
+            # No divergence: decoding starts at the last token (its keys are not cached yet).
+            t_B = jnp.where(
+                diverge_BxA.any(axis=1), jnp.argmax(diverge_BxA, axis=1), jnp.maximum(cont_len_B - 1, 0)
+            )
+            t_B = jnp.minimum(t_B, limit_B).astype(jnp.int32)
+            copied_BxT = jnp.pad(cont_BxA, ((0, 0), (0, max(max_new - A, 0))))[:, :max_new]
+            out_BxT = jnp.where(jnp.arange(max_new)[None, :] < t_B[:, None], copied_BxT, out_BxT)
+        next_B = jnp.take_along_axis(choice_BxW, jnp.minimum(t_B, W - 1)[:, None], axis=1)[:, 0]
 
         def cond(carry):
-            t, _, _, _, done_B = carry
-            return (t < max_new) & ~done_B.all()
+            i, _, _, _, _, done_B = carry
+            return (i < max_new) & ~done_B.all()
 
         def body(carry):
-            t, next_B, cache, out_BxT, done_B = carry
-            done_B = done_B | (t >= limit_B)
-            out_BxT = out_BxT.at[:, t].set(jnp.where(done_B, -1, next_B))
+            i, t_B, next_B, cache, out_BxT, done_B = carry
+            done_B = done_B | (t_B >= limit_B)
+            rows = jnp.arange(B)
+            out_BxT = out_BxT.at[rows, jnp.minimum(t_B, max_new - 1)].set(
+                jnp.where(done_B, out_BxT[rows, jnp.minimum(t_B, max_new - 1)], next_B)
+            )
             done_B = done_B | stop_V[next_B]
-            logits_Bx1xV, cache = self.unrolled.apply(variables, next_B[:, None], cache, len_B + t)
-            return t + 1, jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32), cache, out_BxT, done_B
+            logits_Bx1xV, cache = self.unrolled.apply(variables, next_B[:, None], cache, len_B + t_B)
+            next_B = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
+            return i + 1, t_B + 1, next_B, cache, out_BxT, done_B
 
-        next_B = jnp.argmax(last_BxV, axis=-1).astype(jnp.int32)
-        out_BxT = jnp.full((B, max_new), -1, jnp.int32)
-        carry = (jnp.int32(0), next_B, cache, out_BxT, limit_B <= 0)
-        out_BxT = jax.lax.while_loop(cond, body, carry)[3] if max_new else out_BxT
+        carry = (jnp.int32(0), t_B, next_B, cache, out_BxT, limit_B <= 0)
+        out_BxT = jax.lax.while_loop(cond, body, carry)[4] if max_new else out_BxT
         return logp_BxA, greedy_BxA, first_BxV, out_BxT
 
     # -- host API --------------------------------------------------------------------------------
@@ -187,10 +218,12 @@ class Decoder:
         out: list[tuple[Score, list[int]] | None] = [None] * len(requests)
         # Rows that stop after similar numbers of tokens share a batch: the loop runs to the longest.
         within = [len(c) if limits is None else limits[i] for i, (_, c) in enumerate(requests)]
-        for size, idx in self._batches([len(ctx) for ctx, _ in requests], within):
-            prompt_BxP = np.zeros((self.batch_size, size), np.int32)
+        fed = [len(ctx) + max(len(cont) - 1, 0) for ctx, cont in requests]  # tokens in the forward pass
+        for size, idx in self._batches(fed, within):
+            tokens_BxS = np.zeros((self.batch_size, size), np.int32)
             cont_BxA = np.zeros((self.batch_size, A), np.int32)
             len_B, limit_B = np.ones(self.batch_size, np.int32), np.zeros(self.batch_size, np.int32)
+            cont_len_B = np.zeros(self.batch_size, np.int32)
             for row, i in enumerate(idx):
                 ctx, cont = requests[i]
                 if not ctx or len(ctx) + len(cont) > self.cfg.seq_len + 1:
@@ -198,14 +231,16 @@ class Decoder:
                         f"request of {len(ctx)}+{len(cont)} tokens: the context must be non-empty and "
                         f"both must fit {self.cfg.seq_len} tokens"
                     )
-                prompt_BxP[row, : len(ctx)], cont_BxA[row, : len(cont)] = ctx, cont
-                len_B[row] = len(ctx)
+                tokens_BxS[row, : fed[i]] = [*ctx, *cont[:-1]]
+                cont_BxA[row, : len(cont)] = cont
+                len_B[row], cont_len_B[row] = len(ctx), len(cont)
                 limit = max_new if limits is None else min(limits[i], max_new)
                 limit_B[row] = min(limit, self.cfg.seq_len - len(ctx))
+            cache_len = max(size, bucket(int((len_B + limit_B).max()), self.cfg.seq_len))
             with self._context():
                 result = self._run(
-                    self.unrolled_params, prompt_BxP, len_B, cont_BxA, limit_B, stop_V, max_new=steps,
-                    cache_len=size + max(A, steps, 1),
+                    self.params, self.unrolled_params, tokens_BxS, len_B, cont_BxA, cont_len_B,
+                    limit_B, stop_V, max_new=steps, cache_len=cache_len,
                 )  # fmt: skip
                 logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(result)
             for row, i in enumerate(idx):

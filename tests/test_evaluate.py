@@ -96,6 +96,42 @@ def test_cached_generation_equals_uncached(variant):
     assert len(generated[-1]) == 3  # stops at the context length
 
 
+def _uncached_greedy(forward, prompt, max_new, stop):
+    seq, out = list(prompt), []
+    while len(out) < max_new and len(seq) < SEQ_LEN:
+        padded = np.zeros((1, SEQ_LEN), np.int32)
+        padded[0, : len(seq)] = seq
+        out.append(int(jnp.argmax(forward(padded)[0, len(seq) - 1])))
+        seq.append(out[-1])
+        if out[-1] in stop:
+            break
+    return out
+
+
+def test_generation_after_a_continuation_the_model_partly_agrees_with_equals_uncached(model):
+    """Generation copies the teacher-forced tokens the model agrees with and decodes from the first it
+    does not: continuations that follow the greedy path for 0, 2, 5 or all of their tokens, with and
+    without a stop token inside, under limits shorter and longer than them."""
+    cfg, params = model
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(0, 256, rng.integers(1, 40))) for _ in range(5)]
+    forward = jax.jit(lambda t: Transformer(cfg).apply({"params": params}, t))
+    greedy = [_uncached_greedy(forward, p, 12, set()) for p in prompts]
+    stop = {int(greedy[0][3])}  # a token the first prompt's greedy path emits at step 3
+    want = {tuple(p): _uncached_greedy(forward, p, 12, stop) for p in prompts}
+    pairs, limits = [], []
+    for prompt, path in zip(prompts, greedy, strict=True):
+        for agree in (0, 2, 5, 8):
+            wrong = (path[agree] + 1) % 256 if agree < 8 else None
+            cont = path[:agree] + ([wrong, 7] if wrong is not None else [])
+            for limit in (3, len(cont) + 1, 12):
+                pairs.append((prompt, cont))
+                limits.append(limit)
+    results = Decoder(cfg, params, batch_size=8).score_and_generate(pairs, 12, sorted(stop), limits)
+    for (prompt, _), limit, (_, got) in zip(pairs, limits, results, strict=True):
+        assert got == want[tuple(prompt)][:limit]
+
+
 def test_metrics_of_a_model_that_always_answers_right():
     class Oracle:  # scores every answer token as certain and generates the answer, then a newline
         def score_and_generate(self, pairs, max_new, stop, limits=None):
