@@ -109,7 +109,7 @@ class Decoder:
         logits_BxSxV, cache = self.model.apply({"params": params}, tokens_BxS, cache, jnp.zeros(B, jnp.int32))
         if self.cfg.scan_layers:
             cache = tuple({"k": cache["k"][i], "v": cache["v"][i]} for i in range(self.cfg.n_layers))
-        grow = ((0, 0), (0, cache_len - S), (0, 0), (0, 0))
+        grow = ((0, 0), (0, 0), (0, cache_len - S), (0, 0))  # [B, N, S, H]
         cache = tuple({k: jnp.pad(v, grow) for k, v in layer.items()} for layer in cache)
         variables = {"params": unrolled_params}
         W = max(A, 1)  # positions len-1 .. len-2+W predict the continuation's tokens

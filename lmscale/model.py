@@ -68,16 +68,17 @@ def sinusoid(L: int, D: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angle_LxD2), jnp.cos(angle_LxD2)], axis=-1)
 
 
-Cache = dict | tuple  # {"k", "v"}: [layers, B, S, N, H] when scanned, else a tuple of [B, S, N, H] per layer
+Cache = dict | tuple  # {"k", "v"}: [layers, B, N, S, H] when scanned, else a tuple of [B, N, S, H] per layer
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> Cache:
     """An empty key/value cache: stacked on a layer axis for scanned layers, one per layer otherwise.
 
-    Unrolled layers keep separate buffers, so a decode loop updates them in place; a stacked cache is
-    sliced and restacked by the scan at every step.
+    Head-major ([B, N, S, H]), so attention reads it without a transpose. Unrolled layers keep separate
+    buffers, so a decode loop updates them in place; a stacked cache is sliced and restacked by the
+    scan at every step.
     """
-    shape = (batch, length, cfg.n_heads, cfg.head_dim)
+    shape = (batch, cfg.n_heads, length, cfg.head_dim)
     if cfg.scan_layers:
         shape = (cfg.n_layers, *shape)
         return {"k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
@@ -89,14 +90,18 @@ def cached_attention(
     q_BxLxNxH: jax.Array, k_BxLxNxH: jax.Array, v_BxLxNxH: jax.Array, cache: Cache, pos_B: jax.Array
 ) -> tuple[jax.Array, Cache]:
     """Write the L new keys and values at positions pos_B.. of each row; attend to the cache causally."""
-    write = jax.vmap(lambda c_SxNxH, u_LxNxH, p: jax.lax.dynamic_update_slice(c_SxNxH, u_LxNxH, (p, 0, 0)))
-    k_BxSxNxH = write(cache["k"], k_BxLxNxH.astype(cache["k"].dtype), pos_B)
-    v_BxSxNxH = write(cache["v"], v_BxLxNxH.astype(cache["v"].dtype), pos_B)
-    L, S = q_BxLxNxH.shape[1], k_BxSxNxH.shape[1]
+    write = jax.vmap(lambda c_NxSxH, u_NxLxH, p: jax.lax.dynamic_update_slice(c_NxSxH, u_NxLxH, (0, p, 0)))
+    dtype = cache["k"].dtype
+    k_BxNxSxH = write(cache["k"], k_BxLxNxH.transpose(0, 2, 1, 3).astype(dtype), pos_B)
+    v_BxNxSxH = write(cache["v"], v_BxLxNxH.transpose(0, 2, 1, 3).astype(dtype), pos_B)
+    L, S, H = q_BxLxNxH.shape[1], k_BxNxSxH.shape[2], q_BxLxNxH.shape[3]
     qpos_BxL = pos_B[:, None] + jnp.arange(L)[None, :]
     mask_Bx1xLxS = (jnp.arange(S)[None, None, :] <= qpos_BxL[:, :, None])[:, None]
-    o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH, mask=mask_Bx1xLxS)
-    return o_BxLxNxH, {"k": k_BxSxNxH, "v": v_BxSxNxH}
+    scores_BxNxLxS = jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH).astype(jnp.float32) * H**-0.5
+    scores_BxNxLxS = jnp.where(mask_Bx1xLxS, scores_BxNxLxS, -jnp.inf)
+    probs_BxNxLxS = jax.nn.softmax(scores_BxNxLxS, axis=-1).astype(dtype)
+    o_BxLxNxH = jnp.einsum("bnls,bnsh->blnh", probs_BxNxLxS, v_BxNxSxH)
+    return o_BxLxNxH, {"k": k_BxNxSxH, "v": v_BxNxSxH}
 
 
 class Attention(nn.Module):
