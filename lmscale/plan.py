@@ -294,6 +294,8 @@ def main(sweep: Sweep, calibrate: bool = True, csv: Path | None = None) -> int:
     device = f"{len(devices)} x {devices[0].device_kind}"
     df, totals = table(sweep, len(devices), CALIBRATION_S if calibrate else None)
     print(render(df, totals, device))
+    if calibrate and sweep.eval is not None:
+        print("times are training only; each run's few-shot evaluation (sweep.eval) comes on top")
     if csv is not None:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         runlog.write_atomic(Path(csv), df.to_csv(index=False))

@@ -17,6 +17,7 @@ checkpoint: {every_steps: 10}
 sweep:
   sizes:
     shapes: [{n_layers: 1, d_model: 32, n_heads: 2}, {n_layers: 2, d_model: 64, n_heads: 4}]
+  eval: false
 """
 
 
