@@ -69,11 +69,13 @@ class Fit:
 
     def predict(self, x=None, N=None, D=None, params: dict | None = None) -> np.ndarray:
         p = self.params if params is None else params
-        if self.law == "power":
-            return p.get("E", 0.0) + p["A"] * np.asarray(x, float) ** -p["alpha"]
-        if self.law == "chinchilla":
-            N, D = np.asarray(N, float), np.asarray(D, float)
-            return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
+        # A failed fit's NaN parameters (or a bootstrap sample's) predict NaN, without a warning.
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.law == "power":
+                return p.get("E", 0.0) + p["A"] * np.asarray(x, float) ** -p["alpha"]
+            if self.law == "chinchilla":
+                N, D = np.asarray(N, float), np.asarray(D, float)
+                return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
         raise AnalysisError(f"law '{self.law}' predicts allocations, not losses")
 
     def to_json(self) -> dict:
