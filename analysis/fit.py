@@ -104,6 +104,25 @@ def _check_points(n: int, n_params: int, law: str) -> None:
         )
 
 
+SEPARABLE_MIN_SPREAD = 0.05  # natural-log units: ~5% variation of D at fixed N (and of N at fixed D)
+
+
+def _check_separable(N: np.ndarray, D: np.ndarray) -> None:
+    """L(N, D) needs D to vary apart from N and N apart from D; a sweep at a fixed token budget or a
+    fixed tokens-per-parameter ratio has log D a linear function of log N, and its A/N and B/D terms
+    trade off freely (the fit then lands on a bound and its allocations mean nothing)."""
+    logs = {"tokens": np.log(D), "params": np.log(N)}
+    for name, other in (("tokens", "params"), ("params", "tokens")):
+        y, x = logs[name], logs[other]
+        design = np.stack([x, np.ones_like(x)], axis=1)
+        spread = (y - design @ np.linalg.lstsq(design, y, rcond=None)[0]).std()
+        if spread < SEPARABLE_MIN_SPREAD:
+            raise AnalysisError(
+                f"approach3: log {name} is a linear function of log {other} in these runs (residual "
+                f"spread {spread:.3f}); L(N, D) needs several token budgets per size, e.g. an IsoFLOP sweep"
+            )
+
+
 def _check_positive(name: str, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, float)
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
@@ -179,6 +198,7 @@ def fit_chinchilla(
     """
     N, D, loss = _check_positive("params", N), _check_positive("tokens", D), _check_positive("loss", loss)
     _check_points(len(N), 5, "approach3")
+    _check_separable(N, D)
     starts = hoffmann_grid() if isinstance(grid, str) else np.asarray(grid, float)
     logx, logy = np.log(np.stack([N, D], axis=1)), np.log(loss)
     theta, f, g = optimize.multistart(chinchilla_log_pred, starts, logx, logy, delta=delta)

@@ -193,3 +193,15 @@ def test_missing_file_and_mapped_column_are_named(tmp_path, capsys):
 def test_fit_errors_are_analysis_errors():
     with pytest.raises(AnalysisError, match="positive"):
         fits.fit_power([1.0, 2.0, 0.0, 4.0], [3.0, 2.0, 1.5, 1.2])
+
+
+@pytest.mark.parametrize("tokens", ["per_param", "fixed"])
+def test_approach3_refuses_runs_whose_tokens_follow_their_params(tokens):
+    """At a fixed tokens-per-parameter ratio (or one budget for every size) the N and D terms of
+    L(N, D) trade off freely; the fit says so instead of returning a bound-pinned allocation."""
+    N = np.logspace(4.5, 6, 6)
+    D = 4.0 * N if tokens == "per_param" else np.full(6, 1e6)
+    loss = 1.0 + 400.0 / N**0.34 + 410.0 / D**0.28
+    with pytest.raises(AnalysisError, match="approach3: log tokens is a linear function of log params"):
+        fits.fit_chinchilla(N, D, loss)
+    fits._check_separable(N, D * np.array([1.0, 3.0, 0.5, 2.0, 1.0, 0.4]))  # budgets varied per size: fine
