@@ -198,8 +198,11 @@ class _Loop:
         if not math.isfinite(m["loss"]):
             self.diverged = True
         if self.bar is not None:
+            # refresh=False: the bar redraws at tqdm's own pace (mininterval), not at every step.
+            self.bar.set_postfix(
+                loss=f"{m['loss']:.4f}", tok_s=f"{self.tokens_per_step / seconds:,.0f}", refresh=False
+            )
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{self.tokens_per_step / seconds:,.0f}")
         if step % self.cfg.train.log_every == 0 or step == self.total or self.diverged:
             step_time = self.window_s / self.window_steps
             row = {
