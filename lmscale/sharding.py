@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from lmscale.config import MESH_AXES, MeshConfig
+from lmscale.config import MESH_AXES, ConfigError, MeshConfig
 
 # Environment variables that mark a multi-process launch (SLURM, Open MPI, TPU pod, explicit).
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
@@ -37,7 +37,14 @@ def initialize_distributed(setting: str) -> bool:
     if setting == "false" or (setting == "auto" and not _is_multihost_launch()):
         return False
     if not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:  # no coordinator found: not a multi-host launch
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                f"mesh.distributed={setting}: jax.distributed.initialize() failed ({reason}); launch one "
+                "process per host, or use mesh.distributed=auto on a single machine"
+            ) from None
     return True
 
 

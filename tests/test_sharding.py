@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import ROOT, run_cli, run_python
 
 SCRIPT = r"""
 import json, jax, numpy as np
@@ -74,3 +74,9 @@ def test_parameters_are_split_the_way_the_rules_say(meshes):
     # Adam's moments follow their parameters.
     assert meshes["fsdp=8"]["mu_wi_shard"] == [2, 8, 256]
     assert all(m["n_devices"] == 8 for k, m in meshes.items() if k != "single")
+
+
+def test_a_multi_host_config_outside_a_multi_host_launch_exits_2_with_one_line():
+    proc = run_cli("plan", ROOT / "experiments" / "tpu_pod.yaml", "--no-time")  # mesh.distributed: true
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "mesh.distributed=true: jax.distributed.initialize() failed" in proc.stderr
