@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from lmscale import runlog, tasks
@@ -68,20 +69,25 @@ def _continuation(tok, context_text: str, answer: str) -> tuple[list[int], list[
 
 
 def build_requests(
-    tok, names: Sequence[str], shots: Sequence[int] | None, n_examples: int, seq_len: int, seed: int = 0
+    tok,
+    names: Sequence[str],
+    shots: Sequence[int] | None,
+    n_examples: int,
+    seq_len: int,
+    seed: int = 0,
+    option: str = "--shots",
 ) -> list[Request]:
     """Requests for every task and shot count; `shots=None` keeps the default counts that fit.
 
-    Explicit shot counts that do not fit the context are an error naming the task and the length.
+    Explicit shot counts that do not fit the context are an error naming `option`, the task and the
+    length.
     """
+    if shots is not None:
+        tasks.check_shots(shots, option)
     requests = []
     for name in names:
         exs = tasks.examples(name, n_examples, seed)
         for k in tasks.SHOTS if shots is None else shots:
-            if k > tasks.MAX_SHOTS:
-                raise ConfigError(
-                    f"--shots: {k} is more than the {tasks.MAX_SHOTS} demonstrations per example"
-                )
             batch = []
             for ex in exs:
                 ctx, cont = _continuation(tok, ex.prompt(k), ex.query.answer)
@@ -91,7 +97,7 @@ def build_requests(
                 if shots is None:
                     continue  # the default counts are capped by the context length
                 raise ConfigError(
-                    f"--shots: {k}-shot prompts of task '{name}' need {longest} tokens, more than "
+                    f"{option}: {k}-shot prompts of task '{name}' need {longest} tokens, more than "
                     f"model.seq_len={seq_len}"
                 )
             requests.extend(batch)
@@ -239,8 +245,6 @@ def latest_step(run: Run) -> int:
 
 def restore_decoder(run: Run, batch_size: int = 64) -> Decoder:
     """The latest checkpoint's params on this process's devices, wrapped in a Decoder."""
-    import jax
-
     from lmscale import sharding
     from lmscale.checkpoint import Checkpointer
     from lmscale.steps import build
@@ -284,8 +288,6 @@ def evaluate_run(
     run.step = latest_step(run)
     decoder = restore_decoder(run, batch_size)
     rows = evaluate(decoder, run.tokenizer, requests)
-    import jax
-
     if jax.process_index() != 0:  # every host runs the model; one writes the results
         return aggregate(rows)
     return write_results(run.path, rows, run.step)

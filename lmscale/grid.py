@@ -96,6 +96,14 @@ def _number(value: Any, key: str, positive: bool = True) -> float:
     return x
 
 
+def _numbers(section: dict, form: str, label: str) -> list[dict]:
+    """`{form: x}` per positive number listed under `section[form]`; `[{}]` (no axis) if it is absent."""
+    if form not in section:
+        return [{}]
+    key = f"{label}.{form}"
+    return [{form: _number(x, key)} for x in _values(section[form], key)]
+
+
 def _integer(value: Any, key: str, minimum: int = 1) -> int:
     x = _number(value, key, positive=False)
     if not x.is_integer() or x < minimum:
@@ -231,11 +239,7 @@ def _eval_spec(value: Any) -> EvalSpec | None:
         shots = tuple(
             _integer(k, "sweep.eval.shots", minimum=0) for k in _values(spec["shots"], "sweep.eval.shots")
         )
-        if max(shots) > tasks.MAX_SHOTS:
-            raise ConfigError(
-                f"sweep.eval.shots: {max(shots)} is more than the {tasks.MAX_SHOTS} demonstrations "
-                "per example"
-            )
+        tasks.check_shots(shots, "sweep.eval.shots")
     return EvalSpec(
         names,
         shots,
@@ -254,10 +258,9 @@ def _check_eval_fits(spec: EvalSpec | None, cells: list[Cell]) -> None:
 
     names = spec.tasks or tuple(tasks.TASKS)
     for seq_len in sorted({c.cfg.model.seq_len for c in cells if c.cfg.data.tokenizer == "byte"}):
-        try:
-            evaluate.build_requests(Tokenizer.byte(), names, spec.shots, spec.examples, seq_len)
-        except ConfigError as e:
-            raise ConfigError(f"sweep.eval.shots: {str(e).removeprefix('--shots: ')}") from None
+        evaluate.build_requests(
+            Tokenizer.byte(), names, spec.shots, spec.examples, seq_len, option="sweep.eval.shots"
+        )
 
 
 # -- run ids ----------------------------------------------------------------------------------
@@ -399,25 +402,9 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
     else:
         if "shapes" in sizes:
             size_list = [{"shape": s} for s in _explicit_shapes(sizes["shapes"])]
-        elif "params" in sizes:
-            size_list = [
-                {"params": _number(p, "sweep.sizes.params")}
-                for p in _values(sizes["params"], "sweep.sizes.params")
-            ]
         else:
-            size_list = [{}]
-        if "fixed" in tokens:
-            budget_list = [
-                {"fixed": _number(t, "sweep.tokens.fixed")}
-                for t in _values(tokens["fixed"], "sweep.tokens.fixed")
-            ]
-        elif "per_param" in tokens:
-            budget_list = [
-                {"per_param": _number(r, "sweep.tokens.per_param")}
-                for r in _values(tokens["per_param"], "sweep.tokens.per_param")
-            ]
-        else:
-            budget_list = [{}]
+            size_list = _numbers(sizes, "params", "sweep.sizes")
+        budget_list = _numbers(tokens, "fixed" if "fixed" in tokens else "per_param", "sweep.tokens")
         pairs = list(itertools.product(size_list, budget_list))
 
     cells = []

@@ -287,6 +287,15 @@ _ALL = [
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
 
+def check_shots(shots: Sequence[int], option: str) -> None:
+    """Every shot count must be at most the demonstrations an example carries; `option` names the key."""
+    too_many = [k for k in shots if k > MAX_SHOTS]
+    if too_many:
+        from lmscale.config import ConfigError
+
+        raise ConfigError(f"{option}: {too_many[0]} is more than the {MAX_SHOTS} demonstrations per example")
+
+
 def get(name: str) -> Task:
     if name not in TASKS:
         from lmscale.config import ConfigError
