@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a few steps of several model sizes on the current devices and report "
         "tokens/s and MFU against the device peak (on CPU, a matmul calibrated in this process); "
         "then time the Approach-3 fit (4500 starts) against a scipy L-BFGS-B loop over the same "
-        "starts, and a 1000-resample bootstrap; then the batched few-shot evaluator against the "
-        "same evaluator fed one example at a time.",
+        "starts, and a 1000-resample bootstrap; then the batched few-shot evaluator against scoring "
+        "and generating one example at a time without a cache, and against itself at batch size 1.",
     )
     b.add_argument("--json", type=Path, help="also write the results to this JSON file")
     b.add_argument("--steps", type=int, default=6, help="timed steps per size (default: 6)")
@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the cells of a sweep YAML cheapest first into DIR/<sweep name>/<run_id>/. "
         "Completed runs are skipped, partial ones resume from their checkpoints, diverged or failed "
         "runs are marked and the sweep carries on. Each run is locked while it trains, so several "
-        "sweep processes can share one sweep; results.csv and fewshot.csv are rewritten after every "
-        "run. Exit status 1 if any run diverged or failed.",
+        "sweep processes can share one sweep. Each completed run is then evaluated few-shot as by "
+        "`lmscale eval` (configured by the sweep's `eval:` section; sweep.eval=false skips it). "
+        "results.csv and fewshot.csv are rewritten after every run. Exit status 1 if any run "
+        "diverged or failed.",
         epilog=EPILOG + " Sweep keys are overridden the same way, e.g. sweep.seeds=[0,1].",
     )
     sw.add_argument("sweep", type=Path, help="sweep YAML, e.g. experiments/cpu_demo.yaml")
