@@ -59,7 +59,7 @@ def parse_list(text: str | None, option: str, kind: type = str) -> list | None:
     return items
 
 
-def _continuation(tok, context_text: str, answer: str) -> tuple[list[int], list[int]]:
+def split_continuation(tok, context_text: str, answer: str) -> tuple[list[int], list[int]]:
     """Token ids of context and answer, split where a joint encoding splits (BPE may merge across)."""
     ctx = tok.encode(context_text)
     whole = tok.encode(context_text + answer)
@@ -90,7 +90,7 @@ def build_requests(
         for k in tasks.SHOTS if shots is None else shots:
             batch = []
             for ex in exs:
-                ctx, cont = _continuation(tok, ex.prompt(k), ex.query.answer)
+                ctx, cont = split_continuation(tok, ex.prompt(k), ex.query.answer)
                 batch.append(Request(name, k, ex.example_id, ex.query.answer, [tok.eos_id, *ctx], cont))
             longest = max(r.length for r in batch)
             if longest > seq_len:
