@@ -111,6 +111,19 @@ def load_fewshot(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def load_fewshot_training(path: str | Path) -> pd.DataFrame:
+    """Few-shot metrics at each evaluated checkpoint of each run (a sweep's `fewshot_training.csv`)."""
+    path = Path(path)
+    csv = path / "fewshot_training.csv" if path.is_dir() else path
+    df = _read_csv(csv)
+    missing = [c for c in ("step", *FEWSHOT_COLUMNS) if c not in df.columns]
+    if missing:
+        raise AnalysisError(f"'{csv}': missing column '{missing[0]}'")
+    if df.empty:
+        raise AnalysisError(f"'{csv}': no run evaluated more than one checkpoint")
+    return df
+
+
 def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
     """Training curves of every completed run: run_id, params, step, tokens, flops, loss."""
     sweep_dir = Path(sweep_dir)

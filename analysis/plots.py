@@ -21,7 +21,14 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.emergence import emergence_curves, emergence_midpoints, metric_kind, metric_order
 from analysis.fit import Fit, approach1, approach2, compute_optimal, fit_chinchilla, fit_power, isoflop_groups
-from analysis.load import AnalysisError, Results, load_curves, load_fewshot, load_results
+from analysis.load import (
+    AnalysisError,
+    Results,
+    load_curves,
+    load_fewshot,
+    load_fewshot_training,
+    load_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +288,41 @@ def plot_emergence_grid(
     return _save(fig, out_dir, name)
 
 
+def plot_emergence_training(
+    training: pd.DataFrame, out_dir: Path, metric: str = "exact_match", name="emergence_training"
+) -> list[Path]:
+    """One panel per task: `metric` against tokens trained on, one line per run coloured by size, at
+    the task's largest shot count (the checkpoints each run kept and evaluated)."""
+    data = training[training["metric"] == metric]
+    if data.empty:
+        raise AnalysisError(f"emergence over training: no '{metric}' rows")
+    tasks = sorted(data["task"].unique())
+    ncols = min(4, len(tasks))
+    nrows = -(-len(tasks) // ncols)
+    fig, axes = _figure((3.0 * ncols + 0.8, 2.4 * nrows + 0.6), nrows=nrows, ncols=ncols)
+    norm, cmap = _size_colours(data["params"])
+    colours = ScalarMappable(norm, cmap)
+    for i, task in enumerate(tasks):
+        ax = axes[i // ncols, i % ncols]
+        cell = data[data["task"] == task]
+        k = cell["shots"].max()
+        for _, run in cell[cell["shots"] == k].sort_values("params").groupby("run_id", sort=False):
+            run = run[run["tokens"] > 0].sort_values("step")
+            n = run["params"].iloc[0]
+            ax.plot(run["tokens"], run["value"], marker="o", ms=2.5, lw=1.0, color=colours.to_rgba(n),
+                    label=f"{n:.3g}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_title(f"{task}, {k}-shot", fontsize=9)
+        ax.set_xlabel(TOKENS, fontsize=8)
+        ax.set_ylabel(_metric_label(metric), fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+    for j in range(len(tasks), nrows * ncols):
+        axes[j // ncols, j % ncols].set_visible(False)
+    axes[0, 0].legend(fontsize=6, title=PARAMS, title_fontsize=6)
+    fig.suptitle(f"{metric} over training, at each kept checkpoint", fontsize=10)
+    return _save(fig, out_dir, name)
+
+
 @dataclasses.dataclass
 class Sweep:
     """What a sweep directory or results CSV provides, the fits it supports, and why anything is missing."""
@@ -291,6 +333,7 @@ class Sweep:
     fits: dict[str, Fit]  # keys: power (L(C) on the frontier), chinchilla, approach1, approach2
     midpoints: dict[str, pd.DataFrame]  # emergence midpoints against "params" and "flops"
     missing: dict[str, str]  # piece -> one-line reason
+    training: pd.DataFrame | None = None  # few-shot metrics at each evaluated checkpoint
 
 
 def _try(missing: dict[str, str], key: str, make):
@@ -306,9 +349,13 @@ def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: di
     results = load_results(source, **(columns or {}), require=("params", "tokens", "flops", "loss"))
     runs, missing, fits = results.runs, {}, {}
     source = Path(source)
-    curves = fewshot = None
+    curves = fewshot = training = None
     if source.is_dir():
         curves = _try(missing, "curves", lambda: load_curves(source))
+        if (source / "fewshot_training.csv").is_file():
+            training = _try(missing, "emergence_training", lambda: load_fewshot_training(source))
+        else:
+            missing["emergence_training"] = f"'{source}' has no fewshot_training.csv"
         if (source / "fewshot.csv").is_file():
             fewshot = _try(missing, "fewshot", lambda: load_fewshot(source))
         else:
@@ -336,7 +383,7 @@ def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: di
             table = _try(missing, "emergence", lambda x=x: emergence_midpoints(fewshot, x, bootstrap, seed))
             if table is not None:
                 midpoints[x] = table
-    return Sweep(results, curves, fewshot, fits, midpoints, missing)
+    return Sweep(results, curves, fewshot, fits, midpoints, missing, training)
 
 
 def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
@@ -365,6 +412,8 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
         paths += plot_emergence_grid(sweep.fewshot, out_dir, sweep.midpoints.get("params"))
     else:
         skipped["emergence"] = sweep.missing.get("emergence") or sweep.missing["fewshot"]
+    if sweep.training is not None:
+        paths += plot_emergence_training(sweep.training, out_dir)
     if "power" not in fits:
         skipped["loss_vs_compute frontier law"] = sweep.missing["power"]
     for figure, reason in skipped.items():

@@ -34,6 +34,7 @@ FIGURES = {
     "learning_curves_tokens": "Learning curves against training tokens, coloured by parameter count",
     "learning_curves_flops": "Learning curves against training compute, coloured by parameter count",
     "emergence": "Few-shot metrics against parameters; dotted lines mark logistic midpoints",
+    "emergence_training": "Exact match over training at every checkpoint each run kept, by task",
 }
 
 MIDPOINT_NOTE = (

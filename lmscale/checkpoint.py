@@ -9,16 +9,23 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    """Keep-last-k, atomic (Orbax writes to a temporary directory and renames on commit)."""
+    """Keep-last-k, plus every `keep_period` steps; atomic (Orbax writes to a temporary directory and
+    renames on commit)."""
 
-    def __init__(self, directory: Path, keep: int, async_save: bool):
+    def __init__(self, directory: Path, keep: int, async_save: bool, keep_period: int = 0):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=keep,
+            keep_period=keep_period or None,
+            enable_async_checkpointing=async_save,
+            create=True,
         )
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, extra: dict) -> None:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))

@@ -91,11 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "eval",
-        help="few-shot evaluation of a run's latest checkpoint",
+        help="few-shot evaluation of a run's latest checkpoint (or any it kept)",
         description="Evaluate the latest checkpoint of RUN_DIR on k-shot prompts of the built-in tasks: "
         "exact match of the greedy answer, answer log-prob, token accuracy and edit distance (and "
         "choice probability and Brier score for multiple-choice tasks). Writes RUN_DIR/fewshot.jsonl "
-        "and the `fewshot` field of RUN_DIR/summary.json, replacing only the tasks and shots evaluated.",
+        "and the `fewshot` field of RUN_DIR/summary.json, replacing only the tasks and shots evaluated. "
+        "--steps all evaluates every checkpoint the run kept (see checkpoint.keep_period), for accuracy "
+        "over training: each step's rows go to fewshot.jsonl, and only the final checkpoint's to the "
+        "summary.",
     )
     e.add_argument("run_dir", type=Path, help="run directory with config.yaml, tokenizer.json, checkpoints/")
     e.add_argument("--tasks", help="comma-separated task names (default: all)")
@@ -107,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the evaluation examples (default: 0)")
     e.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default: 64)")
+    e.add_argument(
+        "--steps",
+        default="latest",
+        help="checkpoints: latest, all (every one kept) or comma-separated steps (default: latest)",
+    )
 
     from analysis.cli import add_commands  # the reading side: fit, plot, report
 
@@ -192,7 +200,10 @@ def _eval(args: argparse.Namespace) -> int:
     for name in names or []:
         tasks.get(name)
     shots = evaluate.parse_list(args.shots, "--shots", int)
-    fewshot = evaluate.evaluate_run(args.run_dir, names, shots, args.examples, args.seed, args.batch_size)
+    steps = args.steps if args.steps in ("latest", "all") else evaluate.parse_list(args.steps, "--steps", int)
+    fewshot = evaluate.evaluate_run(
+        args.run_dir, names, shots, args.examples, args.seed, args.batch_size, steps
+    )
     print(f"{'task':<12} {'shots':>5} {'exact_match':>16} {'logprob/token':>14}")
     for task in names or tasks.TASKS:
         for k, m in fewshot.get(task, {}).items():

@@ -106,6 +106,7 @@ class MeshConfig:
 class CheckpointConfig:
     every_steps: int = 100
     keep: int = 2
+    keep_period: int = 0  # also keep every checkpoint at a multiple of this step (0: none), to evaluate later
     async_save: bool = True
 
 
@@ -310,6 +311,11 @@ def validate(cfg: Config, n_devices: int) -> Config:
     )  # fmt: skip
     if m.d_ff < 0:
         raise ConfigError(f"model.d_ff={m.d_ff}: must be positive, or 0 for the default")
+    period, every = cfg.checkpoint.keep_period, cfg.checkpoint.every_steps
+    if period < 0 or (period and period % every):
+        raise ConfigError(
+            f"checkpoint.keep_period={period}: must be 0 or a multiple of checkpoint.every_steps={every}"
+        )
     if t.eval_batches < 0:
         raise ConfigError(f"train.eval_batches={t.eval_batches}: must be zero or positive")
     choices = {

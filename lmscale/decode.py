@@ -60,6 +60,10 @@ class Decoder:
         self._score = jax.jit(self._score_fn)
         self._run = jax.jit(self._run_fn, static_argnames=("max_new", "cache_len"))
 
+    def load(self, params: Any) -> None:
+        """Swap in other params of the same model (another checkpoint): nothing recompiles."""
+        self.params, self.unrolled_params = params, unstack_layers(params, self.cfg)
+
     @contextlib.contextmanager
     def _context(self):
         if self.mesh is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -180,16 +180,20 @@ def aggregate(rows: Sequence[dict]) -> dict:
     return out
 
 
-def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None) -> dict:
-    """Merge into `fewshot.jsonl` and summary.json's `fewshot`, replacing only the (task, shots) evaluated.
+def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> dict:
+    """Merge into `fewshot.jsonl`, replacing only the (task, shots, step) evaluated, and, for the final
+    checkpoint's rows, into summary.json's `fewshot`. Returns the aggregates of `rows`.
 
     Both files are rewritten atomically; every other key of summary.json is kept as it was.
     """
     run_dir = Path(run_dir)
-    done = {(r["task"], r["shots"]) for r in rows}
-    kept = [r for r in runlog.read_jsonl(run_dir / "fewshot.jsonl") if (r["task"], r["shots"]) not in done]
-    new = [r | {"step": step} for r in rows] if step is not None else list(rows)
+    new = [r | {"step": step} for r in rows]
+    done = {(r["task"], r["shots"], r["step"]) for r in new}
+    old = runlog.read_jsonl(run_dir / "fewshot.jsonl")
+    kept = [r for r in old if (r["task"], r["shots"], r.get("step")) not in done]
     runlog.write_atomic(run_dir / "fewshot.jsonl", "".join(json.dumps(r) + "\n" for r in kept + new))
+    if not final:
+        return aggregate(rows)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     fewshot = summary.get("fewshot") or {}
@@ -202,12 +206,11 @@ def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None) 
 
 @dataclasses.dataclass
 class Run:
-    """A run directory's config, tokenizer and, once found, the step of its latest checkpoint."""
+    """A run directory's config and tokenizer."""
 
     path: Path
     cfg: object
     tokenizer: object
-    step: int | None
 
 
 def open_run(run_dir: Path) -> Run:
@@ -225,26 +228,50 @@ def open_run(run_dir: Path) -> Run:
             f"'{run_dir / 'tokenizer.json'}' has {tok.vocab_size} tokens, more than "
             f"model.vocab_size={cfg.model.vocab_size}"
         )
-    return Run(run_dir, cfg, tok, None)
+    return Run(run_dir, cfg, tok)
+
+
+def checkpoint_steps(run: Run) -> list[int]:
+    """The steps of the run's retained checkpoints, oldest first; a ConfigError when there is none."""
+    from lmscale.checkpoint import Checkpointer
+
+    ckpt_dir = run.path / "checkpoints"
+    steps = []
+    if ckpt_dir.is_dir():  # checked first: opening a manager would create the directory
+        ckpt = Checkpointer(ckpt_dir, run.cfg.checkpoint.keep, async_save=False)
+        steps = ckpt.all_steps()
+        ckpt.close()
+    if not steps:
+        raise ConfigError(f"run directory '{run.path}' has no checkpoint in '{ckpt_dir}'")
+    return steps
 
 
 def latest_step(run: Run) -> int:
     """The step of the run's latest checkpoint; a ConfigError when there is none."""
-    from lmscale.checkpoint import Checkpointer
-
-    ckpt_dir = run.path / "checkpoints"
-    step = None
-    if ckpt_dir.is_dir():  # checked first: opening a manager would create the directory
-        ckpt = Checkpointer(ckpt_dir, run.cfg.checkpoint.keep, async_save=False)
-        step = ckpt.latest_step()
-        ckpt.close()
-    if step is None:
-        raise ConfigError(f"run directory '{run.path}' has no checkpoint in '{ckpt_dir}'")
-    return step
+    return checkpoint_steps(run)[-1]
 
 
-def restore_decoder(run: Run, batch_size: int = 64) -> Decoder:
-    """The latest checkpoint's params on this process's devices, wrapped in a Decoder."""
+def select_steps(run: Run, steps: str | Sequence[int], option: str = "--steps") -> list[int]:
+    """`latest`, `all` (every retained checkpoint) or explicit steps, each of which must be retained."""
+    retained = checkpoint_steps(run)
+    if steps == "latest":
+        return retained[-1:]
+    if steps == "all":
+        return retained
+    if isinstance(steps, str):
+        raise ConfigError(f"{option}={steps!r}: expected latest, all or comma-separated steps")
+    missing = [s for s in steps if s not in retained]
+    if missing:
+        raise ConfigError(
+            f"{option}: '{run.path}' has no checkpoint at step {missing[0]}; retained: "
+            f"{', '.join(map(str, retained))}"
+        )
+    return sorted(set(steps))
+
+
+def restore_decoder(run: Run, steps: Sequence[int], batch_size: int = 64) -> Iterator[tuple[int, Decoder]]:
+    """A Decoder over the params of each checkpoint step in turn, restored onto this process's
+    devices: yields (step, decoder), one decoder whose compiled functions serve every step."""
     from lmscale import sharding
     from lmscale.checkpoint import Checkpointer
     from lmscale.steps import build
@@ -254,15 +281,21 @@ def restore_decoder(run: Run, batch_size: int = 64) -> Decoder:
     if math.prod(cfg.mesh.shape(n).values()) != n:  # trained on another device count: data parallel here
         cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=-1, fsdp=1, tensor=1))
     mesh = sharding.make_mesh(cfg.mesh)
-    steps = build(cfg, mesh)
-    ckpt = Checkpointer(run.path / "checkpoints", cfg.checkpoint.keep, async_save=False)
-    try:
-        state, _ = ckpt.restore(run.step, steps.abstract_state)
-    finally:
-        ckpt.close()
+    built = build(cfg, mesh)
     shape = cfg.mesh.shape(n)
     dp = shape["data"] * shape["fsdp"]
-    return Decoder(cfg.model, state.params, -(-batch_size // dp) * dp, mesh, steps.rules)
+    decoder = None
+    ckpt = Checkpointer(run.path / "checkpoints", cfg.checkpoint.keep, async_save=False)
+    try:
+        for step in steps:
+            state, _ = ckpt.restore(step, built.abstract_state)
+            if decoder is None:
+                decoder = Decoder(cfg.model, state.params, -(-batch_size // dp) * dp, mesh, built.rules)
+            else:
+                decoder.load(state.params)
+            yield step, decoder
+    finally:
+        ckpt.close()
 
 
 def evaluate_run(
@@ -272,8 +305,12 @@ def evaluate_run(
     n_examples: int = DEFAULT_EXAMPLES,
     seed: int = 0,
     batch_size: int = 64,
+    steps: str | Sequence[int] = "latest",
 ) -> dict:
-    """Evaluate a run's latest checkpoint and write its few-shot results. Returns the `fewshot` dict."""
+    """Evaluate a run's checkpoints (`latest`, `all` or a list of steps) and write their few-shot rows.
+
+    Returns the final checkpoint's `fewshot` dict when it was evaluated, else the last step's aggregates.
+    """
     names = list(tasks.TASKS) if task_names is None else list(task_names)
     for name in names:
         tasks.get(name)
@@ -285,12 +322,19 @@ def evaluate_run(
     requests = build_requests(run.tokenizer, names, shots, n_examples, run.cfg.model.seq_len, seed)
     if not requests:
         raise ConfigError(f"no shot count of {names} fits model.seq_len={run.cfg.model.seq_len}")
-    run.step = latest_step(run)
-    decoder = restore_decoder(run, batch_size)
-    rows = evaluate(decoder, run.tokenizer, requests)
-    if jax.process_index() != 0:  # every host runs the model; one writes the results
-        return aggregate(rows)
-    return write_results(run.path, rows, run.step)
+    chosen, final = select_steps(run, steps), latest_step(run)
+    result = {}
+    for step, decoder in restore_decoder(run, chosen, batch_size):
+        rows = evaluate(decoder, run.tokenizer, requests)
+        if jax.process_index() != 0:  # every host runs the model; one writes the results
+            result = aggregate(rows)
+        else:
+            result = write_results(run.path, rows, step, final=step == final)
+    return result
+
+
+def _wanted(shots: int, spec_shots) -> bool:
+    return spec_shots is None or shots in spec_shots
 
 
 def after_train(spec) -> Callable[[object, Path, dict], dict]:
@@ -301,10 +345,21 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
     """
 
     def hook(cell, run_dir: Path, summary: dict) -> dict:
+        names = list(spec.tasks or tasks.TASKS)
+        if spec.steps == "all":  # earlier checkpoints first; a step with every task's rows is skipped
+            run = open_run(run_dir)
+            rows = runlog.read_jsonl(run_dir / "fewshot.jsonl")
+            for step in checkpoint_steps(run)[:-1]:
+                have = {r["task"] for r in rows if r.get("step") == step and _wanted(r["shots"], spec.shots)}
+                todo = [n for n in names if n not in have]
+                if todo:
+                    evaluate_run(
+                        run_dir, todo, spec.shots, spec.examples, batch_size=spec.batch_size, steps=[step]
+                    )
         done = summary.get("fewshot") or {}
         missing = [
             name
-            for name in spec.tasks or tasks.TASKS
+            for name in names
             if name not in done or any(str(k) not in done[name] for k in spec.shots or ())
         ]
         if not missing:

@@ -29,7 +29,7 @@ SHAPE_KEYS = ("n_layers", "d_model", "n_heads", "d_ff")
 TOKEN_FORMS = ("fixed", "per_param", "isoflop")
 ISOFLOP_KEYS = ("budgets", "sizes", "spread", "tokens_per_param")
 LR_KEYS = ("rule", "base", "base_width", "exponent")
-EVAL_KEYS = ("tasks", "shots", "examples", "batch_size")
+EVAL_KEYS = ("tasks", "shots", "examples", "batch_size", "steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class EvalSpec:
     shots: tuple[int, ...] | None = None  # None: every default count that fits the context
     examples: int = 100
     batch_size: int = 64
+    steps: str = "latest"  # latest | all: every checkpoint the run kept (checkpoint.keep_period)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,11 +241,15 @@ def _eval_spec(value: Any) -> EvalSpec | None:
             _integer(k, "sweep.eval.shots", minimum=0) for k in _values(spec["shots"], "sweep.eval.shots")
         )
         tasks.check_shots(shots, "sweep.eval.shots")
+    steps = spec.get("steps", EvalSpec.steps)
+    if steps not in ("latest", "all"):
+        raise ConfigError(f"sweep.eval.steps={steps!r}: expected latest or all")
     return EvalSpec(
         names,
         shots,
         _integer(spec.get("examples", EvalSpec.examples), "sweep.eval.examples"),
         _integer(spec.get("batch_size", EvalSpec.batch_size), "sweep.eval.batch_size"),
+        steps,
     )
 
 

@@ -71,9 +71,10 @@ class LmscaleLM(_Base):
             from lmscale import evaluate
 
             run = evaluate.open_run(Path(run_dir))
-            run.step = evaluate.latest_step(run)
             size = 64 if str(batch_size).startswith("auto") else int(batch_size)
-            decoder, tokenizer = evaluate.restore_decoder(run, size), run.tokenizer
+            restored = evaluate.restore_decoder(run, [evaluate.latest_step(run)], size)
+            decoder = [d for _, d in restored][0]  # running the generator out closes the checkpoint
+            tokenizer = run.tokenizer
         self.decoder, self.tok = decoder, tokenizer
         self.seq_len = decoder.cfg.seq_len
 

@@ -32,6 +32,8 @@ TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the run
 CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
 ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run: pid, host, worker, time
 FEWSHOT_COLUMNS = ["run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n"]
+# Accuracy over training: every checkpoint step a run evaluated, with the tokens and FLOPs seen by then.
+TRAINING_COLUMNS = ["run_id", "params", "step", "flops", "tokens", *FEWSHOT_COLUMNS[4:]]
 
 # Work on a run after its training completes, e.g. few-shot evaluation. A hook takes the cell, its run
 # directory and its summary and returns the summary to keep; it runs at every visit to a completed cell
@@ -90,9 +92,40 @@ def _failed_summary(cell: Cell, run_dir: Path, error: str) -> dict:
 # -- tables -----------------------------------------------------------------------------------
 
 
-def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """results.csv and fewshot.csv, built from every run directory's summary.json."""
-    results, fewshot = [], []
+def _long(head: dict, fewshot: dict) -> Iterator[dict]:
+    """{task: {shots: {metric: {value, stderr, n}}}} as long-format rows, each starting with `head`."""
+    for task, by_shots in fewshot.items():
+        for shots, metrics in by_shots.items():
+            for metric, v in metrics.items():
+                yield (
+                    head
+                    | {"task": task, "shots": int(shots), "metric": metric}
+                    | {k: v.get(k) for k in ("value", "stderr", "n")}
+                )
+
+
+def _over_training(run_id: str, summary: dict, run_dir: Path) -> Iterator[dict]:
+    """A run's few-shot aggregates at each checkpoint step it evaluated, when it evaluated more than one."""
+    from lmscale.evaluate import aggregate
+
+    by_step: dict[int, list[dict]] = {}
+    for row in runlog.read_jsonl(run_dir / "fewshot.jsonl"):
+        if row.get("step") is not None:
+            by_step.setdefault(int(row["step"]), []).append(row)
+    steps = summary.get("steps") or 0
+    if len(by_step) < 2 or not steps:
+        return
+    for step, rows in sorted(by_step.items()):
+        seen = step / steps  # share of the run's tokens and FLOPs trained on by this checkpoint
+        head = {"run_id": run_id, "params": summary.get("params"), "step": step}
+        head |= {k: round((summary.get(k) or 0) * seen) for k in ("flops", "tokens")}
+        yield from _long(head, aggregate(rows))
+
+
+def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """results.csv and fewshot.csv, built from every run directory's summary.json, and
+    fewshot_training.csv from the runs whose fewshot.jsonl holds more than one checkpoint step."""
+    results, fewshot, training = [], [], []
     for path in sorted(Path(sweep_dir).glob("*/summary.json")):
         summary = _read_json(path)
         if summary is None:
@@ -101,33 +134,25 @@ def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         coords = (_read_json(path.parent / CELL) or {}).get("coords", {})
         shots_table = summary.pop("fewshot", None) or {}
         results.append({"run_id": run_id, **summary, **coords})
-        for task, by_shots in shots_table.items():
-            for shots, metrics in by_shots.items():
-                for metric, v in metrics.items():
-                    fewshot.append(
-                        {
-                            "run_id": run_id,
-                            "params": summary.get("params"),
-                            "flops": summary.get("flops"),
-                            "tokens": summary.get("tokens"),
-                            "task": task,
-                            "shots": int(shots),
-                            "metric": metric,
-                            "value": v.get("value"),
-                            "stderr": v.get("stderr"),
-                            "n": v.get("n"),
-                        }
-                    )
+        head = {"run_id": run_id, **{k: summary.get(k) for k in ("params", "flops", "tokens")}}
+        fewshot.extend(_long(head, shots_table))
+        training.extend(_over_training(run_id, summary, path.parent))
     results_df = pd.json_normalize(results, sep=".") if results else pd.DataFrame(columns=["run_id"])
-    return results_df, pd.DataFrame(fewshot, columns=FEWSHOT_COLUMNS)
+    return (
+        results_df,
+        pd.DataFrame(fewshot, columns=FEWSHOT_COLUMNS),
+        pd.DataFrame(training, columns=TRAINING_COLUMNS),
+    )
 
 
 def write_tables(sweep_dir: Path) -> pd.DataFrame:
-    """Rescan and rewrite both tables atomically; serialised, so the last writer saw the newest runs."""
+    """Rescan and rewrite the tables atomically; serialised, so the last writer saw the newest runs."""
     with flocked(Path(sweep_dir) / TABLES_LOCK, block=True):
-        results, fewshot = tables(sweep_dir)
+        results, fewshot, training = tables(sweep_dir)
         runlog.write_atomic(Path(sweep_dir) / "results.csv", results.to_csv(index=False))
         runlog.write_atomic(Path(sweep_dir) / "fewshot.csv", fewshot.to_csv(index=False))
+        if len(training) or (Path(sweep_dir) / "fewshot_training.csv").exists():
+            runlog.write_atomic(Path(sweep_dir) / "fewshot_training.csv", training.to_csv(index=False))
     return results
 
 

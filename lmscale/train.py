@@ -156,7 +156,8 @@ class _Loop:
             cfg.model, cfg.train.flops_causal_half
         )
         self.peak, self.peak_source = peak.peak_flops()
-        self.ckpt = Checkpointer(out / "checkpoints", cfg.checkpoint.keep, cfg.checkpoint.async_save)
+        c = cfg.checkpoint
+        self.ckpt = Checkpointer(out / "checkpoints", c.keep, c.async_save, c.keep_period)
         pi, pc = jax.process_index(), jax.process_count()
         self.pipe = pipe
         self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)

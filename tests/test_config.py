@@ -35,6 +35,8 @@ def test_rule_override_keeps_the_other_rules_in_order():
         (["model.mlp=relu"], 1, "model.mlp"),
         (["train.lr=fast"], 1, "train.lr"),
         (["mesh.rules.batch=pipeline"], 1, "mesh.rules.batch"),
+        (["checkpoint.every_steps=100", "checkpoint.keep_period=150"], 1, "checkpoint.keep_period"),
+        (["checkpoint.keep_period=-100"], 1, "checkpoint.keep_period"),
     ],
 )
 def test_bad_values_raise_one_line_errors_naming_the_key(overrides, n_devices, key):

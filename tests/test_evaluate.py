@@ -176,7 +176,7 @@ def test_explicit_shots_that_do_not_fit_are_an_error_and_defaults_are_capped():
     assert shots == {0, 1, 2, 4}
 
 
-def _make_run(path, with_checkpoint=True, seq_len=SEQ_LEN):
+def _make_run(path, with_checkpoint=True, seq_len=SEQ_LEN, steps=(7,)):
     from lmscale import runlog, sharding
     from lmscale.checkpoint import Checkpointer
     from lmscale.steps import build
@@ -188,9 +188,10 @@ def _make_run(path, with_checkpoint=True, seq_len=SEQ_LEN):
     Tokenizer.byte().save(path / "tokenizer.json")
     runlog.write_json(path / "summary.json", {"status": "completed", "params": 123, "fewshot": {}})
     if with_checkpoint:
-        steps = build(cfg, sharding.make_mesh(cfg.mesh))
-        ckpt = Checkpointer(path / "checkpoints", 2, async_save=False)
-        ckpt.save(7, steps.init(0), {})
+        built = build(cfg, sharding.make_mesh(cfg.mesh))
+        ckpt = Checkpointer(path / "checkpoints", len(steps), async_save=False)
+        for seed, step in enumerate(steps):  # each checkpoint holds different params
+            ckpt.save(step, built.init(seed), {})
         ckpt.close()
     return path
 
@@ -217,6 +218,26 @@ def test_eval_writes_rows_and_merges_summary(tmp_path):
         ("add2", 1),
     }
     assert all(r["step"] == 7 for r in rows)
+
+
+def test_eval_of_every_kept_checkpoint_writes_each_steps_rows_and_summarises_the_last(tmp_path):
+    run = _make_run(tmp_path / "run", steps=(3, 7))
+    evaluate.evaluate_run(run, ["add2", "recall"], [0, 2], n_examples=4, steps="all")
+    rows = [json.loads(line) for line in (run / "fewshot.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == [3, 7] and len(rows) == 2 * 2 * 2 * 4
+    at = {s: evaluate.aggregate([r for r in rows if r["step"] == s]) for s in (3, 7)}
+    assert json.loads((run / "summary.json").read_text())["fewshot"] == at[7]
+    assert at[3] != at[7]  # two checkpoints, two sets of params
+
+    # One step alone, on a fresh decoder, gives the same rows as the loop that swapped params in.
+    alone = _make_run(tmp_path / "alone", steps=(3, 7))
+    evaluate.evaluate_run(alone, ["add2", "recall"], [0, 2], n_examples=4, steps=[3])
+    rows_alone = [json.loads(line) for line in (alone / "fewshot.jsonl").read_text().splitlines()]
+    assert rows_alone == [r for r in rows if r["step"] == 3]
+    assert json.loads((alone / "summary.json").read_text())["fewshot"] == {}  # step 3 is not the final one
+
+    proc = run_cli("eval", run, "--tasks", "add2", "--shots", "0", "--examples", "4", "--steps", "5")
+    assert proc.returncode == 2 and "no checkpoint at step 5; retained: 3, 7" in proc.stderr, proc.stderr
 
 
 def test_eval_bad_inputs_exit_2_with_one_line(tmp_path):

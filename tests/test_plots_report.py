@@ -215,3 +215,22 @@ def test_failed_report_leaves_the_previous_one_untouched(sweep_dir, report, tmp_
     with pytest.raises(AnalysisError, match="column 'params' has non-positive value -5"):
         write_report(sweep, out, bootstrap=0)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_runs_evaluated_over_training_get_a_figure_in_the_report(sweep_dir, tmp_path):
+    sweep = Path(shutil.copytree(sweep_dir, tmp_path / "s"))
+    rows = []
+    for run_id, n in (("a", 1e7), ("b", 1e8)):
+        for step in (100, 200, 400):
+            for task in ("copy", "recall"):
+                value = step / 400 * (n / 1e8)
+                rows.append(
+                    {"run_id": run_id, "params": n, "step": step, "flops": 6 * n * step * 1e3}
+                    | {"tokens": step * 1e3, "task": task, "shots": 4, "metric": "exact_match"}
+                    | {"value": value, "stderr": 0.01, "n": 100}
+                )
+    pd.DataFrame(rows).to_csv(sweep / "fewshot_training.csv", index=False)
+    out = write_report(sweep, tmp_path / "report", bootstrap=0, seed=0)
+    png = out["figures"] / "emergence_training.png"
+    assert png.stat().st_size > 20_000 and (out["figures"] / "emergence_training.pdf").exists()
+    assert "figures/emergence_training.png" in (tmp_path / "report" / "report.md").read_text()

@@ -347,6 +347,7 @@ def test_eval_spec_defaults_to_every_task_and_can_be_turned_off():
         ({"shots": [8]}, "sweep.eval.shots: 8-shot prompts of task 'add2' need"),
         ({"examples": 0}, "sweep.eval.examples=0"),
         ({"metric": "x"}, "unknown sweep key 'sweep.eval.metric'"),
+        ({"steps": "some"}, "sweep.eval.steps='some': expected latest or all"),
     ],
 )
 def test_bad_eval_specs_fail_at_expansion(eval_spec, message):
@@ -371,3 +372,54 @@ def test_the_eval_hook_evaluates_only_what_a_run_is_missing(fake_sweep, tmp_path
     assert calls == [(["recall"], (0, 4))]
     assert set(summary["fewshot"]) == {"add2", "recall"} and set(summary["fewshot"]["recall"]) == {"0", "4"}
     assert hook(None, tmp_path, summary) == summary and len(calls) == 1  # nothing missing: nothing run
+
+
+def test_the_eval_hook_with_steps_all_evaluates_each_kept_checkpoint_once(tmp_path, monkeypatch):
+    from lmscale import evaluate
+
+    calls = []
+
+    def evaluate_run(run_dir, names, shots, examples, batch_size, steps="latest"):
+        calls.append((list(names), steps))
+        step = steps[0] if steps != "latest" else 30
+        rows = [{"task": n, "shots": k, "step": step} for n in names for k in shots]
+        runlog.write_atomic(
+            run_dir / "fewshot.jsonl",
+            "".join(json.dumps(r) + "\n" for r in runlog.read_jsonl(run_dir / "fewshot.jsonl") + rows),
+        )
+        return {name: {str(k): {"exact_match": {}} for k in shots} for name in names}
+
+    monkeypatch.setattr(evaluate, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(evaluate, "open_run", lambda run_dir: None)
+    monkeypatch.setattr(evaluate, "checkpoint_steps", lambda run: [10, 20, 30])
+    runlog.write_atomic(
+        tmp_path / "fewshot.jsonl", json.dumps({"task": "add2", "shots": 0, "step": 10}) + "\n"
+    )
+    hook = evaluate.after_train(grid.EvalSpec(("add2", "recall"), (0,), 10, steps="all"))
+    summary = hook(None, tmp_path, {"status": "completed", "fewshot": {}})
+    assert calls == [(["recall"], [10]), (["add2", "recall"], [20]), (["add2", "recall"], "latest")]
+    assert hook(None, tmp_path, summary) == summary and len(calls) == 3  # a rerun: nothing left to do
+
+
+def test_runs_evaluated_at_several_checkpoints_fill_fewshot_training_csv(tmp_path):
+    sweep_dir = tmp_path / "s"
+    for run_id, steps in (("small", (50, 100)), ("once", (100,))):
+        run = sweep_dir / run_id
+        run.mkdir(parents=True)
+        summary = {"status": "completed", "params": 1000, "steps": 100, "tokens": 6400, "flops": 1e9}
+        rows = [
+            {"task": "copy", "shots": 4, "example_id": i, "exact_match": float(i < s // 50), "step": s}
+            for s in steps
+            for i in range(4)
+        ]
+        runlog.write_json(run / "summary.json", summary | {"fewshot": {}})
+        runlog.write_atomic(run / "fewshot.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    sweep.write_tables(sweep_dir)
+    training = pd.read_csv(sweep_dir / "fewshot_training.csv")
+    assert list(training.columns) == sweep.TRAINING_COLUMNS
+    em = training[training["metric"] == "exact_match"]
+    assert set(em["run_id"]) == {"small"}  # one evaluated step is no curve
+    assert em[["step", "tokens", "flops", "value"]].values.tolist() == [
+        [50, 3200, 5e8, 0.25],
+        [100, 6400, 1e9, 0.5],
+    ]

@@ -53,6 +53,7 @@ def _overrides():
         "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.seq_len=32",
         "train.batch_size=8", f"train.tokens={8 * 32 * STEPS}", "train.lr=0.02", "train.log_every=1",
         "train.eval_every=10", "train.eval_batches=2", "checkpoint.every_steps=5",
+        "checkpoint.keep_period=10",
     ]  # fmt: skip
 
 
@@ -71,7 +72,7 @@ def test_run_writes_the_contract_files(uninterrupted):
     assert [r["step"] for r in rows if r.get("split") == "val"] == [10, 20, 30, 40]
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
     kept = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept == [STEPS - 5, STEPS]  # keep-last-2
+    assert kept == [10, 20, 30, STEPS - 5, STEPS]  # keep-last-2, and every 10th step
     config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
     assert config["model"]["d_model"] == 32
     assert config["meta"]["versions"]["jax"] == jax.__version__
@@ -127,7 +128,7 @@ def test_resume_after_sigkill_is_bitwise_identical(uninterrupted, tmp_path):
 def test_sigterm_checkpoints_and_the_same_command_resumes(uninterrupted, tmp_path):
     out = tmp_path / "preempted"
     cmd = [sys.executable, "-m", "lmscale", "train", str(TINY), "--out", str(out), *_overrides()]
-    cmd += ["checkpoint.every_steps=1000"]  # only SIGTERM and the end save
+    cmd += ["checkpoint.every_steps=1000", "checkpoint.keep_period=0"]  # only SIGTERM and the end save
     proc = subprocess.Popen(cmd, env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
