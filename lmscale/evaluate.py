@@ -180,11 +180,20 @@ def aggregate(rows: Sequence[dict]) -> dict:
     return out
 
 
-def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> dict:
-    """Merge into `fewshot.jsonl`, replacing only the (task, shots, step) evaluated, and, for the final
-    checkpoint's rows, into summary.json's `fewshot`. Returns the aggregates of `rows`.
+def merge(fewshot: dict | None, new: dict) -> dict:
+    """{task: {shots: metrics}} with `new`'s (task, shots) entries replacing or adding to `fewshot`'s."""
+    out = dict(fewshot or {})
+    for task, by_shots in new.items():
+        out[task] = {**out.get(task, {}), **by_shots}
+    return out
 
-    Both files are rewritten atomically; every other key of summary.json is kept as it was.
+
+def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> dict:
+    """Merge into `fewshot.jsonl`, replacing only the (task, shots, step) evaluated, and their means
+    into summary.json: the final checkpoint's under `fewshot`, an earlier one's under
+    `fewshot_steps[step]`. Returns the merged dict the rows went into.
+
+    Both files are rewritten atomically (rows first); every other key of summary.json is kept as it was.
     """
     run_dir = Path(run_dir)
     new = [r | {"step": step} for r in rows]
@@ -192,16 +201,16 @@ def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, 
     old = runlog.read_jsonl(run_dir / "fewshot.jsonl")
     kept = [r for r in old if (r["task"], r["shots"], r.get("step")) not in done]
     runlog.write_atomic(run_dir / "fewshot.jsonl", "".join(json.dumps(r) + "\n" for r in kept + new))
-    if not final:
-        return aggregate(rows)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    fewshot = summary.get("fewshot") or {}
-    for task, by_shots in aggregate(rows).items():
-        fewshot[task] = {**fewshot.get(task, {}), **by_shots}
-    summary["fewshot"] = fewshot
+    if final:
+        merged = summary["fewshot"] = merge(summary.get("fewshot"), aggregate(rows))
+    else:
+        by_step = summary.setdefault("fewshot_steps", {})
+        merged = by_step[str(step)] = merge(by_step.get(str(step)), aggregate(rows))
+        summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
     runlog.write_json(summary_path, summary)
-    return fewshot
+    return merged
 
 
 @dataclasses.dataclass
@@ -306,10 +315,12 @@ def evaluate_run(
     seed: int = 0,
     batch_size: int = 64,
     steps: str | Sequence[int] = "latest",
+    per_step: bool = False,
 ) -> dict:
     """Evaluate a run's checkpoints (`latest`, `all` or a list of steps) and write their few-shot rows.
 
-    Returns the final checkpoint's `fewshot` dict when it was evaluated, else the last step's aggregates.
+    Returns the aggregates of the tasks evaluated, of the last step ({step: aggregates} for every
+    step with `per_step`).
     """
     names = list(tasks.TASKS) if task_names is None else list(task_names)
     for name in names:
@@ -326,15 +337,10 @@ def evaluate_run(
     result = {}
     for step, decoder in restore_decoder(run, chosen, batch_size):
         rows = evaluate(decoder, run.tokenizer, requests)
-        if jax.process_index() != 0:  # every host runs the model; one writes the results
-            result = aggregate(rows)
-        else:
-            result = write_results(run.path, rows, step, final=step == final)
-    return result
-
-
-def _wanted(shots: int, spec_shots) -> bool:
-    return spec_shots is None or shots in spec_shots
+        if jax.process_index() == 0:  # every host runs the model; one writes the results
+            write_results(run.path, rows, step, final=step == final)
+        result[step] = aggregate(rows)
+    return result if per_step else result[chosen[-1]]
 
 
 def after_train(spec) -> Callable[[object, Path, dict], dict]:
@@ -344,27 +350,33 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
     rerun sweep, or one killed between training and evaluation, evaluates only what is missing.
     """
 
-    def hook(cell, run_dir: Path, summary: dict) -> dict:
-        names = list(spec.tasks or tasks.TASKS)
-        if spec.steps == "all":  # earlier checkpoints first; a step with every task's rows is skipped
-            run = open_run(run_dir)
-            rows = runlog.read_jsonl(run_dir / "fewshot.jsonl")
-            for step in checkpoint_steps(run)[:-1]:
-                have = {r["task"] for r in rows if r.get("step") == step and _wanted(r["shots"], spec.shots)}
-                todo = [n for n in names if n not in have]
-                if todo:
-                    evaluate_run(
-                        run_dir, todo, spec.shots, spec.examples, batch_size=spec.batch_size, steps=[step]
-                    )
-        done = summary.get("fewshot") or {}
-        missing = [
+    def missing(done: dict) -> list[str]:
+        return [
             name
-            for name in names
+            for name in spec.tasks or tasks.TASKS
             if name not in done or any(str(k) not in done[name] for k in spec.shots or ())
         ]
-        if not missing:
-            return summary
-        fewshot = evaluate_run(run_dir, missing, spec.shots, spec.examples, batch_size=spec.batch_size)
-        return {**summary, "fewshot": {**done, **fewshot}}
+
+    def hook(cell, run_dir: Path, summary: dict) -> dict:
+        summary = dict(summary)
+        if spec.steps == "all":  # the earlier checkpoints, grouped by what each lacks: one restore loop each
+            by_step = dict(summary.get("fewshot_steps") or {})
+            todo: dict[tuple[str, ...], list[int]] = {}
+            for step in checkpoint_steps(open_run(run_dir))[:-1]:
+                names = missing(by_step.get(str(step)) or {})
+                if names:
+                    todo.setdefault(tuple(names), []).append(step)
+            for names, steps in todo.items():
+                for step, fewshot in evaluate_run(
+                    run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size, steps=steps,
+                    per_step=True,
+                ).items():  # fmt: skip
+                    by_step[str(step)] = merge(by_step.get(str(step)), fewshot)
+            summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
+        names = missing(summary.get("fewshot") or {})
+        if names:
+            fewshot = evaluate_run(run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size)
+            summary["fewshot"] = merge(summary.get("fewshot"), fewshot)
+        return summary
 
     return hook

@@ -104,27 +104,23 @@ def _long(head: dict, fewshot: dict) -> Iterator[dict]:
                 )
 
 
-def _over_training(run_id: str, summary: dict, run_dir: Path) -> Iterator[dict]:
-    """A run's few-shot aggregates at each checkpoint step it evaluated, when it evaluated more than one."""
-    from lmscale.evaluate import aggregate
-
-    by_step: dict[int, list[dict]] = {}
-    for row in runlog.read_jsonl(run_dir / "fewshot.jsonl"):
-        if row.get("step") is not None:
-            by_step.setdefault(int(row["step"]), []).append(row)
+def _over_training(run_id: str, summary: dict, fewshot: dict) -> Iterator[dict]:
+    """A run's few-shot aggregates at each checkpoint it evaluated (its summary's `fewshot_steps`, then
+    the final `fewshot`), when it evaluated any before the last."""
     steps = summary.get("steps") or 0
-    if len(by_step) < 2 or not steps:
+    by_step = {int(s): f for s, f in (summary.get("fewshot_steps") or {}).items()}
+    if not by_step or not steps:
         return
-    for step, rows in sorted(by_step.items()):
+    for step, table in sorted((by_step | {steps: fewshot}).items()):
         seen = step / steps  # share of the run's tokens and FLOPs trained on by this checkpoint
         head = {"run_id": run_id, "params": summary.get("params"), "step": step}
         head |= {k: round((summary.get(k) or 0) * seen) for k in ("flops", "tokens")}
-        yield from _long(head, aggregate(rows))
+        yield from _long(head, table)
 
 
 def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """results.csv and fewshot.csv, built from every run directory's summary.json, and
-    fewshot_training.csv from the runs whose fewshot.jsonl holds more than one checkpoint step."""
+    """results.csv, fewshot.csv and fewshot_training.csv (the runs evaluated at earlier checkpoints
+    too), built from every run directory's summary.json."""
     results, fewshot, training = [], [], []
     for path in sorted(Path(sweep_dir).glob("*/summary.json")):
         summary = _read_json(path)
@@ -133,10 +129,11 @@ def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         run_id = path.parent.name
         coords = (_read_json(path.parent / CELL) or {}).get("coords", {})
         shots_table = summary.pop("fewshot", None) or {}
+        training.extend(_over_training(run_id, summary, shots_table))
+        summary.pop("fewshot_steps", None)
         results.append({"run_id": run_id, **summary, **coords})
         head = {"run_id": run_id, **{k: summary.get(k) for k in ("params", "flops", "tokens")}}
         fewshot.extend(_long(head, shots_table))
-        training.extend(_over_training(run_id, summary, path.parent))
     results_df = pd.json_normalize(results, sep=".") if results else pd.DataFrame(columns=["run_id"])
     return (
         results_df,

@@ -226,7 +226,8 @@ def test_eval_of_every_kept_checkpoint_writes_each_steps_rows_and_summarises_the
     rows = [json.loads(line) for line in (run / "fewshot.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rows}) == [3, 7] and len(rows) == 2 * 2 * 2 * 4
     at = {s: evaluate.aggregate([r for r in rows if r["step"] == s]) for s in (3, 7)}
-    assert json.loads((run / "summary.json").read_text())["fewshot"] == at[7]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fewshot"] == at[7] and summary["fewshot_steps"] == {"3": at[3]}
     assert at[3] != at[7]  # two checkpoints, two sets of params
 
     # One step alone, on a fresh decoder, gives the same rows as the loop that swapped params in.
@@ -234,7 +235,8 @@ def test_eval_of_every_kept_checkpoint_writes_each_steps_rows_and_summarises_the
     evaluate.evaluate_run(alone, ["add2", "recall"], [0, 2], n_examples=4, steps=[3])
     rows_alone = [json.loads(line) for line in (alone / "fewshot.jsonl").read_text().splitlines()]
     assert rows_alone == [r for r in rows if r["step"] == 3]
-    assert json.loads((alone / "summary.json").read_text())["fewshot"] == {}  # step 3 is not the final one
+    summary = json.loads((alone / "summary.json").read_text())
+    assert summary["fewshot"] == {} and summary["fewshot_steps"] == {"3": at[3]}  # 3 is not the final step
 
     proc = run_cli("eval", run, "--tasks", "add2", "--shots", "0", "--examples", "4", "--steps", "5")
     assert proc.returncode == 2 and "no checkpoint at step 5; retained: 3, 7" in proc.stderr, proc.stderr

@@ -379,41 +379,37 @@ def test_the_eval_hook_with_steps_all_evaluates_each_kept_checkpoint_once(tmp_pa
 
     calls = []
 
-    def evaluate_run(run_dir, names, shots, examples, batch_size, steps="latest"):
+    def evaluate_run(run_dir, names, shots, examples, batch_size, steps="latest", per_step=False):
         calls.append((list(names), steps))
-        step = steps[0] if steps != "latest" else 30
-        rows = [{"task": n, "shots": k, "step": step} for n in names for k in shots]
-        runlog.write_atomic(
-            run_dir / "fewshot.jsonl",
-            "".join(json.dumps(r) + "\n" for r in runlog.read_jsonl(run_dir / "fewshot.jsonl") + rows),
-        )
-        return {name: {str(k): {"exact_match": {}} for k in shots} for name in names}
+        table = {name: {str(k): {"exact_match": {}} for k in shots} for name in names}
+        return {step: table for step in steps} if per_step else table
 
     monkeypatch.setattr(evaluate, "evaluate_run", evaluate_run)
     monkeypatch.setattr(evaluate, "open_run", lambda run_dir: None)
-    monkeypatch.setattr(evaluate, "checkpoint_steps", lambda run: [10, 20, 30])
-    runlog.write_atomic(
-        tmp_path / "fewshot.jsonl", json.dumps({"task": "add2", "shots": 0, "step": 10}) + "\n"
-    )
+    monkeypatch.setattr(evaluate, "checkpoint_steps", lambda run: [10, 20, 30, 40])
     hook = evaluate.after_train(grid.EvalSpec(("add2", "recall"), (0,), 10, steps="all"))
-    summary = hook(None, tmp_path, {"status": "completed", "fewshot": {}})
-    assert calls == [(["recall"], [10]), (["add2", "recall"], [20]), (["add2", "recall"], "latest")]
+    start = {"status": "completed", "fewshot": {}, "fewshot_steps": {"10": {"add2": {"0": {}}}}}
+    summary = hook(None, tmp_path, start)
+    # Steps 20 and 30 lack the same tasks, so they share one restore loop; the final step comes last.
+    assert calls == [(["recall"], [10]), (["add2", "recall"], [20, 30]), (["add2", "recall"], "latest")]
+    assert list(summary["fewshot_steps"]) == ["10", "20", "30"]
+    assert set(summary["fewshot_steps"]["10"]) == {"add2", "recall"}
+    assert set(summary["fewshot"]) == {"add2", "recall"}
     assert hook(None, tmp_path, summary) == summary and len(calls) == 3  # a rerun: nothing left to do
 
 
 def test_runs_evaluated_at_several_checkpoints_fill_fewshot_training_csv(tmp_path):
     sweep_dir = tmp_path / "s"
-    for run_id, steps in (("small", (50, 100)), ("once", (100,))):
+
+    def table(value):
+        return {"copy": {"4": {"exact_match": {"value": value, "stderr": 0.1, "n": 4}}}}
+
+    for run_id, earlier in (("small", {"50": table(0.25)}), ("once", {})):
         run = sweep_dir / run_id
         run.mkdir(parents=True)
         summary = {"status": "completed", "params": 1000, "steps": 100, "tokens": 6400, "flops": 1e9}
-        rows = [
-            {"task": "copy", "shots": 4, "example_id": i, "exact_match": float(i < s // 50), "step": s}
-            for s in steps
-            for i in range(4)
-        ]
-        runlog.write_json(run / "summary.json", summary | {"fewshot": {}})
-        runlog.write_atomic(run / "fewshot.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        summary |= {"fewshot": table(0.5), "fewshot_steps": earlier}
+        runlog.write_json(run / "summary.json", summary)
     sweep.write_tables(sweep_dir)
     training = pd.read_csv(sweep_dir / "fewshot_training.csv")
     assert list(training.columns) == sweep.TRAINING_COLUMNS
@@ -423,3 +419,5 @@ def test_runs_evaluated_at_several_checkpoints_fill_fewshot_training_csv(tmp_pat
         [50, 3200, 5e8, 0.25],
         [100, 6400, 1e9, 0.5],
     ]
+    assert not any(c.startswith("fewshot") for c in pd.read_csv(sweep_dir / "results.csv").columns)
+    assert len(pd.read_csv(sweep_dir / "fewshot.csv")) == 2  # the final checkpoints only
