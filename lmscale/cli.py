@@ -97,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "choice probability and Brier score for multiple-choice tasks). Writes RUN_DIR/fewshot.jsonl "
         "and the `fewshot` field of RUN_DIR/summary.json, replacing only the tasks and shots evaluated. "
         "--steps all evaluates every checkpoint the run kept (see checkpoint.keep_period), for accuracy "
-        "over training: each step's rows go to fewshot.jsonl, and only the final checkpoint's to the "
-        "summary.",
+        "over training: each step's rows go to fewshot.jsonl and its means to summary.json (the final "
+        "checkpoint's under `fewshot`, earlier ones under `fewshot_steps`).",
     )
     e.add_argument("run_dir", type=Path, help="run directory with config.yaml, tokenizer.json, checkpoints/")
     e.add_argument("--tasks", help="comma-separated task names (default: all)")
