@@ -114,11 +114,13 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     return row[-1]
 
 
-def stop_ids(tok) -> list[int]:
-    """Tokens that end a generated answer: EOS, and any token whose text holds the newline."""
-    if tok.kind == "byte":
-        return [tok.eos_id, ord(tasks.SEP)]
-    return [i for i in range(tok.vocab_size) if i == tok.eos_id or tasks.SEP in tok.decode([i])]
+def stop_ids(tok, strings: Sequence[str] = (tasks.SEP,)) -> list[int]:
+    """Tokens that end a generation: EOS, and any token whose text holds one of `strings` (by default
+    the newline that ends every answer). A stop string spanning tokens is left to the caller's cut."""
+    strings = [s for s in strings if s]
+    if tok.kind == "byte":  # a byte's text holds a string only if it is that one-byte string
+        return [tok.eos_id, *sorted({s.encode()[0] for s in strings if len(s.encode()) == 1})]
+    return [i for i in range(tok.vocab_size) if i == tok.eos_id or any(s in tok.decode([i]) for s in strings)]
 
 
 def _choice_ids(tok, name: str) -> list[int] | None:
@@ -188,10 +190,10 @@ def merge(fewshot: dict | None, new: dict) -> dict:
     return out
 
 
-def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> dict:
+def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> None:
     """Merge into `fewshot.jsonl`, replacing only the (task, shots, step) evaluated, and their means
     into summary.json: the final checkpoint's under `fewshot`, an earlier one's under
-    `fewshot_steps[step]`. Returns the merged dict the rows went into.
+    `fewshot_steps[step]`.
 
     Both files are rewritten atomically (rows first); every other key of summary.json is kept as it was.
     """
@@ -204,13 +206,12 @@ def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, 
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if final:
-        merged = summary["fewshot"] = merge(summary.get("fewshot"), aggregate(rows))
+        summary["fewshot"] = merge(summary.get("fewshot"), aggregate(rows))
     else:
         by_step = summary.setdefault("fewshot_steps", {})
-        merged = by_step[str(step)] = merge(by_step.get(str(step)), aggregate(rows))
+        by_step[str(step)] = merge(by_step.get(str(step)), aggregate(rows))
         summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
     runlog.write_json(summary_path, summary)
-    return merged
 
 
 @dataclasses.dataclass
@@ -260,13 +261,15 @@ def latest_step(run: Run) -> int:
     return checkpoint_steps(run)[-1]
 
 
-def select_steps(run: Run, steps: str | Sequence[int], option: str = "--steps") -> list[int]:
-    """`latest`, `all` (every retained checkpoint) or explicit steps, each of which must be retained."""
-    retained = checkpoint_steps(run)
+def select_steps(
+    run: Run, retained: Sequence[int], steps: str | Sequence[int], option: str = "--steps"
+) -> list[int]:
+    """Of the run's `retained` checkpoint steps: `latest`, `all`, or the explicit steps, each of which
+    must be retained."""
     if steps == "latest":
-        return retained[-1:]
+        return list(retained[-1:])
     if steps == "all":
-        return retained
+        return list(retained)
     if isinstance(steps, str):
         raise ConfigError(f"{option}={steps!r}: expected latest, all or comma-separated steps")
     missing = [s for s in steps if s not in retained]
@@ -333,12 +336,13 @@ def evaluate_run(
     requests = build_requests(run.tokenizer, names, shots, n_examples, run.cfg.model.seq_len, seed)
     if not requests:
         raise ConfigError(f"no shot count of {names} fits model.seq_len={run.cfg.model.seq_len}")
-    chosen, final = select_steps(run, steps), latest_step(run)
+    retained = checkpoint_steps(run)
+    chosen = select_steps(run, retained, steps)
     result = {}
     for step, decoder in restore_decoder(run, chosen, batch_size):
         rows = evaluate(decoder, run.tokenizer, requests)
         if jax.process_index() == 0:  # every host runs the model; one writes the results
-            write_results(run.path, rows, step, final=step == final)
+            write_results(run.path, rows, step, final=step == retained[-1])
         result[step] = aggregate(rows)
     return result if per_step else result[chosen[-1]]
 

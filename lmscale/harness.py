@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lmscale import evaluate
+
 try:  # the harness is optional: the adapter is the same class with or without it
     from lm_eval.api.model import LM as _Base
     from lm_eval.api.registry import register_model as _register
@@ -68,8 +70,6 @@ class LmscaleLM(_Base):
     ):
         super().__init__()
         if decoder is None:
-            from lmscale import evaluate
-
             run = evaluate.open_run(Path(run_dir))
             size = 64 if str(batch_size).startswith("auto") else int(batch_size)
             restored = evaluate.restore_decoder(run, [evaluate.latest_step(run)], size)
@@ -96,12 +96,10 @@ class LmscaleLM(_Base):
         return list(zip(total, greedy, strict=True))
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        from lmscale.evaluate import split_continuation
-
         pairs = []
         for req in requests:
             context, continuation = req.args
-            ctx, cont = split_continuation(self.tok, context, continuation)
+            ctx, cont = evaluate.split_continuation(self.tok, context, continuation)
             pairs.append(([self.tok.eos_id, *ctx], cont))
         return self._score(pairs)
 
@@ -124,10 +122,7 @@ class LmscaleLM(_Base):
             keep = self.seq_len - min(max_new, self.seq_len // 2)
             groups.setdefault(until, []).append((i, self._encode(context)[-keep:], max_new))
         for until, items in groups.items():
-            stops = [
-                t for t in range(self.tok.vocab_size)
-                if t == self.tok.eos_id or any(s and s in self.tok.decode([t]) for s in until)
-            ]  # fmt: skip
+            stops = evaluate.stop_ids(self.tok, until)
             limits = [n for _, _, n in items]
             generated = self.decoder.score_and_generate(
                 [(ctx, []) for _, ctx, _ in items], max(limits), stops, limits
