@@ -352,10 +352,8 @@ def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: di
     curves = fewshot = training = None
     if source.is_dir():
         curves = _try(missing, "curves", lambda: load_curves(source))
-        if (source / "fewshot_training.csv").is_file():
+        if (source / "fewshot_training.csv").is_file():  # absent unless runs kept earlier checkpoints
             training = _try(missing, "emergence_training", lambda: load_fewshot_training(source))
-        else:
-            missing["emergence_training"] = f"'{source}' has no fewshot_training.csv"
         if (source / "fewshot.csv").is_file():
             fewshot = _try(missing, "fewshot", lambda: load_fewshot(source))
         else:
@@ -414,6 +412,8 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
         skipped["emergence"] = sweep.missing.get("emergence") or sweep.missing["fewshot"]
     if sweep.training is not None:
         paths += plot_emergence_training(sweep.training, out_dir)
+    elif "emergence_training" in sweep.missing:
+        skipped["emergence_training"] = sweep.missing["emergence_training"]
     if "power" not in fits:
         skipped["loss_vs_compute frontier law"] = sweep.missing["power"]
     for figure, reason in skipped.items():

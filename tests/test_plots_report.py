@@ -224,3 +224,14 @@ def test_failed_report_leaves_the_previous_one_untouched(sweep_dir, report, tmp_
     with pytest.raises(AnalysisError, match="column 'params' has non-positive value -5"):
         write_report(sweep, out, bootstrap=0)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_unusable_training_table_is_logged_as_skipped(sweep_dir, tmp_path, caplog):
+    sweep = Path(shutil.copytree(sweep_dir, tmp_path / "s"))
+    pd.read_csv(sweep / "fewshot_training.csv").drop(columns="step").to_csv(
+        sweep / "fewshot_training.csv", index=False
+    )
+    with caplog.at_level(logging.WARNING, logger="analysis.plots"):
+        names = {p.stem for p in plot_all(sweep, tmp_path / "figs", bootstrap=0)}
+    assert names == set(FIGURES) - {"emergence_training"}
+    assert "skipped emergence_training: " in caplog.text and "missing column 'step'" in caplog.text
