@@ -8,6 +8,13 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 
+def retained_steps(steps: int, every: int, keep: int, keep_period: int = 0) -> list[int]:
+    """The checkpoints an uninterrupted run of `steps` steps keeps: it saves every `every` steps and at
+    the last, and keeps the newest `keep` saves plus every multiple of `keep_period`."""
+    saves = sorted({*range(every, steps + 1, every), steps})
+    return sorted({*saves[-keep:], *(s for s in saves if keep_period and s % keep_period == 0)})
+
+
 class Checkpointer:
     """Keep-last-k, plus every `keep_period` steps; atomic (Orbax writes to a temporary directory and
     renames on commit)."""

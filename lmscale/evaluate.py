@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -281,6 +282,14 @@ def select_steps(
     return sorted(set(steps))
 
 
+def new_decoder(built, params, batch_size: int) -> Decoder:
+    """A Decoder on `built`'s mesh and rules (a steps.Steps), its batch rounded up to a multiple of the
+    data-parallel devices so every batch splits evenly."""
+    shape = built.cfg.mesh.shape(jax.device_count())
+    dp = shape["data"] * shape["fsdp"]
+    return Decoder(built.cfg.model, params, -(-batch_size // dp) * dp, built.mesh, built.rules)
+
+
 def restore_decoder(run: Run, steps: Sequence[int], batch_size: int = 64) -> Iterator[tuple[int, Decoder]]:
     """A Decoder over the params of each checkpoint step in turn, restored onto this process's
     devices: yields (step, decoder), one decoder whose compiled functions serve every step."""
@@ -292,17 +301,14 @@ def restore_decoder(run: Run, steps: Sequence[int], batch_size: int = 64) -> Ite
     n = jax.device_count()
     if math.prod(cfg.mesh.shape(n).values()) != n:  # trained on another device count: data parallel here
         cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, data=-1, fsdp=1, tensor=1))
-    mesh = sharding.make_mesh(cfg.mesh)
-    built = build(cfg, mesh)
-    shape = cfg.mesh.shape(n)
-    dp = shape["data"] * shape["fsdp"]
+    built = build(cfg, sharding.make_mesh(cfg.mesh))
     decoder = None
     ckpt = Checkpointer(run.path / "checkpoints", cfg.checkpoint.keep, async_save=False)
     try:
         for step in steps:
             state, _ = ckpt.restore(step, built.abstract_state)
             if decoder is None:
-                decoder = Decoder(cfg.model, state.params, -(-batch_size // dp) * dp, mesh, built.rules)
+                decoder = new_decoder(built, state.params, batch_size)
             else:
                 decoder.load(state.params)
             yield step, decoder
@@ -362,7 +368,7 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
         ]
 
     def hook(cell, run_dir: Path, summary: dict) -> dict:
-        summary = dict(summary)
+        summary, t0, evaluated = dict(summary), time.perf_counter(), False
         if spec.steps == "all":  # the earlier checkpoints, grouped by what each lacks: one restore loop each
             by_step = dict(summary.get("fewshot_steps") or {})
             todo: dict[tuple[str, ...], list[int]] = {}
@@ -376,11 +382,15 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
                     per_step=True,
                 ).items():  # fmt: skip
                     by_step[str(step)] = merge(by_step.get(str(step)), fewshot)
+                evaluated = True
             summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
         names = missing(summary.get("fewshot") or {})
         if names:
             fewshot = evaluate_run(run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size)
             summary["fewshot"] = merge(summary.get("fewshot"), fewshot)
+            evaluated = True
+        if evaluated:  # the sweep's evaluation of this run, over every process that added to it
+            summary["eval_time_s"] = summary.get("eval_time_s", 0.0) + time.perf_counter() - t0
         return summary
 
     return hook

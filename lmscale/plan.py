@@ -4,11 +4,14 @@ Time comes from a short calibration on the current devices: each distinct shape'
 compiled and timed for a few steps, the largest and smallest first, until the calibration budget is
 spent; shapes left over get their step time interpolated in log FLOPs between measured ones. The
 per-run costs beyond the steps (compiling init and eval, evaluations, checkpoints) are measured once.
+With `sweep.eval`, the few-shot evaluator is timed on the smallest and largest shapes too: one batch of
+each length bucket the run's requests fall in, compiled then run, scaled by that bucket's batch count.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import math
 import statistics
@@ -22,16 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lmscale import flops, peak, runlog, sharding
-from lmscale.checkpoint import Checkpointer
+from lmscale import evaluate, flops, peak, runlog, sharding, tasks
+from lmscale.checkpoint import Checkpointer, retained_steps
 from lmscale.config import Config
-from lmscale.data import make_source
-from lmscale.grid import Cell, Sweep, human
+from lmscale.data import make_source, prepare
+from lmscale.decode import bucket
+from lmscale.grid import Cell, EvalSpec, Sweep, human
 from lmscale.steps import Steps, build
 
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
 TIMED_STEPS = 3  # steps timed per shape after one warm-up step (fewer if a step takes over a second)
 EVAL_COST = 1 / 3  # an eval batch is a forward pass: a third of a train step's FLOPs
+EVAL_SAMPLE = (
+    16  # examples per task and shot count in the evaluator's timing: its lengths, hence its compiles
+)
 
 
 @dataclasses.dataclass
@@ -83,6 +90,14 @@ def memory_bytes(cfg: Config, n_devices: int) -> int:
     return int(state + layers + logits)
 
 
+@dataclasses.dataclass
+class EvalTiming:
+    """The few-shot evaluation of one run (`sweep.eval`) on one shape."""
+
+    compile_s: float  # every length bucket's compile: paid by each restore loop (once per run and step set)
+    pass_s: float  # one compiled pass over every request, for one checkpoint
+
+
 def _zeros(steps: Steps):
     """A state of zeros with the right shardings: timing a step needs shapes, not trained values."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), steps.abstract_state)
@@ -127,6 +142,36 @@ def run_costs(steps: Steps, state) -> RunCosts:
     return RunCosts(t1 - t0, t2 - t1, save_s, time.perf_counter() - t4)
 
 
+def time_eval(steps: Steps, state, spec: EvalSpec) -> EvalTiming:
+    """Time the evaluator on `steps`' shape with `state`'s (untrained) params, over the first
+    `EVAL_SAMPLE` examples of every task and shot count: compiled then run, then run again, the second
+    pass scaled to the full set by the batches of each length bucket. Generation runs to each request's
+    limit whatever the weights (one token past the answer), so untrained params time it too."""
+    cfg, seq_len = steps.cfg, steps.cfg.model.seq_len
+    tok = prepare(cfg).tokenizer
+    names = spec.tasks or list(tasks.TASKS)
+
+    def requests(n: int) -> list[evaluate.Request]:
+        return evaluate.build_requests(tok, names, spec.shots, n, seq_len, option="sweep.eval.shots")
+
+    decoder = evaluate.new_decoder(steps, state.params, spec.batch_size)
+
+    def cost(reqs: list[evaluate.Request]) -> float:
+        """Batches weighted by their bucket's length: the decoder's grouping of the forward pass."""
+        per_bucket = collections.Counter(bucket(r.length - 1, seq_len) for r in reqs)
+        return sum(-(-n // decoder.batch_size) * size for size, n in per_bucket.items())
+
+    sample = requests(min(spec.examples, EVAL_SAMPLE))
+    t0 = time.perf_counter()
+    evaluate.evaluate(decoder, tok, sample)
+    t1 = time.perf_counter()
+    evaluate.evaluate(decoder, tok, sample)
+    t2 = time.perf_counter()
+    compile_s = max((t1 - t0) - (t2 - t1), 0.0)
+    pass_s = (t2 - t1) * cost(requests(spec.examples)) / cost(sample)
+    return EvalTiming(compile_s, pass_s)
+
+
 def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
     """Piecewise linear in log-log through (xs, ys), flat beyond the ends; xs sorted."""
     if len(xs) == 1:
@@ -146,15 +191,20 @@ def step_flops(cfg: Config) -> float:
     return cfg.train.batch_size * cfg.model.seq_len * flops.train_flops_per_token(cfg.model)
 
 
-def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[tuple, Timing], RunCosts]:
+def calibrate(
+    cells: list[Cell], budget_s: float = CALIBRATION_S, spec: EvalSpec | None = None
+) -> tuple[dict[tuple, Timing], RunCosts, dict[tuple, EvalTiming]]:
     """Time the distinct shapes, smallest and largest first, then the one farthest (in log FLOPs) from any
-    timed, while the budget lasts. A shape that fails (say, out of memory) gets NaN times."""
+    timed, while the budget lasts; with `spec`, time the evaluator on the smallest and largest, and
+    interpolate it for the rest. A shape that fails (say, out of memory) gets NaN times."""
     shapes: dict[tuple, Config] = {}
     for cell in cells:
         shapes.setdefault(shape_key(cell.cfg), cell.cfg)
     order = sorted(shapes, key=lambda k: step_flops(shapes[k]))
     pending = [order[0], order[-1]] if len(order) > 1 else [order[0]]
     timings: dict[tuple, Timing] = {}
+    evals: dict[tuple, EvalTiming] = {}
+    eval_keys = pending[:] if spec is not None else []
     costs, t_start, spent = None, time.perf_counter(), []
     failed: set[tuple] = set()
     while pending:
@@ -162,6 +212,8 @@ def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[
         t0 = time.perf_counter()
         try:
             timings[key], steps, state = time_shape(shapes[key])
+            if key in eval_keys:
+                evals[key] = time_eval(steps, state, spec)
         except Exception as e:  # noqa: BLE001 - e.g. out of device memory: that row says so, the rest go on
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             print(
@@ -170,6 +222,7 @@ def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[
             )
             failed.add(key)
             timings[key] = Timing(math.nan, math.nan, math.nan, False)
+            evals.pop(key, None)
             continue
         spent.append(time.perf_counter() - t0)
         if costs is None:  # the smallest shape that runs
@@ -184,7 +237,7 @@ def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[
                 )
     measured = sorted((k for k in timings if k not in failed), key=lambda k: step_flops(shapes[k]))
     if not measured:
-        return timings, RunCosts(math.nan, math.nan, math.nan, math.nan)
+        return timings, RunCosts(math.nan, math.nan, math.nan, math.nan), {}
     xs = [step_flops(shapes[k]) for k in measured]
     compile_s = statistics.mean(timings[k].compile_s for k in measured)
     setup_s = statistics.mean(timings[k].setup_s for k in measured)
@@ -192,7 +245,15 @@ def calibrate(cells: list[Cell], budget_s: float = CALIBRATION_S) -> tuple[dict[
         if key not in timings:
             step_s = _interpolate(step_flops(shapes[key]), xs, [timings[k].step_s for k in measured])
             timings[key] = Timing(compile_s, step_s, setup_s, False)
-    return timings, costs
+    if evals:
+        timed = sorted(evals, key=lambda k: step_flops(shapes[k]))
+        ex = [step_flops(shapes[k]) for k in timed]
+        eval_compile_s = statistics.mean(evals[k].compile_s for k in timed)
+        for key in order:
+            if key not in evals and key not in failed:
+                pass_s = _interpolate(step_flops(shapes[key]), ex, [evals[k].pass_s for k in timed])
+                evals[key] = EvalTiming(eval_compile_s, pass_s)
+    return timings, costs, evals
 
 
 def estimate_s(cfg: Config, timing: Timing, costs: RunCosts) -> float:
@@ -211,9 +272,22 @@ def estimate_s(cfg: Config, timing: Timing, costs: RunCosts) -> float:
     )
 
 
+def eval_estimate_s(cfg: Config, timing: EvalTiming, spec: EvalSpec) -> float:
+    """One run's few-shot evaluation: the final checkpoint, or with `steps: all` every kept one (the
+    earlier ones in a restore loop of their own, so the buckets compile twice)."""
+    c = cfg.checkpoint
+    n = len(retained_steps(cfg.steps, c.every_steps, c.keep, c.keep_period)) if spec.steps == "all" else 1
+    return timing.compile_s * (1 + (n > 1)) + timing.pass_s * n
+
+
 def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) -> tuple[pd.DataFrame, dict]:
-    """One row per cell (cheapest first) and the totals; no time columns when `budget_s` is None."""
-    timings, costs = calibrate(sweep.cells, budget_s) if budget_s is not None else ({}, None)
+    """One row per cell (cheapest first) and the totals; no time columns when `budget_s` is None.
+
+    `time_s` is a run's training as `summary.json`'s `wall_time_s` measures it; `eval_s` (with
+    `sweep.eval`) its few-shot evaluation, as `eval_time_s` does. The total time holds both."""
+    timings, costs, evals = (
+        calibrate(sweep.cells, budget_s, sweep.eval) if budget_s is not None else ({}, None, {})
+    )
     rows = []
     for i, cell in enumerate(sweep.cells):
         m, counts = cell.cfg.model, flops.param_counts(cell.cfg.model)
@@ -235,12 +309,17 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
             timing = timings[shape_key(cell.cfg)]
             row["time_s"] = estimate_s(cell.cfg, timing, costs) + (costs.process_s if i == 0 else 0.0)
             row["timed"] = timing.measured
+            if sweep.eval is not None:
+                key = shape_key(cell.cfg)
+                row["eval_s"] = (
+                    eval_estimate_s(cell.cfg, evals[key], sweep.eval) if key in evals else math.nan
+                )
         rows.append(row)
     df = pd.DataFrame(rows)
     totals = {"runs": len(df), "flops": df["flops"].sum()}
     if timings:
         totals |= {
-            "time_s": df["time_s"].sum(),
+            "time_s": df["time_s"].sum() + (df["eval_s"].sum() if "eval_s" in df else 0.0),
             "shapes": len(timings),
             "timed": sum(t.measured for t in timings.values()),
         }
@@ -275,6 +354,8 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
             _duration(s) + ("" if timed or math.isnan(s) else "*")
             for s, timed in zip(df["time_s"], df["timed"], strict=True)
         ]
+    if "eval_s" in df:
+        shown["eval"] = df["eval_s"].map(_duration)
     lines = [shown.to_string(index=False)]
     total = f"total: {totals['runs']} runs, {totals['flops']:.2e} FLOPs"
     if "time_s" in totals:
@@ -294,8 +375,6 @@ def main(sweep: Sweep, calibrate: bool = True, csv: Path | None = None) -> int:
     device = f"{len(devices)} x {devices[0].device_kind}"
     df, totals = table(sweep, len(devices), CALIBRATION_S if calibrate else None)
     print(render(df, totals, device))
-    if calibrate and sweep.eval is not None:
-        print("times are training only; each run's few-shot evaluation (sweep.eval) comes on top")
     if csv is not None:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         runlog.write_atomic(Path(csv), df.to_csv(index=False))

@@ -1,6 +1,7 @@
 """`lmscale plan`: every cell priced, nothing trained, and time estimates close to measured runs."""
 
 import json
+import math
 
 import jax
 import pandas as pd
@@ -17,7 +18,7 @@ checkpoint: {every_steps: 10}
 sweep:
   sizes:
     shapes: [{n_layers: 1, d_model: 32, n_heads: 2}, {n_layers: 2, d_model: 64, n_heads: 4}]
-  eval: false
+  eval: {tasks: [add2, recall], examples: 8}
 """
 
 
@@ -33,7 +34,7 @@ def planned(tmp_path_factory):
 def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
     tmp, stdout, table = planned
     lines = stdout.strip().splitlines()
-    assert lines[0].split() == "run_id L D H F params non-emb tokens FLOPs memory lr time".split()
+    assert lines[0].split() == "run_id L D H F params non-emb tokens FLOPs memory lr time eval".split()
     assert lines[1].split()[0] == "L1-D32-T10.2K-s0" and lines[2].split()[0] == "L2-D64-T10.2K-s0"
     assert lines[-1].startswith("total: 2 runs") and "on 1 x cpu" in lines[-1]
     shapes = ((1, 32, 2), (2, 64, 4))
@@ -43,7 +44,11 @@ def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
     counts = [flops.param_counts(m) for m in models]
     assert list(table["params"]) == [c.total for c in counts]
     assert list(table["params_nonembedding"]) == [c.nonembedding for c in counts]
-    assert list(table["tokens"]) == [10240, 10240] and (table["time_s"] > 0).all()
+    assert (
+        list(table["tokens"]) == [10240, 10240]
+        and (table["time_s"] > 0).all()
+        and (table["eval_s"] > 0).all()
+    )
     assert (
         table["flops"].iloc[1] > table["flops"].iloc[0]
         and table["memory_bytes"].iloc[1] > 16 * counts[1].total
@@ -52,14 +57,15 @@ def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
     assert sorted(p.name for p in tmp.iterdir()) == ["pair.yaml", "plan.csv"]  # nothing trained
 
 
-def test_time_estimate_is_within_2x_of_the_measured_run(planned):
+def test_time_estimates_are_within_2x_of_the_measured_run_and_its_evaluation(planned):
     tmp, _, table = planned
     only_first = "sweep.sizes.shapes=[{n_layers: 1, d_model: 32, n_heads: 2}]"  # the plan's first row
     proc = run_cli("sweep", tmp / "pair.yaml", "--out", tmp / "runs", "--no-progress", only_first)
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads((tmp / "runs" / "pair" / "L1-D32-T10.2K-s0" / "summary.json").read_text())
-    estimate = table.set_index("run_id").loc["L1-D32-T10.2K-s0", "time_s"]
-    assert 0.5 < measured["wall_time_s"] / estimate < 2.0, (measured["wall_time_s"], estimate)
+    estimate = table.set_index("run_id").loc["L1-D32-T10.2K-s0"]
+    assert 0.5 < measured["wall_time_s"] / estimate["time_s"] < 2.0, (measured["wall_time_s"], estimate)
+    assert 0.5 < measured["eval_time_s"] / estimate["eval_s"] < 2.0, (measured["eval_time_s"], estimate)
 
 
 def test_memory_estimate_is_within_2x_of_what_xla_allocates():
@@ -98,11 +104,24 @@ def test_a_shape_that_fails_to_run_is_reported_and_the_rest_are_still_timed(monk
 
     monkeypatch.setattr(plan, "time_shape", time_shape)
     monkeypatch.setattr(plan, "run_costs", lambda steps, state: plan.RunCosts(1.0, 0.5, 0.1, 2.0))
+    timed = []
+
+    def time_eval(steps, state, spec):
+        timed.append(spec)
+        return plan.EvalTiming(3.0, 1.0)
+
+    monkeypatch.setattr(plan, "time_eval", time_eval)
     df, totals = plan.table(sweep, n_devices=1)
     assert (
         "L1-D128-H2 (batch 8) failed: RuntimeError: RESOURCE_EXHAUSTED: out of memory"
         in capsys.readouterr().err
     )
     assert df["time_s"].isna().tolist() == [False, False, True]
+    # The evaluator is timed on the smallest and largest shapes. The largest failed to run, so the middle
+    # one scales the smallest's pass by FLOPs, as step times do from one timed shape.
+    ratio = plan.step_flops(sweep.cells[1].cfg) / plan.step_flops(sweep.cells[0].cfg)
+    assert timed == [sweep.eval] and math.isnan(df["eval_s"][2])
+    assert df["eval_s"].tolist()[:2] == pytest.approx([3.0 + 1.0, 3.0 + 1.0 * ratio])
+    assert totals["time_s"] == pytest.approx(df["time_s"].sum() + df["eval_s"].sum())
     text = plan.render(df, totals, "1 x cpu")
     assert "failed" in text.splitlines()[3] and "1 runs not included" in text.splitlines()[-1]

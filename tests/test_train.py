@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from lmscale import checkpoint
 from lmscale.synthetic import SyntheticSource
 from lmscale.tokenizer import Tokenizer
 from tests.conftest import TINY, lmscale_env, run_cli
@@ -73,6 +74,7 @@ def test_run_writes_the_contract_files(uninterrupted):
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
     kept = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [10, 20, 30, STEPS - 5, STEPS]  # keep-last-2, and every 10th step
+    assert checkpoint.retained_steps(STEPS, every=5, keep=2, keep_period=10) == kept  # what plan counts
     config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
     assert config["model"]["d_model"] == 32
     assert config["meta"]["versions"]["jax"] == jax.__version__
