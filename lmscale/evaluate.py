@@ -191,6 +191,12 @@ def merge(fewshot: dict | None, new: dict) -> dict:
     return out
 
 
+def with_step(by_step: dict, step: int, new: dict) -> dict:
+    """`fewshot_steps` ({step: fewshot}, keys as strings) with `new` merged in at `step`, steps in order."""
+    out = {**by_step, str(step): merge(by_step.get(str(step)), new)}
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
 def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> None:
     """Merge into `fewshot.jsonl`, replacing only the (task, shots, step) evaluated, and their means
     into summary.json: the final checkpoint's under `fewshot`, an earlier one's under
@@ -209,9 +215,7 @@ def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, 
     if final:
         summary["fewshot"] = merge(summary.get("fewshot"), aggregate(rows))
     else:
-        by_step = summary.setdefault("fewshot_steps", {})
-        by_step[str(step)] = merge(by_step.get(str(step)), aggregate(rows))
-        summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
+        summary["fewshot_steps"] = with_step(summary.get("fewshot_steps") or {}, step, aggregate(rows))
     runlog.write_json(summary_path, summary)
 
 
@@ -381,7 +385,7 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
                     run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size, steps=steps,
                     per_step=True,
                 ).items():  # fmt: skip
-                    by_step[str(step)] = merge(by_step.get(str(step)), fewshot)
+                    by_step = with_step(by_step, step, fewshot)
                 evaluated = True
             summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
         names = missing(summary.get("fewshot") or {})

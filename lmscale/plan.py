@@ -4,8 +4,9 @@ Time comes from a short calibration on the current devices: each distinct shape'
 compiled and timed for a few steps, the largest and smallest first, until the calibration budget is
 spent; shapes left over get their step time interpolated in log FLOPs between measured ones. The
 per-run costs beyond the steps (compiling init and eval, evaluations, checkpoints) are measured once.
-With `sweep.eval`, the few-shot evaluator is timed on the smallest and largest shapes too: one batch of
-each length bucket the run's requests fall in, compiled then run, scaled by that bucket's batch count.
+With `sweep.eval`, the few-shot evaluator is timed on the smallest and largest shapes too: a sample of
+every task and shot count, compiled then run, its run scaled to the full set by the batches of each
+length bucket.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ from lmscale.steps import Steps, build
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
 TIMED_STEPS = 3  # steps timed per shape after one warm-up step (fewer if a step takes over a second)
 EVAL_COST = 1 / 3  # an eval batch is a forward pass: a third of a train step's FLOPs
-EVAL_SAMPLE = (
-    16  # examples per task and shot count in the evaluator's timing: its lengths, hence its compiles
-)
+EVAL_SAMPLE = 16  # examples per task and shot count that time the evaluator: enough for every compile
 
 
 @dataclasses.dataclass
