@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Expand a sweep YAML into its cells and print one row per run: shape, params "
         "(total and non-embedding), tokens, FLOPs, a per-device memory estimate and a time estimate "
         "from compiling and timing a few train steps of each distinct shape on the current devices. "
-        "The total comes last. Nothing is trained and no run directory is written.",
+        "With the sweep's `eval:` section, an eval column adds each run's few-shot evaluation, timed "
+        "by running the evaluator on the smallest and largest shapes. The total (training and "
+        "evaluation) comes last. Nothing is trained and no run directory is written.",
         epilog=EPILOG + " Sweep keys are overridden the same way, e.g. sweep.seeds=[0,1].",
     )
     pl.add_argument("sweep", type=Path, help="sweep YAML, e.g. experiments/cpu_demo.yaml")
