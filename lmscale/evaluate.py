@@ -372,29 +372,35 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
         ]
 
     def hook(cell, run_dir: Path, summary: dict) -> dict:
-        summary, t0, evaluated = dict(summary), time.perf_counter(), False
-        if spec.steps == "all":  # the earlier checkpoints, grouped by what each lacks: one restore loop each
-            by_step = dict(summary.get("fewshot_steps") or {})
-            todo: dict[tuple[str, ...], list[int]] = {}
-            for step in checkpoint_steps(open_run(run_dir))[:-1]:
-                names = missing(by_step.get(str(step)) or {})
-                if names:
-                    todo.setdefault(tuple(names), []).append(step)
-            for names, steps in todo.items():
-                for step, fewshot in evaluate_run(
-                    run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size, steps=steps,
-                    per_step=True,
-                ).items():  # fmt: skip
-                    by_step = with_step(by_step, step, fewshot)
-                evaluated = True
-            summary["fewshot_steps"] = dict(sorted(by_step.items(), key=lambda kv: int(kv[0])))
+        summary, t0 = dict(summary), time.perf_counter()
         names = missing(summary.get("fewshot") or {})
-        if names:
+        if spec.steps != "all":
+            if not names:
+                return summary
             fewshot = evaluate_run(run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size)
             summary["fewshot"] = merge(summary.get("fewshot"), fewshot)
-            evaluated = True
-        if evaluated:  # the sweep's evaluation of this run, over every process that added to it
-            summary["eval_time_s"] = summary.get("eval_time_s", 0.0) + time.perf_counter() - t0
+        else:  # every kept checkpoint, grouped by what each lacks: one restore loop (one compile) a group
+            by_step = dict(summary.get("fewshot_steps") or {})
+            *earlier, final = checkpoint_steps(open_run(run_dir))
+            todo: dict[tuple[str, ...], list[int]] = {}
+            lacking = {step: missing(by_step.get(str(step)) or {}) for step in earlier} | {final: names}
+            for step, group in lacking.items():
+                if group:
+                    todo.setdefault(tuple(group), []).append(step)
+            if not todo:
+                return summary
+            for group, steps in todo.items():
+                for step, fewshot in evaluate_run(
+                    run_dir, group, spec.shots, spec.examples, batch_size=spec.batch_size, steps=steps,
+                    per_step=True,
+                ).items():  # fmt: skip
+                    if step == final:
+                        summary["fewshot"] = merge(summary.get("fewshot"), fewshot)
+                    else:
+                        by_step = with_step(by_step, step, fewshot)
+            summary["fewshot_steps"] = by_step
+        # the sweep's evaluation of this run, over every process that added to it
+        summary["eval_time_s"] = summary.get("eval_time_s", 0.0) + time.perf_counter() - t0
         return summary
 
     return hook

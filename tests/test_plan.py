@@ -68,6 +68,21 @@ def test_time_estimates_are_within_2x_of_the_measured_run_and_its_evaluation(pla
     assert 0.5 < measured["eval_time_s"] / estimate["eval_s"] < 2.0, (measured["eval_time_s"], estimate)
 
 
+def test_evaluating_every_kept_checkpoint_pays_one_compile_and_one_pass_per_checkpoint():
+    from lmscale.grid import EvalSpec
+
+    cfg = config.from_dict(
+        {
+            "model": {"seq_len": 32},
+            "train": {"batch_size": 8, "tokens": 8 * 32 * 100},  # 100 steps
+            "checkpoint": {"every_steps": 10, "keep": 2, "keep_period": 50},  # keeps 50, 90 and 100
+        }
+    )
+    timing = plan.EvalTiming(compile_s=3.0, pass_s=0.5)
+    assert plan.eval_estimate_s(cfg, timing, EvalSpec(steps="all")) == 3.0 + 3 * 0.5
+    assert plan.eval_estimate_s(cfg, timing, EvalSpec()) == 3.0 + 0.5  # the final checkpoint only
+
+
 def test_memory_estimate_is_within_2x_of_what_xla_allocates():
     cfg = config.from_dict(
         {"model": {"n_layers": 3, "d_model": 96, "n_heads": 6, "seq_len": 64}, "train": {"batch_size": 16}}

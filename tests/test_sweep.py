@@ -390,12 +390,20 @@ def test_the_eval_hook_with_steps_all_evaluates_each_kept_checkpoint_once(tmp_pa
     hook = evaluate.after_train(grid.EvalSpec(("add2", "recall"), (0,), 10, steps="all"))
     start = {"status": "completed", "fewshot": {}, "fewshot_steps": {"10": {"add2": {"0": {}}}}}
     summary = hook(None, tmp_path, start)
-    # Steps 20 and 30 lack the same tasks, so they share one restore loop; the final step comes last.
-    assert calls == [(["recall"], [10]), (["add2", "recall"], [20, 30]), (["add2", "recall"], "latest")]
+    # Steps 20, 30 and the final 40 lack the same tasks, so they share one restore loop (one compile).
+    assert calls == [(["recall"], [10]), (["add2", "recall"], [20, 30, 40])]
     assert list(summary["fewshot_steps"]) == ["10", "20", "30"]
     assert set(summary["fewshot_steps"]["10"]) == {"add2", "recall"}
     assert set(summary["fewshot"]) == {"add2", "recall"}
-    assert hook(None, tmp_path, summary) == summary and len(calls) == 3  # a rerun: nothing left to do
+    assert hook(None, tmp_path, summary) == summary and len(calls) == 2  # a rerun: nothing left to do
+    # A final checkpoint lacking other tasks than the earlier ones gets a restore loop of its own.
+    calls.clear()
+    partial = {**summary, "fewshot": {"add2": {"0": {}}}}
+    partial["fewshot_steps"] = {**summary["fewshot_steps"], "20": {"recall": {"0": {}}}}
+    again = hook(None, tmp_path, partial)
+    assert calls == [(["add2"], [20]), (["recall"], [40])]
+    assert set(again["fewshot"]) == {"add2", "recall"}
+    assert set(again["fewshot_steps"]["20"]) == {"add2", "recall"}
 
 
 def test_runs_evaluated_at_several_checkpoints_fill_fewshot_training_csv(tmp_path):
