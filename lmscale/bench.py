@@ -58,7 +58,7 @@ def bench_training(name: str, shape: dict, steps: int) -> dict:
         "tokens_per_s": tokens / step_s,
         "flops_per_step": flops_step,
         "flops_per_s": flops_step / step_s,
-        "mfu": flops_step / step_s / peak_flops,
+        "mfu": flops_step / step_s / peak_flops if peak_flops else None,
     }
 
 
@@ -198,7 +198,8 @@ def main(args: argparse.Namespace) -> int:
         rows.append(row)
         print(
             f"train {name}: {row['params'] / 1e6:6.2f}M params  {row['tokens_per_s']:10,.0f} tok/s  "
-            f"{row['flops_per_s'] / 1e9:8.1f} GFLOP/s  MFU {row['mfu']:.1%}",
+            f"{row['flops_per_s'] / 1e9:8.1f} GFLOP/s  MFU "
+            + (f"{row['mfu']:.1%}" if row["mfu"] is not None else f"n/a ({source})"),
             file=sys.stderr,
         )
     pipeline = bench_pipeline()

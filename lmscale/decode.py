@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lmscale.config import ModelConfig
 from lmscale.model import Transformer, init_cache
@@ -57,8 +58,10 @@ class Decoder:
         # Decoding runs the layers unrolled (same params, unstacked), so the cache is updated in place.
         self.unrolled = Transformer(dataclasses.replace(cfg, scan_layers=False))
         self.unrolled_params = unstack_layers(params, cfg)
-        self._score = jax.jit(self._score_fn)
-        self._run = jax.jit(self._run_fn, static_argnames=("max_new", "cache_len"))
+        # Results come back replicated: on a multi-host mesh every process can then read all of them.
+        out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        self._score = jax.jit(self._score_fn, out_shardings=out)
+        self._run = jax.jit(self._run_fn, static_argnames=("max_new", "cache_len"), out_shardings=out)
 
     def load(self, params: Any) -> None:
         """Swap in other params of the same model (another checkpoint): nothing recompiles."""
@@ -230,7 +233,7 @@ class Decoder:
             cont_len_B = np.zeros(self.batch_size, np.int32)
             for row, i in enumerate(idx):
                 ctx, cont = requests[i]
-                if not ctx or len(ctx) + len(cont) > self.cfg.seq_len + 1:
+                if not ctx or fed[i] > self.cfg.seq_len:
                     raise ValueError(
                         f"request of {len(ctx)}+{len(cont)} tokens: the context must be non-empty and "
                         f"both must fit {self.cfg.seq_len} tokens"

@@ -97,7 +97,10 @@ def cached_attention(
     L, S, H = q_BxLxNxH.shape[1], k_BxNxSxH.shape[2], q_BxLxNxH.shape[3]
     qpos_BxL = pos_B[:, None] + jnp.arange(L)[None, :]
     mask_Bx1xLxS = (jnp.arange(S)[None, None, :] <= qpos_BxL[:, :, None])[:, None]
-    scores_BxNxLxS = jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH).astype(jnp.float32) * H**-0.5
+    # fp32 scores whatever the compute dtype, as in the uncached path's attention
+    scores_BxNxLxS = (
+        jnp.einsum("blnh,bnsh->bnls", q_BxLxNxH, k_BxNxSxH, preferred_element_type=jnp.float32) * H**-0.5
+    )
     scores_BxNxLxS = jnp.where(mask_Bx1xLxS, scores_BxNxLxS, -jnp.inf)
     probs_BxNxLxS = jax.nn.softmax(scores_BxNxLxS, axis=-1).astype(dtype)
     o_BxLxNxH = jnp.einsum("bnls,bnsh->blnh", probs_BxNxLxS, v_BxNxSxH)

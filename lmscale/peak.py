@@ -12,7 +12,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Dense (no sparsity) bf16 peak FLOP/s per chip / GPU, from the vendors' spec sheets.
+# Dense (no sparsity) bf16 peak FLOP/s per chip / GPU, from the vendors' spec sheets. A TPU chip may
+# show up as several JAX devices (v2 and v3: one per TensorCore), so the run's peak counts chips.
 DEVICE_PEAK_FLOPS = {
     "TPU v2": 45e12,
     "TPU v3": 123e12,
@@ -31,13 +32,18 @@ DEVICE_PEAK_FLOPS = {
     "NVIDIA GH200": 989e12,
     "NVIDIA B200": 2250e12,
     "NVIDIA L4": 121e12,
+    "NVIDIA L40S": 362e12,
+    "NVIDIA L40": 181e12,
     "NVIDIA A10G": 125e12,
+    "NVIDIA A10": 125e12,
 }
 
 
 def table_peak(device_kind: str) -> float | None:
-    """Longest table key that prefixes `device_kind` (so 'NVIDIA H100 80GB HBM3' finds H100)."""
-    keys = [k for k in DEVICE_PEAK_FLOPS if device_kind.startswith(k)]
+    """The longest table key that is `device_kind` or a whole-word prefix of it ('NVIDIA H100 80GB
+    HBM3' and 'NVIDIA A100-SXM4-80GB' find their GPUs; 'NVIDIA L40S' does not find 'NVIDIA L4')."""
+    whole_word = [k for k in DEVICE_PEAK_FLOPS if device_kind[len(k) :][:1] in ("", " ", "-")]
+    keys = [k for k in whole_word if device_kind.startswith(k)]
     return DEVICE_PEAK_FLOPS[max(keys, key=len)] if keys else None
 
 
@@ -58,13 +64,23 @@ def calibrated_cpu_peak(n: int = 2048, repeats: int = 7) -> float:
     return 2.0 * n**3 / best
 
 
-def peak_flops(devices: list | None = None) -> tuple[float, str]:
-    """Peak FLOP/s of the whole run and where the figure comes from."""
+def chips(devices: list) -> int:
+    """Physical chips behind `devices`: TPU devices on one chip share its coordinates."""
+    coords = [getattr(d, "coords", None) for d in devices]
+    if devices[0].platform != "tpu" or any(c is None for c in coords):
+        return len(devices)
+    return len({tuple(c) for c in coords})
+
+
+def peak_flops(devices: list | None = None) -> tuple[float | None, str]:
+    """Peak FLOP/s of the whole run and where the figure comes from; None (MFU not reported) for a
+    device kind the table does not know."""
     devices = jax.devices() if devices is None else devices
     kind = devices[0].device_kind
     if devices[0].platform == "cpu":
         return calibrated_cpu_peak(), "calibrated float32 matmul (host)"
-    per_device = table_peak(kind)
-    if per_device is None:
-        raise KeyError(f"no peak FLOP/s known for device_kind '{kind}'; add it to DEVICE_PEAK_FLOPS")
-    return per_device * len(devices), f"table: {kind} bf16 dense x {len(devices)}"
+    per_chip = table_peak(kind)
+    if per_chip is None:
+        return None, f"unknown: no peak for device_kind '{kind}' in lmscale/peak.py, so MFU is not reported"
+    n = chips(devices)
+    return per_chip * n, f"table: {kind} bf16 dense x {n} chips"

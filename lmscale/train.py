@@ -215,7 +215,7 @@ class _Loop:
                 "grad_norm": m["grad_norm"],
                 "step_time_s": step_time,
                 "tokens_per_s": self.tokens_per_step / step_time,
-                "mfu": self.flops_per_step / step_time / self.peak,
+                "mfu": self.flops_per_step / step_time / self.peak if self.peak else None,
             }
             self.window_s, self.window_steps = 0.0, 0
             if self.primary:
@@ -308,7 +308,7 @@ class _Loop:
             "compile_time_s": self.compile_s,
             "tokens_per_s": tokens / self.train_time_s if self.train_time_s else None,
             "mfu": (done * self.flops_per_step / self.train_time_s / self.peak)
-            if self.train_time_s
+            if self.train_time_s and self.peak
             else None,
             "peak_flops": self.peak,
             "peak_source": self.peak_source,

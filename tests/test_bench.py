@@ -30,6 +30,26 @@ def test_device_peak_table_matches_device_kind_prefixes():
     assert peak.table_peak("TPU v5 lite") == 197e12
     assert peak.table_peak("TPU v5p") == 459e12
     assert peak.table_peak("Some Future Chip") is None
+    assert peak.table_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak.table_peak("NVIDIA L40S") == 362e12  # not the L4 it starts with
+    assert peak.table_peak("NVIDIA L4") == 121e12
+
+
+class _Device:
+    def __init__(self, kind, platform="gpu", coords=None):
+        self.device_kind, self.platform, self.coords = kind, platform, coords
+
+
+def test_the_run_peak_counts_chips_and_an_unknown_device_reports_no_mfu():
+    gpus = [_Device("NVIDIA H100 80GB HBM3") for _ in range(8)]
+    assert peak.peak_flops(gpus)[0] == 8 * 989e12
+    # A v3-8: four chips, each seen by JAX as two TensorCore devices with the chip's coordinates.
+    v3 = [_Device("TPU v3", "tpu", (x, y, 0)) for x in range(2) for y in range(2) for _ in range(2)]
+    assert peak.peak_flops(v3)[0] == 4 * 123e12
+    v4 = [_Device("TPU v4", "tpu", (x, y, z)) for x in range(2) for y in range(2) for z in range(2)]
+    assert peak.peak_flops(v4)[0] == 8 * 275e12
+    value, source = peak.peak_flops([_Device("Tesla V100-SXM2-32GB")])
+    assert value is None and "Tesla V100-SXM2-32GB" in source
 
 
 def test_fit_bench_times_jax_against_scipy_on_the_same_starts():

@@ -10,7 +10,7 @@ from lmscale import config, evaluate
 from lmscale.decode import Decoder, Score
 from lmscale.model import Transformer, init_cache
 from lmscale.tokenizer import Tokenizer
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_python
 
 SEQ_LEN = 160
 
@@ -71,6 +71,56 @@ def test_batched_scores_equal_unbatched_whatever_the_batch_size(model, requests)
                 np.testing.assert_array_equal(s.greedy, greedy)
 
 
+def test_bfloat16_cached_scores_equal_the_uncached_forward_pass(requests):
+    """The cached path's attention scores accumulate in fp32 as the training path's do; weights are
+    scaled up so attention is sharp enough for bf16 scores to matter."""
+    cfg, params = _model(compute_dtype="bfloat16")
+    params = jax.tree.map(lambda w: 4 * w, params)
+    pairs = [(r.context, r.continuation) for r in requests]
+    decoder = Decoder(cfg, params, batch_size=8)
+    for plain, (cached, _) in zip(
+        decoder.score(pairs), decoder.score_and_generate(pairs, 4, [10]), strict=True
+    ):
+        np.testing.assert_allclose(cached.logprobs, plain.logprobs, atol=1e-5, rtol=0)
+
+
+SHARDED_EVAL = r"""
+import json, jax, numpy as np
+from lmscale import config, evaluate, sharding
+from lmscale.decode import Decoder
+from lmscale.steps import build
+from lmscale.tokenizer import Tokenizer
+
+cfg = config.from_dict({"model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "seq_len": 96},
+                        "mesh": {"data": 1, "fsdp": 4, "tensor": 2}})
+built = build(cfg, sharding.make_mesh(cfg.mesh))
+params = built.init(0).params
+reqs = evaluate.build_requests(Tokenizer.byte(), ["add2", "recall"], [0, 4], 6, 96)
+pairs = [(r.context, r.continuation) for r in reqs]
+replicated = []
+device_get = jax.device_get
+def recording_get(tree):  # what the host reads back: on a multi-host mesh it must be replicated
+    replicated.extend(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(tree))
+    return device_get(tree)
+jax.device_get = recording_get
+sharded = evaluate.new_decoder(built, params, 8)
+got = [sharded.score(pairs), sharded.score_and_generate(pairs, 6, [10])]
+jax.device_get = device_get
+alone = Decoder(cfg.model, jax.device_get(params), 8)
+want = [alone.score(pairs), alone.score_and_generate(pairs, 6, [10])]
+diff = max(float(np.abs(a.logprobs - b.logprobs).max()) for a, b in zip(got[0], want[0]))
+diff = max([diff] + [float(np.abs(a[0].logprobs - b[0].logprobs).max()) for a, b in zip(got[1], want[1])])
+same_text = all(a[1] == b[1] for a, b in zip(got[1], want[1]))
+print(json.dumps({"replicated": replicated, "diff": diff, "same_generation": same_text}))
+"""
+
+
+def test_a_decoder_on_an_fsdp_and_tensor_mesh_returns_replicated_results_equal_to_one_device():
+    out = run_python(SHARDED_EVAL, devices=8)
+    assert out["replicated"] and all(out["replicated"])  # every process can read every row
+    assert out["diff"] < 1e-4 and out["same_generation"]
+
+
 @pytest.mark.parametrize(
     "variant",
     [{}, {"pos_emb": "learned", "tie_embeddings": False, "scan_layers": False}, {"pos_emb": "sinusoidal"}],
@@ -94,6 +144,14 @@ def test_cached_generation_equals_uncached(variant):
                 break
         assert got == want
     assert len(generated[-1]) == 3  # stops at the context length
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error(model):
+    cfg, params = model
+    decoder = Decoder(cfg, params, batch_size=2)
+    with pytest.raises(ValueError, match=f"fit {SEQ_LEN} tokens"):
+        decoder.generate([[1] * (SEQ_LEN + 1)], 4, [10])
+    assert decoder.generate([[1] * SEQ_LEN], 4, [10]) == [[]]  # a full context: nothing to generate
 
 
 def _uncached_greedy(forward, prompt, max_new, stop):
