@@ -172,7 +172,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from lmscale import evaluate
-    from lmscale.sweep import assigned, run_sweep
+    from lmscale.sweep import EVAL_FAILED, assigned, run_sweep
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out '{args.out}' exists and is not a directory")
@@ -186,7 +186,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"{args.out / sweep.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if "running" in statuses.values():
         print("stopped by SIGTERM after a checkpoint; rerun the same command to resume")
-    return 1 if {"diverged", "failed"} & set(statuses.values()) else 0
+    return 1 if {"diverged", "failed", EVAL_FAILED} & set(statuses.values()) else 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -31,6 +31,9 @@ LOCK = ".lock"  # per run: held while a process trains it
 TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
 CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
 ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run: pid, host, worker, time
+# run_sweep's status of a completed run whose evaluation failed; its summary.json stays `completed`
+# (its loss counts in every fit) with the failure under `error`, and a rerun evaluates it again.
+EVAL_FAILED = "evaluation failed"
 FEWSHOT_COLUMNS = ["run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n"]
 # Accuracy over training: every checkpoint step a run evaluated, with the tokens and FLOPs seen by then.
 TRAINING_COLUMNS = ["run_id", "params", "step", "flops", "tokens", *FEWSHOT_COLUMNS[4:]]
@@ -219,7 +222,9 @@ class Runner:
         return True
 
     def _run_cell(self, cell: Cell, run_dir: Path) -> str:
-        """One cell: train it unless finished, then the after-training hooks on a completed run."""
+        """One cell: train it unless finished, then the after-training hooks on a completed run.
+
+        Returns the run's status, or EVAL_FAILED for a completed run whose hooks failed."""
         summary = _read_json(run_dir / "summary.json") or {}
         # A diverged run would diverge again, so it is final; train() returns a completed run's summary
         # at once, after checking that its directory holds this cell's config.
@@ -229,11 +234,22 @@ class Runner:
             try:
                 for hook in self.after_train:
                     summary = hook(cell, run_dir, summary)
+                summary.pop("error", None)  # an evaluation that failed on an earlier visit has now run
             except Exception as e:  # noqa: BLE001 - one bad run must not stop the sweep
-                summary = self._fail(cell, run_dir, e, "after training")
+                summary = self._hook_failed(cell, run_dir, summary, e)
             if self.primary:
                 runlog.write_json(run_dir / "summary.json", summary)
+            if "error" in summary:
+                return EVAL_FAILED
         return summary["status"]
+
+    def _hook_failed(self, cell: Cell, run_dir: Path, summary: dict, error: Exception) -> dict:
+        """A failed after-training hook (evaluation) leaves the trained run completed, so its loss still
+        counts in every fit: the summary keeps what the hook wrote before failing and notes the error,
+        and the next visit runs the hook again without retraining."""
+        message = self._report(cell, run_dir, error, "after training")
+        on_disk = _read_json(run_dir / "summary.json") or {}
+        return (on_disk if on_disk.get("status") == "completed" else summary) | {"error": message}
 
     def _train(self, cell: Cell, run_dir: Path, record: bool) -> dict:
         """Train (or resume) the run; `record` notes this process in cell.json and attempts.jsonl."""
@@ -259,15 +275,18 @@ class Runner:
             return self._fail(cell, run_dir, e, "training")
 
     def _fail(self, cell: Cell, run_dir: Path, error: Exception, stage: str) -> dict:
-        message = f"{stage}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        print(
-            f"lmscale sweep: {cell.run_id} failed ({message}); see {run_dir / 'error.log'}", file=sys.stderr
-        )
-        summary = _failed_summary(cell, run_dir, message)
+        summary = _failed_summary(cell, run_dir, self._report(cell, run_dir, error, stage))
         if self.primary:
-            runlog.write_atomic(run_dir / "error.log", traceback.format_exc())
             runlog.write_json(run_dir / "summary.json", summary)
         return summary
+
+    def _report(self, cell: Cell, run_dir: Path, error: Exception, stage: str) -> str:
+        """The one-line message of `error` in `stage`, printed and with its traceback in error.log."""
+        message = f"{stage}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        print(f"lmscale sweep: {cell.run_id}: {message}; see {run_dir / 'error.log'}", file=sys.stderr)
+        if self.primary:
+            runlog.write_atomic(run_dir / "error.log", traceback.format_exc())
+        return message
 
 
 def run_sweep(

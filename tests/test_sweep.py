@@ -325,6 +325,33 @@ def test_after_train_hooks_feed_fewshot_csv_and_rerun_on_every_visit(fake_sweep,
     assert "fewshot" not in pd.read_csv(tmp_path / "fake" / "results.csv").columns
 
 
+def test_a_failed_evaluation_keeps_the_trained_run_in_the_fits_and_a_rerun_only_evaluates(
+    fake_sweep, tmp_path, monkeypatch
+):
+    import lmscale.train
+
+    trained = []
+    monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=trained))
+    largest = fake_sweep.cells[-1].run_id
+
+    def evaluate(cell, run_dir, summary):
+        if cell.run_id == largest and len(trained) == 3:  # the first visit: out of memory
+            raise MemoryError("decoder batch of 64")
+        return summary | {"fewshot": {"copy": {"0": {"acc": {"value": 0.5, "stderr": 0.1, "n": 4}}}}}
+
+    status = sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    assert status[largest] == sweep.EVAL_FAILED
+    row = _results(tmp_path / "fake").loc[largest]
+    assert row["status"] == "completed" and row["final_loss"] == 1.5
+    assert row["error"] == "after training: MemoryError: decoder batch of 64"
+    assert "MemoryError" in (tmp_path / "fake" / largest / "error.log").read_text()
+    trained.append("the evaluation is fixed")
+    sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    assert trained == [c.run_id for c in fake_sweep.cells] + ["the evaluation is fixed"]  # no retraining
+    summary = json.loads((tmp_path / "fake" / largest / "summary.json").read_text())
+    assert "error" not in summary and summary["fewshot"]["copy"]["0"]["acc"]["value"] == 0.5
+
+
 def _mini_spec(eval_spec):
     raw = {"model": {"seq_len": 32}, "train": {"batch_size": 8, "tokens": 2560}}
     return raw | {
