@@ -7,8 +7,9 @@ A prompt is k demonstration lines and a query line, each a question and its answ
     58+19=
 
 Every instance is a pure function of (task, version, split, example id, seed). Its split is decided by
-hashing its canonical key (for most tasks the line itself), so held-out instances are never emitted
-into training text. Demonstrations share the prompt's hidden context (modarith's c, modlin's a and b,
+hashing its canonical key, so held-out instances are never emitted into training text. The key is what
+fixes the answer: the line itself for most tasks, the unordered pair for the commutative ones, the word
+for unscrambling. Demonstrations share the prompt's hidden context (modarith's c, modlin's a and b,
 recall's key table) with the query, are drawn from the training split, never repeat the query, and
 are nested across k: the k-shot demonstrations are a prefix of the 8-shot ones.
 """
@@ -200,16 +201,19 @@ def _add(digits: int) -> Callable[[random.Random, Any], Instance]:
 
     def draw(rng: random.Random, ctx: Any) -> Instance:
         a, b = rng.randrange(lo, hi), rng.randrange(lo, hi)
-        q = f"{a}+{b}="
-        return Instance(q, str(a + b), q)
+        return Instance(f"{a}+{b}=", str(a + b), _pair_key("+", a, b))
 
     return draw
 
 
+def _pair_key(op: str, a: int, b: int) -> str:
+    """The key of a commutative instance: a+b and b+a fall in the same split."""
+    return f"{min(a, b)}{op}{max(a, b)}"
+
+
 def _modarith(rng: random.Random, c: int) -> Instance:
     a, b = rng.randrange(10), rng.randrange(10)
-    q = f"{a}@{b}="
-    return Instance(q, str(a + b + c), q + str(a + b + c))
+    return Instance(f"{a}@{b}=", str(a + b + c), f"{_pair_key('@', a, b)}={a + b + c}")
 
 
 _RECALL_KEYS, _RECALL_TABLE = 6, 2  # keys per prompt; pairs shown on each line before its query
@@ -228,11 +232,15 @@ def _recall(rng: random.Random, table: dict[str, str]) -> Instance:
     return Instance(q, table[query], q + table[query])
 
 
-def _word(op: str, fn: Callable[[str, random.Random], tuple[str, str]]):
+def _word(op: str, fn: Callable[[str, random.Random], tuple[str, str]], by_word: bool = False):
+    """A word transform; `by_word` keys instances on the word alone (unscrambling: every scramble of a
+    held-out word is held out, since the letters fix the answer)."""
+
     def draw(rng: random.Random, ctx: Any) -> Instance:
-        shown, answer = fn(rng.choice(WORDS), rng)
+        word = rng.choice(WORDS)
+        shown, answer = fn(word, rng)
         q = f"{op} {shown}="
-        return Instance(q, answer, q + answer)
+        return Instance(q, answer, f"{op} {word}" if by_word else q + answer)
 
     return draw
 
@@ -262,11 +270,11 @@ def _repeat(rng: random.Random, ctx: Any) -> Instance:
 
 
 _ALL = [
-    Task("add2", "1", "2-digit addition", "37+45=82", _add(2)),
-    Task("add3", "1", "3-digit addition", "372+451=823", _add(3)),
-    Task("add4", "1", "4-digit addition", "3721+4510=8231", _add(4)),
+    Task("add2", "2", "2-digit addition", "37+45=82", _add(2)),
+    Task("add3", "2", "3-digit addition", "372+451=823", _add(3)),
+    Task("add4", "2", "4-digit addition", "3721+4510=8231", _add(4)),
     Task(
-        "modarith", "1", "modified arithmetic a@b = a+b+c, c hidden per prompt", "3@5=17", _modarith,
+        "modarith", "2", "modified arithmetic a@b = a+b+c, c hidden per prompt", "3@5=17", _modarith,
         context=lambda rng: rng.randint(1, 9), in_context=True,
     ),
     Task(
@@ -276,7 +284,7 @@ _ALL = [
     Task("reverse", "1", "reverse a word", "rev stone=enots", _word("rev", lambda w, r: (w, w[::-1]))),
     Task("cycle", "1", "cycle a word's letters left by one", "cyc stone=tones",
          _word("cyc", lambda w, r: (w, w[1:] + w[0]))),
-    Task("unscramble", "1", "unscramble a word", "uns tnseo=stone", _word("uns", _scramble)),
+    Task("unscramble", "2", "unscramble a word", "uns tnseo=stone", _word("uns", _scramble, by_word=True)),
     Task(
         "modlin", "1", f"z = a*x + b*y mod {_P}, a and b hidden per prompt", "f(3,4)=2", _modlin,
         context=lambda rng: (rng.randrange(_P), rng.randrange(_P)), choices=tuple(map(str, range(_P))),

@@ -84,6 +84,21 @@ def test_held_out_instances_never_appear_in_training_text():
         assert not held_out & emitted, name
 
 
+def test_no_held_out_answer_is_learnable_from_a_reordered_or_rescrambled_training_line():
+    def pair(line):
+        a, b = re.match(r"(\d+)[+@](\d+)=", line).groups()
+        return frozenset((a, b)), line.split("=")[1]
+
+    for name, canonical in (
+        ("add2", pair),
+        ("modarith", pair),
+        ("unscramble", lambda line: line.split("=")[1]),
+    ):
+        held_out = {canonical(tasks.example(name, i).query.line) for i in range(300)}
+        trained = {canonical(x.line) for d in range(3000) for x in tasks.training_document(name, d, 0, 8)}
+        assert not held_out & trained, name
+
+
 def test_split_holds_out_about_a_tenth_of_instances():
     import random
 
