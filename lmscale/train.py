@@ -95,10 +95,27 @@ def _check_same_config(path: Path, cfg: Config) -> None:
 
 
 class StopRequested:
-    """SIGTERM (preemption, `scancel`, `kill`) asks the loop to checkpoint and exit at the next step."""
+    """SIGTERM (preemption, `scancel`, `kill`) asks the loop to checkpoint and exit at the next step.
 
-    def __init__(self):
+    With several processes the signal reaches each at its own moment, but all must stop after the same
+    step: one saving (a collective) while another runs the next step would hang both. Their flags are
+    therefore combined every `sync_every` steps (the logged steps, where the loop waits on the step's
+    metrics anyway), and every process stops at the first such step after any of them was asked to.
+    """
+
+    def __init__(self, sync_every: int = 1):
         self.requested = False
+        self.sync_every = sync_every
+
+    def now(self, step: int) -> bool:
+        """Whether to checkpoint and stop after `step`: the same answer in every process."""
+        if jax.process_count() == 1:
+            return self.requested
+        if step % self.sync_every:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGTERM, self._handle)
@@ -140,7 +157,7 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     steps = build(cfg, mesh)
     loop = _Loop(cfg, out, steps, pipe, primary, progress)
     try:
-        with StopRequested() as stop:
+        with StopRequested(sync_every=cfg.train.log_every) as stop:
             summary = loop.run(stop, t_start)
     finally:
         loop.close()
@@ -271,7 +288,8 @@ class _Loop:
                 self._record(*pending)
             pending = (step, metrics)
             due = [hook for hook in hooks if hook.due(step, self.total)]
-            if not (due or stop.requested or self.diverged):
+            stopping = stop.now(step)
+            if not (due or stopping or self.diverged):
                 continue
             self._record(*pending)
             pending = None
@@ -280,7 +298,7 @@ class _Loop:
                 break
             for hook in due:
                 hook.fn(step)
-            if stop.requested:
+            if stopping:
                 if self._save not in [hook.fn for hook in due]:
                     self._save(step)
                 status = "running"  # preempted: the same command resumes from this step

@@ -153,6 +153,31 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(uninterrupted, tmp_pat
     assert losses == [r["loss"] for r in _rows(uninterrupted) if "split" not in r]
 
 
+def test_with_several_processes_sigterm_stops_every_one_at_the_same_synchronised_step(monkeypatch):
+    """Process 0 got the signal; its peer did not: both must stop after the same step, found by
+    combining the flags at every `sync_every`-th step."""
+    from jax.experimental import multihost_utils
+
+    from lmscale.train import StopRequested
+
+    gathered = []
+
+    def allgather(flag):
+        gathered.append(int(flag))
+        return np.array([int(flag), 0])  # the peer's flag: not asked
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    here, peer = StopRequested(sync_every=10), StopRequested(sync_every=10)
+    here.requested = True
+    assert [s for s in range(1, 25) if here.now(s)] == [10, 20]  # never between synchronised steps
+    assert gathered == [1, 1]
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.array([1, int(flag)]))
+    assert [s for s in range(1, 25) if peer.now(s)] == [10, 20]  # the peer stops at the same step
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    assert here.now(3) and not peer.now(10)  # one process: the signal alone decides, at once
+
+
 def test_completed_run_is_left_as_it_is(uninterrupted):
     before = (uninterrupted / "metrics.jsonl").read_text()
     proc = run_cli("train", TINY, "--out", uninterrupted, *_overrides())
