@@ -45,6 +45,8 @@ class Tokenizer:
     """A `tokenizers.Tokenizer` with lmscale's conventions: one EOS id and uint arrays out."""
 
     def __init__(self, hf: HFTokenizer, kind: str):
+        # A literal "<|endoftext|>" inside a document is text, not a document boundary.
+        hf.encode_special_tokens = True
         self.hf, self.kind = hf, kind
         self.eos_id = hf.token_to_id(EOS)
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)

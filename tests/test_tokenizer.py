@@ -50,6 +50,17 @@ def test_bpe_trained_on_a_local_corpus_round_trips_exactly(stdlib_texts, tmp_pat
     assert again.encode(held_out[0]) == ids[0]
 
 
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_the_eos_string_inside_a_document_is_text_not_a_boundary(stdlib_texts, tmp_path, kind):
+    tok = Tokenizer.byte() if kind == "byte" else Tokenizer.train_bpe(stdlib_texts[:20], vocab_size=400)
+    tok.save(tmp_path / "tokenizer.json")
+    text = f'print("{EOS}")'
+    for t in (tok, Tokenizer.load(tmp_path / "tokenizer.json")):
+        (doc,) = t.encode_documents([text])
+        assert doc.tolist().count(t.eos_id) == 1 and doc[-1] == t.eos_id  # only the one packing adds
+        assert t.decode(doc[:-1]) == text
+
+
 def test_bpe_training_is_deterministic(stdlib_texts):
     a = Tokenizer.train_bpe(stdlib_texts[:40], vocab_size=400)
     b = Tokenizer.train_bpe(stdlib_texts[:40], vocab_size=400)
