@@ -155,6 +155,7 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     mesh = sharding.make_mesh(cfg.mesh)
     steps = build(cfg, mesh)
+    sharding.process_rows(steps.batch_sharding, cfg.train.batch_size)  # the rows this host reads
     loop = _Loop(cfg, out, steps, pipe, primary, progress)
     try:
         with StopRequested(sync_every=cfg.train.log_every) as stop:

@@ -80,3 +80,20 @@ def test_a_multi_host_config_outside_a_multi_host_launch_exits_2_with_one_line()
     proc = run_cli("plan", ROOT / "experiments" / "tpu_pod.yaml", "--no-time")  # mesh.distributed: true
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "mesh.distributed=true: jax.distributed.initialize() failed" in proc.stderr
+
+
+def test_a_process_must_hold_the_batch_rows_its_pipeline_reads(monkeypatch):
+    import jax
+
+    from lmscale import config, sharding
+
+    cfg = config.from_dict({})
+    mesh = sharding.make_mesh(cfg.mesh)
+    batch = sharding.batch_sharding(mesh, sharding.rules(cfg.mesh))
+    assert sharding.process_rows(batch, 16) == (0, 16)
+    # One host of two whose devices hold every row (say mesh.tensor spans the hosts): it would read half.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(
+        config.ConfigError, match=r"process 0 of 2 holds batch rows \[\(0, 16\)\] but reads rows \[0, 8\)"
+    ):
+        sharding.process_rows(batch, 16)
