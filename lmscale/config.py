@@ -256,6 +256,13 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong and where (`line 2, column 5`)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """Parse `a.b=value` strings; values are read as YAML scalars (`3`, `1e-3`, `true`, `[a, b]`)."""
     parsed = []
@@ -263,22 +270,35 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value")
-        parsed.append((key.strip(), yaml.safe_load(text) if text else ""))
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML: {yaml_problem(e)}") from None
+        parsed.append((key.strip(), value))
     return parsed
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path) -> Any:
+    """The parsed file, {} when it is empty; ConfigError naming the file when it cannot be read."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file '{path}' does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' is not a file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    return raw or {}
+        raise ConfigError(f"config file '{path}' is not valid YAML: {yaml_problem(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e.strerror}") from None
+    return {} if raw is None else raw
 
 
 def from_dict(raw: dict, overrides: list[str] = ()) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of sections (model, train, ...), got {raw!r:.80}")
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     raw.pop("meta", None)  # written into run dirs; describes the run, never configures it
     for key, value in parse_overrides(list(overrides)):
@@ -287,7 +307,13 @@ def from_dict(raw: dict, overrides: list[str] = ()) -> Config:
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
-    return from_dict(read_yaml(path), overrides)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file '{path}': expected a mapping of sections (model, train, ...), "
+            f"got a {type(raw).__name__}"
+        )
+    return from_dict(raw, overrides)
 
 
 def _positive(cfg: Config, keys: list[str]) -> None:
@@ -318,6 +344,8 @@ def validate(cfg: Config, n_devices: int) -> Config:
         )
     if t.eval_batches < 0:
         raise ConfigError(f"train.eval_batches={t.eval_batches}: must be zero or positive")
+    if t.seed < 0:
+        raise ConfigError(f"train.seed={t.seed}: must be zero or positive")
     choices = {
         "model.mlp": ("gelu", "swiglu"),
         "model.pos_emb": ("rope", "learned", "sinusoidal"),
@@ -365,6 +393,8 @@ def _validate_source(src: SourceConfig, prefix: str) -> None:
     if src.tasks.documents <= 0 or src.tasks.max_shots < 0:
         raise ConfigError(f"{prefix}tasks: documents must be positive and max_shots zero or positive")
     syn = src.synthetic
+    if syn.seed < 0:
+        raise ConfigError(f"{prefix}synthetic.seed={syn.seed}: must be zero or positive")
     for name in ("documents", "doc_words", "words", "classes", "branching", "zipf"):
         if getattr(syn, name) <= 0:
             raise ConfigError(f"{prefix}synthetic.{name}={getattr(syn, name)}: must be positive")
@@ -435,28 +465,65 @@ def _validate_mesh(cfg: Config, n_devices: int) -> None:
             f"does not match the {n_devices} devices"
         )
     shape = mesh.shape(n_devices)
-    for name, axes in mesh.rules.items():
-        if name not in LOGICAL_AXES:
-            raise ConfigError(f"mesh.rules.{name}: unknown logical axis; known: {LOGICAL_AXES}")
-        for axis in [axes] if isinstance(axes, str) or axes is None else axes:
-            if axis is not None and axis not in MESH_AXES:
-                raise ConfigError(f"mesh.rules.{name}={axes!r}: unknown mesh axis {axis!r}")
-    dp = shape["data"] * shape["fsdp"]
+    rule_axes = {name: _rule_axes(name, rule) for name, rule in mesh.rules.items()}
     if t.batch_size % t.grad_accum:
         raise ConfigError(
             f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
         )
     micro = t.batch_size // t.grad_accum
+    dp_axes = rule_axes["batch"]
+    dp = math.prod(shape[a] for a in dp_axes)
     if micro % dp:
         raise ConfigError(
             f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the "
-            f"data-parallel size mesh.data*mesh.fsdp={dp}"
+            f"data-parallel size {_axes_product(dp_axes)}={dp}"
         )
-    tp = shape["tensor"]
-    for key, value in (
-        ("model.n_heads", m.n_heads), ("model.vocab_size", m.vocab_size), ("model.d_ff", m.ff_dim)
-    ):  # fmt: skip
-        if value % tp:
-            raise ConfigError(f"{key}={value} is not divisible by mesh.tensor={tp}")
-    if m.d_model % shape["fsdp"]:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by mesh.fsdp={shape['fsdp']}")
+    for name, (key, value) in _sharded_dims(m).items():
+        split = math.prod(shape[a] for a in rule_axes[name])
+        if value % split:
+            raise ConfigError(
+                f"{key}={value} is not divisible by {_axes_product(rule_axes[name])}={split} "
+                f"(mesh.rules.{name}={mesh.rules[name]})"
+            )
+
+
+def _rule_axes(name: str, rule: Any) -> tuple[str, ...]:
+    """The mesh axes of one `mesh.rules` entry: null, a mesh axis, or a list of mesh axes."""
+    if name not in LOGICAL_AXES:
+        raise ConfigError(f"mesh.rules.{name}: unknown logical axis; known: {', '.join(LOGICAL_AXES)}")
+    axes = [] if rule is None else [rule] if isinstance(rule, str) else rule
+    if not isinstance(axes, list) or not all(isinstance(a, str) for a in axes):
+        raise ConfigError(
+            f"mesh.rules.{name}={rule!r}: expected null, a mesh axis or a list of them "
+            f"({', '.join(MESH_AXES)})"
+        )
+    for axis in axes:
+        if axis not in MESH_AXES:
+            raise ConfigError(f"mesh.rules.{name}={rule!r}: unknown mesh axis {axis!r}")
+    if len(set(axes)) < len(axes):
+        raise ConfigError(f"mesh.rules.{name}={rule!r}: names a mesh axis twice")
+    return tuple(axes)
+
+
+def _axes_product(axes: tuple[str, ...]) -> str:
+    """`mesh.data*mesh.fsdp` for the axes a rule splits over (`1` for none)."""
+    return "*".join(f"mesh.{a}" for a in axes) or "1"
+
+
+def _sharded_dims(m: ModelConfig) -> dict[str, tuple[str, int]]:
+    """Logical axis of the model's arrays -> (the config key that sizes it, its size).
+
+    A mesh axis goes to the first logical name that claims it within an array, so a name may end up
+    split over fewer axes than its rule lists; requiring the full product is the safe bound.
+    """
+    dims = {
+        "heads": ("model.n_heads", m.n_heads),
+        "vocab": ("model.vocab_size", m.vocab_size),
+        "mlp": ("model.d_ff", m.ff_dim),
+        "kv": ("model.d_model/model.n_heads", m.head_dim),
+        "embed": ("model.d_model", m.d_model),
+        "length": ("model.seq_len", m.seq_len),
+    }
+    if m.scan_layers:  # unscanned layers are separate arrays: no array has a layers axis
+        dims["layers"] = ("model.n_layers", m.n_layers)
+    return dims

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 
 from lmscale.config import ConfigError, SourceConfig
@@ -251,9 +252,23 @@ def identity(src: SourceConfig, prefix: str) -> dict:
     }
 
 
-def load(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
-    """The documents, first `max_documents` only when set, empty documents dropped."""
+def load(src: SourceConfig, prefix: str, cache: Path) -> tuple[datasets.Dataset, int]:
+    """The documents (the first `max_documents` when set) without null or empty ones, and how many
+    of those were dropped: they hold no text to train on."""
     ds = KINDS[src.corpus][1](src, prefix, cache)
     if src.max_documents and len(ds) > src.max_documents:
         ds = ds.select(range(src.max_documents))
-    return ds
+    return drop_empty(ds)
+
+
+def drop_empty(ds: datasets.Dataset) -> tuple[datasets.Dataset, int]:
+    """`ds` without the documents whose text is null or empty, and how many there were."""
+    has_text = np.concatenate(
+        [
+            np.array([bool(t) for t in b["text"]], bool)
+            for b in ds.select_columns(["text"]).iter(batch_size=1000)
+        ]
+        + [np.ones(0, bool)]
+    )
+    dropped = int(np.sum(~has_text))
+    return (ds.select(np.flatnonzero(has_text)) if dropped else ds), dropped

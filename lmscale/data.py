@@ -117,16 +117,13 @@ def _build_cache(
     tmp = final.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        docs = corpora.load(comp, prefix, root / "hf")
+        docs, dropped = corpora.load(comp, prefix, root / "hf")
         features = datasets.Features({"ids": datasets.Sequence(datasets.Value(tok.dtype.name))})
-        meta = {"key": key, "identity": identity, "tokenizer": tok.fingerprint}
-        # One hashing pass labels every document: -1 empty (dropped), 0 train, 1 validation.
+        meta = {"key": key, "identity": identity, "tokenizer": tok.fingerprint, "dropped_documents": dropped}
+        # One hashing pass labels every document: 0 train, 1 validation.
         label = np.concatenate(
-            [
-                np.where([bool(t) for t in b["text"]], is_val(b["text"], d.val_fraction), -1)
-                for b in docs.select_columns(["text"]).iter(batch_size=1000)
-            ]
-            + [np.zeros(0, np.int64)]
+            [is_val(b["text"], d.val_fraction) for b in docs.select_columns(["text"]).iter(batch_size=1000)]
+            + [np.zeros(0, bool)]
         )
         for split, code in _SPLITS.items():
             part = docs.select(np.flatnonzero(label == code))
@@ -193,12 +190,10 @@ def _tokenizer(
                 print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
             texts = []
             for comp, prefix in zip(comps, prefixes, strict=True):
-                docs = corpora.load(comp, prefix, root / "hf")
+                docs, _ = corpora.load(comp, prefix, root / "hf")
                 n = max(1, round(comp.weight * d.bpe_train_documents))
                 first = docs.select(range(min(len(docs), 4 * n)))["text"]
-                texts += [
-                    t for t, v in zip(first, is_val(first, d.val_fraction), strict=True) if t and not v
-                ][:n]
+                texts += [t for t, v in zip(first, is_val(first, d.val_fraction), strict=True) if not v][:n]
             tok = Tokenizer.train_bpe(texts, cfg.model.vocab_size)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
@@ -278,24 +273,41 @@ def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = Fa
         path = _build_cache(comp, prefix, ident, tok, d, root, progress)
         meta = json.loads((path / "meta.json").read_text())
         if meta["train"]["documents"] == 0:
+            dropped = meta.get("dropped_documents", 0)
+            note = f"; {dropped} null or empty documents dropped" if dropped else ""
             raise ConfigError(
-                f"{prefix}corpus={comp.corpus!r}: the corpus is empty (no non-empty documents{_where(comp)})"
+                f"{prefix}corpus={comp.corpus!r}: the corpus is empty "
+                f"(no non-empty documents{_where(comp)}{note})"
             )
         streams = {s: TokenStream(path / f"{s}.arrow") for s in _SPLITS}
         parts.append(Component(prefix, comp, path.name, meta, streams))
+    _check_lengths(cfg, parts)
+    return Pipeline(tok, parts, cfg.model.seq_len)
+
+
+def _check_lengths(cfg: Config, parts: list[Component]) -> None:
+    """Every component must fill at least one training sequence, and validation one when it runs."""
+    L = cfg.model.seq_len
     longest = max(c.meta["train"]["max_doc_tokens"] for c in parts)
-    if cfg.model.seq_len > longest:
+    if L > longest:
         raise ConfigError(
-            f"model.seq_len={cfg.model.seq_len} is longer than every document (the longest has {longest} "
+            f"model.seq_len={L} is longer than every document (the longest has {longest} "
             "tokens): every sequence would be unrelated documents packed together"
         )
-    short = [c for c in parts if c.streams["val"].n_windows(cfg.model.seq_len) == 0]
+    for c in parts:
+        train = c.streams["train"]
+        if train.n_windows(L) == 0:
+            raise ConfigError(
+                f"{c.prefix}corpus={c.source.corpus!r}{_where(c.source)}: {train.n_tokens} training tokens "
+                f"(end-of-document tokens included), fewer than the model.seq_len+1={L + 1} of one training "
+                "sequence; add documents or lower model.seq_len"
+            )
+    short = [c for c in parts if c.streams["val"].n_windows(L) == 0]
     if cfg.train.eval_batches and short:
         raise ConfigError(
-            f"data.val_fraction={d.val_fraction}: {short[0].prefix}corpus={short[0].source.corpus!r} has no "
-            f"validation sequence of {cfg.model.seq_len + 1} tokens; raise it, or set train.eval_batches=0"
+            f"data.val_fraction={cfg.data.val_fraction}: {short[0].prefix}corpus={short[0].source.corpus!r} "
+            f"has no validation sequence of {L + 1} tokens; raise it, or set train.eval_batches=0"
         )
-    return Pipeline(tok, parts, cfg.model.seq_len)
 
 
 def _where(comp: MixtureComponent) -> str:

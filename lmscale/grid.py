@@ -141,7 +141,9 @@ def _apply_sweep_override(spec: dict, key: str, value: Any) -> None:
     if not rest:
         raise ConfigError(f"override '{key}': name a key inside the sweep section")
     if rest.startswith("axes."):  # axis names are dotted config keys themselves
-        spec.setdefault("axes", {})[rest.removeprefix("axes.")] = value
+        if spec.get("axes") is None:  # absent, or left empty in YAML
+            spec["axes"] = {}
+        _axes_mapping(spec["axes"])[rest.removeprefix("axes.")] = value
     else:
         _set(spec, rest, value, label="sweep.")
 
@@ -326,10 +328,14 @@ def _round_tokens(tokens: float, cfg: Config, key: str) -> int:
     return steps * per_step
 
 
-def _axes(spec: dict, base: dict, taken: dict[str, str]) -> dict[str, list]:
-    axes = dict(spec.get("axes") or {})
+def _axes_mapping(axes: Any) -> dict:
     if not isinstance(axes, dict):
         raise ConfigError(f"sweep.axes={axes!r}: expected a mapping of dotted config keys to lists")
+    return axes
+
+
+def _axes(spec: dict, base: dict, taken: dict[str, str]) -> dict[str, list]:
+    axes = dict(_axes_mapping(spec.get("axes") or {}))
     for key, values in axes.items():
         values = _values(values, f"sweep.axes.{key}")
         if key in taken:

@@ -19,6 +19,8 @@ CASES = [
     "mixture weights summing to zero",
     "a negative mixture weight",
     "an unknown key in a mixture component",
+    "only null documents",
+    "a mixture component shorter than one sequence",
 ]
 WORDS = " ".join(["lorem", "ipsum", "dolor", "sit", "amet"] * 20)
 
@@ -35,6 +37,8 @@ def bad_cases(tmp):
     latin1 = write(tmp / "latin1" / "notes.txt", b"caf\xe9 " + WORDS.encode())
     short = write(tmp / "short" / "a.txt", "tiny document")
     empty = write(tmp / "empty" / "a.txt", "")
+    nulls = write(tmp / "nulls.jsonl", json.dumps({"text": None}) + "\n" + json.dumps({"text": ""}) + "\n")
+    long = write(tmp / "long" / "a.txt", WORDS)
     return {
         "missing path": (
             ["data.corpus=files", f"data.paths=[{tmp / 'nowhere'}]"],
@@ -67,6 +71,17 @@ def bad_cases(tmp):
         "an unknown key in a mixture component": (
             ["data.corpus=mixture", "data.mixture=[{corpus: synthetic, wieght: 1}]"],
             ["data.mixture[0].wieght"],
+        ),
+        "only null documents": (
+            ["data.corpus=files", f"data.paths=[{nulls}]"],
+            ["data.corpus='files'", "empty", "2 null or empty documents dropped"],
+        ),
+        "a mixture component shorter than one sequence": (
+            [
+                "data.corpus=mixture",
+                f"data.mixture=[{{corpus: files, paths: [{long}]}}, {{corpus: files, paths: [{short}]}}]",
+            ],
+            ["data.mixture[1].corpus='files'", "14 training tokens", "model.seq_len+1=33"],
         ),
     }
 

@@ -219,3 +219,56 @@ def test_bpe_is_trained_once_and_a_run_keeps_its_own(tmp_path, corpus_dir):
     resumed = data.prepare(cfg, tmp_path / "tokenizer.json")
     assert resumed.tokenizer.fingerprint == own.fingerprint
     assert resumed.fingerprint != first.fingerprint  # so a checkpoint from `first` would refuse it
+
+
+def write_null_documents(root, kind: str, texts: list) -> dict:
+    """`texts` (some None or empty) as a corpus of `kind`; returns its data config."""
+    if kind == "jsonl":
+        path = root / "docs.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        return {"corpus": "files", "paths": [str(path)]}
+    if kind == "parquet":
+        path = root / "docs.parquet"
+        pd.DataFrame({"body": texts}).to_parquet(path)
+        return {"corpus": "files", "paths": [str(path)], "text_field": "body"}
+    path = root / "saved"
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(path))
+    return {"corpus": "hub", "name": str(path)}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "hub"])
+def test_null_and_empty_documents_are_dropped_and_counted(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    texts = [words_text(rng, 40) for _ in range(30)]
+    texts[3], texts[7], texts[20] = None, "", None
+    data_cfg = write_null_documents(tmp_path, kind, texts)
+    pipe = data.prepare(make_cfg(tmp_path, data_cfg, eval_batches=0))
+    meta = pipe.metadata()["components"][0]
+    assert meta["dropped_documents"] == 3
+    assert meta["train"]["documents"] + meta["val"]["documents"] == 27
+    assert next(pipe.source("train", 8, 0)).shape == (8, 33)
+
+
+def test_bpe_trains_on_a_corpus_with_null_documents(tmp_path):
+    rng = np.random.default_rng(2)
+    texts = [None if i % 5 == 0 else words_text(rng, 40) for i in range(40)]
+    cfg = make_cfg(tmp_path, {**write_null_documents(tmp_path, "jsonl", texts), "tokenizer": "bpe"})
+    cfg.model.vocab_size = 300
+    assert data.prepare(cfg).tokenizer.kind == "bpe"
+
+
+def test_a_mixture_component_shorter_than_one_sequence_is_named_before_training(tmp_path, corpus_dir):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words")
+    mixture = {
+        "corpus": "mixture",
+        "mixture": [
+            {"corpus": "files", "paths": [str(corpus_dir / "txt")], "weight": 3},
+            {"corpus": "files", "paths": [str(short)], "weight": 1},
+        ],
+    }
+    with pytest.raises(config.ConfigError) as err:
+        data.prepare(make_cfg(tmp_path, mixture, eval_batches=0))
+    message = str(err.value)
+    assert "data.mixture[1]" in message and "17 training tokens" in message
+    assert "model.seq_len+1=33" in message and str(short) in message

@@ -144,6 +144,10 @@ def test_overrides_reach_the_base_config_and_the_sweep_section():
         ({"tokens": {"fixed": [512, 512]}}, [], "two cells share the run id 'L2-D64-T512-s0'"),
         ({"tokens": {"isoflop": {"budgets": [1e11]}}, "sizes": {"params": [1e4], **RULE}}, [], "IsoFLOP"),
         ({"lr": {"rule": "sqrt"}}, [], "sweep.lr.rule='sqrt'"),
+        ({"axes": ["model.mlp"]}, [], "sweep.axes=['model.mlp']: expected a mapping"),
+        ({"axes": ["model.mlp"]}, ["sweep.axes.model.mlp=[gelu]"], "sweep.axes=['model.mlp']"),
+        ({}, ["sweep.axes.model.mlp=[gelu"], "override 'sweep.axes.model.mlp=[gelu': the value is not valid"),
+        ({}, ["train.seed=[1,"], "override 'train.seed=[1,': the value is not valid YAML"),
     ],
 )
 def test_bad_specs_raise_one_line_errors_naming_the_key(sweep, overrides, message):
@@ -151,6 +155,11 @@ def test_bad_specs_raise_one_line_errors_naming_the_key(sweep, overrides, messag
         expand(sweep, overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_an_axis_override_fills_an_axes_section_left_empty():
+    sweep = expand({"axes": None}, ["sweep.axes.model.mlp=[gelu, swiglu]"])
+    assert {c.cfg.model.mlp for c in sweep.cells} == {"gelu", "swiglu"}
 
 
 def test_a_file_without_a_sweep_section_is_an_error(tmp_path):
