@@ -17,8 +17,13 @@ from analysis import optimize
 from analysis.load import AnalysisError
 
 CI_LEVEL = 0.95
-# Resamples start at the full-data optimum and need percentiles, not 1e-10 gradients.
+# Resamples start at the full-data optimum and need percentiles, not 1e-10 gradients. A cheap
+# backtracking pass converges most of them; the backtracking line search stalls on some (|grad| ~ 1),
+# which are polished from where they stopped with the zoom line search (strong Wolfe). A resample whose
+# gradient is still above BOOTSTRAP_GRAD_TOL is dropped and counted, never kept.
 BOOTSTRAP_SOLVER = {"max_iter": 200, "tol": 1e-7}
+BOOTSTRAP_POLISH = {"max_iter": 1500, "tol": 1e-7, "backtracking": 0}
+BOOTSTRAP_GRAD_TOL = 1e-6
 
 
 # -- the laws, in log space ------------------------------------------------------------------------
@@ -84,7 +89,16 @@ class Fit:
         if self.x:
             out["x"] = self.x
         out["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
+        if "bootstrap" in self.extra:
+            out["bootstrap"] = self.extra["bootstrap"]
         return out
+
+    def set_bootstrap(self, samples: dict[str, np.ndarray], resamples: int, dropped: dict[str, int]) -> None:
+        """Keep the resamples that gave a valid fit; count the dropped ones by reason."""
+        self.samples, self.ci = samples, _intervals(samples)
+        kept = len(next(iter(samples.values())))
+        dropped = {reason: int(n) for reason, n in dropped.items() if n}
+        self.extra["bootstrap"] = {"resamples": resamples, "kept": kept, "dropped": dropped}
 
 
 def _intervals(samples: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
@@ -137,6 +151,34 @@ def _converged(law: str, theta: np.ndarray, f: float, grad_norm: float) -> None:
         )
 
 
+def _check_distinct(name: str, x: np.ndarray, needed: int, law: str) -> None:
+    distinct = len(np.unique(x))
+    if distinct < needed:
+        raise AnalysisError(
+            f"{law}: {name} takes {distinct} distinct values; the law needs at least {needed}"
+        )
+
+
+def _padded(rows: np.ndarray) -> np.ndarray:
+    """rows repeated cyclically to a power of two (at least 8): polishing compiles for few batch sizes."""
+    return np.resize(rows, max(8, 1 << (len(rows) - 1).bit_length()))
+
+
+def _solve_resamples(log_pred, theta_P, logx_NxK, logy_N, w_RxN, delta) -> tuple[np.ndarray, np.ndarray]:
+    """Each resample from the full-data optimum, stalled ones polished: theta [R, P], converged [R]."""
+    starts_RxP = np.tile(theta_P, (len(w_RxN), 1))
+    solved = optimize.minimize(log_pred, starts_RxP, logx_NxK, logy_N, w_RxN, delta, **BOOTSTRAP_SOLVER)
+    theta, f, g = (np.array(a) for a in solved)  # writable copies of the device arrays
+    stalled = np.flatnonzero(~(g <= BOOTSTRAP_GRAD_TOL))  # NaN gradients count as stalled
+    if len(stalled):
+        rows = _padded(stalled)
+        polished = optimize.minimize(
+            log_pred, theta[rows], logx_NxK, logy_N, w_RxN[rows], delta, **BOOTSTRAP_POLISH
+        )
+        theta[stalled], f[stalled], g[stalled] = (a[: len(stalled)] for a in polished)
+    return theta, np.isfinite(f) & np.all(np.isfinite(theta), axis=1) & (g <= BOOTSTRAP_GRAD_TOL)
+
+
 # -- power law: L = E + A x^-alpha ---------------------------------------------------------------
 def _power_params(theta_RxP: np.ndarray, offset: bool, log_x0: float) -> dict[str, np.ndarray]:
     """Back from centred units: A (x/x0)^-alpha = A x0^alpha x^-alpha."""
@@ -156,7 +198,9 @@ def fit_power(
     """L(x) = E + A x^-alpha (or A x^-alpha with offset=False), Huber in log space."""
     x, loss = _check_positive(x_name, x), _check_positive("loss", loss)
     log_pred = power_log_pred if offset else power_no_offset_log_pred
-    _check_points(len(x), 3 if offset else 2, "power")
+    n_params = 3 if offset else 2
+    _check_points(len(x), n_params, "power")
+    _check_distinct(x_name, x, n_params, "power")
     # Centring log x at its mean decorrelates A from alpha: x spans 1e15..1e20 FLOPs, and in raw
     # units the valley along (log A, alpha) is too narrow for L-BFGS to follow quickly.
     log_x0 = float(np.mean(np.log(x)))
@@ -166,12 +210,11 @@ def fit_power(
     params = {k: float(v[0]) for k, v in _power_params(theta, offset, log_x0).items()}
     fit = Fit("power", params, f, len(x), x=x_name)
     if bootstrap:
-        w = optimize.bootstrap_weights(len(x), bootstrap, seed)
-        thetas, fs, _ = optimize.minimize(
-            log_pred, np.tile(theta, (bootstrap, 1)), logx, logy, w, delta, **BOOTSTRAP_SOLVER
-        )
-        fit.samples = _power_params(np.where(np.isfinite(fs)[:, None], thetas, np.nan), offset, log_x0)
-        fit.ci = _intervals(fit.samples)
+        # A resample needs as many distinct x as the law has parameters; one that has fewer is drawn again.
+        w = optimize.bootstrap_weights(len(x), bootstrap, seed, labels=x, min_distinct=n_params)
+        thetas, converged = _solve_resamples(log_pred, theta, logx, logy, w, delta)
+        samples = _power_params(thetas[converged], offset, log_x0)
+        fit.set_bootstrap(samples, bootstrap, {"did not converge": bootstrap - converged.sum()})
     return fit
 
 
@@ -207,12 +250,9 @@ def fit_chinchilla(
     if bootstrap:
         # Each resample restarts from the full-data optimum: the same basin, found in a few steps.
         w = optimize.bootstrap_weights(len(N), bootstrap, seed)
-        starts_R = np.tile(theta, (bootstrap, 1))
-        thetas, fs, _ = optimize.minimize(
-            chinchilla_log_pred, starts_R, logx, logy, w, delta, **BOOTSTRAP_SOLVER
-        )
-        fit.samples = _chinchilla_params(np.where(np.isfinite(fs)[:, None], thetas, np.nan))
-        fit.ci = _intervals(fit.samples)
+        thetas, converged = _solve_resamples(chinchilla_log_pred, theta, logx, logy, w, delta)
+        samples = _chinchilla_params(thetas[converged])
+        fit.set_bootstrap(samples, bootstrap, {"did not converge": bootstrap - converged.sum()})
     return fit
 
 
@@ -252,37 +292,58 @@ def _allocation_fit(law: str, C: np.ndarray, N_opt: np.ndarray, n_points: int, e
 
 
 # -- approach 1: the lower envelope of the learning curves ---------------------------------------
-def approach1(curves: pd.DataFrame, n_budgets: int = 30) -> Fit:
-    """At each compute C, the run with the lowest loss at C gives N_opt(C) (Hoffmann Approach 1).
+MIN_RUNS_PER_BUDGET = 2  # an envelope point compares runs; one run alone is optimal by default
 
-    `curves` holds run_id, params, flops, loss rows (learning curves); a table with one row per run
-    (final points only) is treated as one-point curves, which gives the Pareto frontier.
-    """
+
+def _curves_by_run(curves: pd.DataFrame) -> list[pd.DataFrame]:
+    """Each run's learning curve, in increasing compute; refuses a table of final points only."""
     for col in ("params", "flops", "loss"):
         if col not in curves.columns:
             raise AnalysisError(f"approach1: missing column '{col}'")
-    if "run_id" not in curves.columns:
-        curves = curves.assign(run_id=np.arange(len(curves)))
-    runs = [g.sort_values("flops") for _, g in curves.groupby("run_id")]
+    if "run_id" in curves.columns:
+        runs = [g.sort_values("flops") for _, g in curves.groupby("run_id")]
+        runs = [g for g in runs if g["flops"].nunique() >= 2]
+    else:
+        runs = []
+    if not runs:
+        raise AnalysisError(
+            "approach1: needs learning curves (loss along each run); a table of final points only has "
+            "none, and one point per run is optimal only at its own compute; use approach2 for IsoFLOP sweeps"
+        )
+    return runs
+
+
+def approach1(curves: pd.DataFrame, n_budgets: int = 30) -> Fit:
+    """At each compute C, the run with the lowest loss at C gives N_opt(C) (Hoffmann Approach 1).
+
+    `curves` holds run_id, params, flops, loss rows along each run (6ND FLOPs); a budget counts only
+    where the curves of at least MIN_RUNS_PER_BUDGET runs reach it.
+    """
+    runs = _curves_by_run(curves)
     lo = min(g["flops"].iloc[0] for g in runs)
     hi = max(g["flops"].iloc[-1] for g in runs)
     budgets = np.geomspace(lo, hi, n_budgets)
     best_loss, best_N = np.full(n_budgets, np.inf), np.full(n_budgets, np.nan)
+    covering = np.zeros(n_budgets, int)
     for g in runs:
         f, L = g["flops"].to_numpy(float), g["loss"].to_numpy(float)
         inside = (budgets >= f[0]) & (budgets <= f[-1])
-        L_at = np.interp(np.log(budgets[inside]), np.log(f), L) if len(f) > 1 else np.full(inside.sum(), L[0])
+        covering += inside
+        L_at = np.interp(np.log(budgets[inside]), np.log(f), L)
         better = L_at < best_loss[inside]
         idx = np.flatnonzero(inside)[better]
         best_loss[idx], best_N[idx] = L_at[better], g["params"].iloc[0]
-    ok = np.isfinite(best_N)
+    ok = covering >= MIN_RUNS_PER_BUDGET
     C, N_opt = budgets[ok], best_N[ok]
     frontier = [
-        {"C": c, "N_opt": n, "D_opt": c / (6 * n), "loss": loss}
-        for c, n, loss in zip(C, N_opt, best_loss[ok], strict=True)
+        {"C": c, "N_opt": n, "D_opt": c / (6 * n), "loss": loss, "runs": int(k)}
+        for c, n, loss, k in zip(C, N_opt, best_loss[ok], covering[ok], strict=True)
     ]
     if len(np.unique(N_opt)) < 2:
-        raise AnalysisError("approach1: one size is optimal at every budget; the exponent is not identified")
+        raise AnalysisError(
+            f"approach1: {len(C)} budgets reached by {MIN_RUNS_PER_BUDGET} or more runs, with "
+            f"{len(np.unique(N_opt))} distinct optimal sizes; the exponent is not identified"
+        )
     return _allocation_fit("approach1", C, N_opt, len(curves), {"frontier": frontier})
 
 
@@ -311,31 +372,75 @@ def _parabolas(logN_GxM, loss_GxM, w_RxGxM):
         return np.linalg.solve(XtWX + 1e-12 * np.eye(3), XtWy[..., None])[..., 0]
 
 
-def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
-    """For each IsoFLOP budget, a parabola in log N gives N*(C); a power law through the N* values."""
+def _vertices(coef_RxGx3, logN_GxM, w_RxGxM) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """log N at each parabola's minimum, and per failure reason a [R, G] mask of where it fails."""
+    with np.errstate(all="ignore"):
+        logN_star = -coef_RxGx3[..., 1] / (2 * coef_RxGx3[..., 0])
+    sampled = w_RxGxM > 0
+    lo = np.where(sampled, logN_GxM, np.inf).min(axis=-1)
+    hi = np.where(sampled, logN_GxM, -np.inf).max(axis=-1)
+    concave = ~(coef_RxGx3[..., 0] > 0)
+    outside = ~concave & ~((logN_star >= lo) & (logN_star <= hi))
+    return logN_star, {"no minimum (concave profile)": concave, "minimum outside the sampled sizes": outside}
+
+
+def _isoflop_profiles(runs: pd.DataFrame) -> tuple[list[pd.DataFrame], list[dict]]:
+    """IsoFLOP groups whose parabola has a minimum inside their sizes, and the excluded ones with a reason."""
     labels = isoflop_groups(runs)
-    groups = [runs[labels == lab] for lab in np.unique(labels)]
-    groups = [g for g in groups if len(g) >= 3]
+    kept, excluded = [], []
+    for label in np.unique(labels):
+        g = runs[labels == label]
+        C, logN = float(g["flops"].median()), np.log(g["params"].to_numpy(float))
+        if len(np.unique(logN)) < 3:
+            excluded.append({"C": C, "reason": f"{len(np.unique(logN))} distinct sizes; a parabola needs 3"})
+            continue
+        w = np.ones((1, 1, len(g)))
+        coef = _parabolas(logN[None], g["loss"].to_numpy(float)[None], w)
+        logN_star, failures = _vertices(coef, logN[None], w)
+        reason = next((r for r, mask in failures.items() if mask[0, 0]), None)
+        if reason is None:
+            kept.append(g)
+        else:
+            at = f" (N={np.exp(logN_star[0, 0]):.3g} vs {np.exp(logN.min()):.3g}-{np.exp(logN.max()):.3g})"
+            excluded.append({"C": C, "reason": reason + (at if "outside" in reason else "")})
+    return kept, excluded
+
+
+def _isoflop_refusal(excluded: list[dict], kept: int) -> AnalysisError:
+    why = "; ".join(f"C={e['C']:.3g}: {e['reason']}" for e in excluded)
+    return AnalysisError(
+        f"approach2: need 2 or more IsoFLOP budgets with a minimum inside 3 or more distinct sizes, found "
+        f"{kept}" + (f" ({why})" if why else "")
+    )
+
+
+def _stratified_weights(groups: list[pd.DataFrame], M: int, resamples: int, seed: int) -> np.ndarray:
+    """Runs resampled within each budget, each group keeping 3 or more distinct sizes: [R, G, M]."""
+    rng = np.random.default_rng(seed)
+    w = np.zeros((resamples, len(groups), M))
+    for gi, g in enumerate(groups):
+        sizes = g["params"].to_numpy(float)
+        w[:, gi, : len(g)] = optimize.bootstrap_weights(len(g), resamples, rng, labels=sizes, min_distinct=3)
+    return w
+
+
+def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
+    """For each IsoFLOP budget, a parabola in log N gives N*(C); a power law through the N* values.
+
+    A budget is used only where its parabola has a minimum inside the sizes it sampled; a bootstrap
+    resample in which any budget's minimum fails that test is dropped and counted.
+    """
+    groups, excluded = _isoflop_profiles(runs)
     if len(groups) < 2:
-        raise AnalysisError("approach2: need 2 or more IsoFLOP budgets with 3 or more sizes each")
+        raise _isoflop_refusal(excluded, len(groups))
     M = max(len(g) for g in groups)
     pad = lambda v, fill: np.pad(v, (0, M - len(v)), constant_values=fill)  # noqa: E731
     logN = np.stack([pad(np.log(g["params"].to_numpy(float)), 0.0) for g in groups])
     loss = np.stack([pad(g["loss"].to_numpy(float), 0.0) for g in groups])
     mask = np.stack([pad(np.ones(len(g)), 0.0) for g in groups])
     C = np.array([g["flops"].median() for g in groups])
-
-    def optima(w_RxGxM):
-        coef = _parabolas(logN, loss, w_RxGxM)
-        with np.errstate(all="ignore"):
-            logN_star = -coef[..., 1] / (2 * coef[..., 0])
-        valid = coef[..., 0] > 0  # a minimum, not a maximum
-        return coef, np.where(valid, logN_star, np.nan)
-
-    coef, logN_star = optima(mask[None])
-    if not np.all(np.isfinite(logN_star)):
-        bad = C[~np.isfinite(logN_star[0])][0]
-        raise AnalysisError(f"approach2: the IsoFLOP profile at C={bad:.3g} has no minimum (not convex)")
+    coef = _parabolas(logN, loss, mask[None])
+    logN_star, _ = _vertices(coef, logN, mask[None])
     N_star = np.exp(logN_star[0])
     isoflop = [
         {
@@ -346,60 +451,89 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
         }
         for c, n, k in zip(C, N_star, coef[0], strict=True)
     ]
-    fit = _allocation_fit("approach2", C, N_star, len(runs), {"isoflop": isoflop})
+    fit = _allocation_fit("approach2", C, N_star, len(runs), {"isoflop": isoflop, "excluded": excluded})
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        # Resample runs within each budget (stratified), as counts on the padded grid.
-        w = np.zeros((bootstrap, len(groups), M))
-        for gi, g in enumerate(groups):
-            w[:, gi, : len(g)] = rng.multinomial(len(g), np.full(len(g), 1 / len(g)), size=bootstrap)
-        _, logN_b = optima(w)
-        logC = np.log(C)
-        ok = np.all(np.isfinite(logN_b), axis=1)
+        w = _stratified_weights(groups, M, bootstrap, seed)
+        logN_b, failures = _vertices(_parabolas(logN, loss, w), logN, w)
+        dropped, ok = {}, np.ones(bootstrap, bool)
+        for reason, fails_RxG in failures.items():
+            dropped[reason] = int((ok & fails_RxG.any(axis=1)).sum())
+            ok &= ~fails_RxG.any(axis=1)
         # Batched least squares of log N* on log C, and of log D* = log(C/6) - log N*.
-        Xc = np.stack([logC, np.ones_like(logC)], axis=1)
+        Xc = np.stack([np.log(C), np.ones_like(C)], axis=1)
         sol_n = np.linalg.lstsq(Xc, logN_b[ok].T, rcond=None)[0]
-        logD_b = np.log(C / 6)[None] - logN_b[ok]
-        sol_d = np.linalg.lstsq(Xc, logD_b.T, rcond=None)[0]
-        fit.samples = {"a": sol_n[0], "b": sol_d[0], "k_n": np.exp(sol_n[1]), "k_d": np.exp(sol_d[1])}
-        fit.ci = _intervals(fit.samples)
+        sol_d = np.linalg.lstsq(Xc, (np.log(C / 6)[None] - logN_b[ok]).T, rcond=None)[0]
+        samples = {"a": sol_n[0], "b": sol_d[0], "k_n": np.exp(sol_n[1]), "k_d": np.exp(sol_d[1])}
+        fit.set_bootstrap(samples, bootstrap, dropped)
     return fit
 
 
+# -- the loss-compute frontier -------------------------------------------------------------------
+def frontier(runs: pd.DataFrame) -> pd.DataFrame:
+    """The best run of each compute budget (IsoFLOP group), kept where it beats all cheaper budgets' best."""
+    best = runs.loc[runs.groupby(isoflop_groups(runs))["loss"].idxmin()].sort_values("flops")
+    return best[best["loss"] < best["loss"].cummin().shift(fill_value=np.inf)]
+
+
+def fit_frontier(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
+    """L(C) = E + A C^-alpha through the frontier; without E on fewer than 5 points (E, A and alpha
+    need more than three frontier points to be told apart)."""
+    edge = frontier(runs)
+    if len(edge) < 3:
+        raise AnalysisError(f"{len(edge)} runs on the loss-compute frontier; need 3 for a power law")
+    return fit_power(edge["flops"], edge["loss"], "flops", len(edge) >= 5, bootstrap, seed)
+
+
 # -- extrapolation -------------------------------------------------------------------------------
+def _held_out_budgets(runs: pd.DataFrame, holdout_frac: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Whole compute budgets (IsoFLOP groups), largest first, until holdout_frac of the runs are held out."""
+    labels = pd.Series(isoflop_groups(runs), index=runs.index)
+    budget_C = runs.groupby(labels)["flops"].median().sort_values(ascending=False)
+    sizes = labels.value_counts()[budget_C.index].cumsum()
+    n_hold = max(1, int(round(holdout_frac * len(runs))))
+    held_budgets = budget_C.index[: int(np.searchsorted(sizes.to_numpy(), n_hold)) + 1]
+    held = labels.isin(held_budgets)
+    return runs[~held], runs[held]
+
+
 def extrapolation_check(runs: pd.DataFrame, holdout_frac: float = 0.2) -> pd.DataFrame:
-    """Fit on the runs below a compute threshold; predict the larger, held-out runs."""
+    """Fit on the smaller compute budgets; predict the larger, held-out ones.
+
+    Budgets are held out whole. The frontier power law L(C) is fitted to the frontier of the kept
+    budgets and predicts the best run of each held-out budget; approach 3 predicts every held-out run.
+    A law that cannot be fitted to the kept budgets is listed with its reason in `attrs["skipped"]`.
+    """
     if not 0 < holdout_frac < 1:
         raise AnalysisError(f"holdout fraction {holdout_frac}: must be in (0, 1)")
-    runs = runs.sort_values("flops").reset_index(drop=True)
-    n_hold = max(1, int(round(holdout_frac * len(runs))))
-    # Runs at the same compute stay on one side, so an IsoFLOP budget is never split.
-    cut = runs["flops"].iloc[len(runs) - n_hold]
-    train, held = runs[runs["flops"] < cut], runs[runs["flops"] >= cut]
+    train, held = _held_out_budgets(runs, holdout_frac)
     if train.empty:
-        raise AnalysisError(f"extrapolation: no runs below the held-out compute {cut:.3g}")
+        raise AnalysisError("extrapolation: every run is in the held-out budgets; none left to fit")
     threshold = float(train["flops"].max())
-    rows = []
-    fits = {"power(flops)": lambda t: fit_power(t["flops"], t["loss"], "flops")}
+    held_best = held.loc[held.groupby(isoflop_groups(held))["loss"].idxmin()]
+    checks = {"frontier power(flops)": (lambda t: fit_frontier(t), held_best)}
     if "tokens" in runs.columns:
-        fits["approach3"] = lambda t: fit_chinchilla(t["params"], t["tokens"], t["loss"])
-    for name, make in fits.items():
+        checks["approach3"] = (lambda t: fit_chinchilla(t["params"], t["tokens"], t["loss"]), held)
+    rows, skipped = [], {}
+    for name, (make, targets) in checks.items():
         try:
             fit = make(train)
-        except AnalysisError:
+        except AnalysisError as e:
+            skipped[name] = str(e)
             continue
         pred = (
-            fit.predict(x=held["flops"])
+            fit.predict(x=targets["flops"])
             if fit.law == "power"
-            else fit.predict(N=held["params"], D=held["tokens"])
+            else fit.predict(N=targets["params"], D=targets["tokens"])
         )
-        for (_, r), p in zip(held.iterrows(), np.asarray(pred), strict=True):
+        for (_, r), p in zip(targets.iterrows(), np.asarray(pred), strict=True):
             rows.append({
                 "law": name, "params": r["params"], "flops": r["flops"], "loss": r["loss"],
                 "predicted": float(p), "rel_error": float((p - r["loss"]) / r["loss"]),
                 "fit_below_flops": threshold,
             })  # fmt: skip
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["skipped"] = skipped
+    return table
 
 
 def fit_summary_row(fit: Fit) -> dict:
@@ -413,6 +547,7 @@ def fit_summary_row(fit: Fit) -> dict:
 
 
 __all__ = [
-    "Fit", "fit_power", "fit_chinchilla", "approach1", "approach2", "compute_optimal",
-    "extrapolation_check", "hoffmann_grid", "isoflop_groups", "fit_summary_row", "compute_budgets",
+    "Fit", "fit_power", "fit_chinchilla", "approach1", "approach2", "compute_optimal", "frontier",
+    "fit_frontier", "extrapolation_check", "hoffmann_grid", "isoflop_groups", "fit_summary_row",
+    "compute_budgets",
 ]  # fmt: skip

@@ -17,13 +17,16 @@ class AnalysisError(ValueError):
     """Bad input to the analysis; the message is one line and names the file, column or value."""
 
 
-# Where each canonical column comes from in lmscale's results.csv, in order of preference.
+# Where each canonical column comes from in lmscale's results.csv, in order of preference. Compute is
+# 6ND FLOPs, the convention of the allocation fits (D_opt = C / 6 N_opt): the detailed `flops` count,
+# with attention, is the fallback only for a table that has neither `flops_6nd` nor tokens.
 DEFAULT_SOURCES = {
     "params": ("params",),
     "tokens": ("tokens",),
-    "flops": ("flops", "flops_6nd"),
+    "flops": ("flops_6nd",),
     "loss": ("final_val_loss", "final_loss", "loss"),
 }
+SIX_ND = "6 * params * tokens"
 FEWSHOT_COLUMNS = ("run_id", "params", "flops", "tokens", "task", "shots", "metric", "value")
 
 
@@ -32,6 +35,7 @@ class Results:
     runs: pd.DataFrame  # one row per completed run, canonical columns present
     excluded: int  # runs dropped because their status was not `completed`
     source: Path
+    flops_source: str  # the column `flops` came from, SIX_ND where it was derived, or "none"
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -59,25 +63,29 @@ def load_results(
 ) -> Results:
     """Load a results table, map its columns to canonical names and validate what is required.
 
-    Missing `tokens` is derived as flops / (6 params), missing `flops` as 6 * params * tokens.
+    Compute is 6ND: a mapped column, else `flops_6nd`, else 6 * params * tokens, else `flops`.
+    Missing `tokens` is derived as flops / (6 params).
     """
     csv = results_path(path)
     df = _read_csv(csv)
     given = {"params": params_col, "tokens": tokens_col, "flops": flops_col, "loss": loss_col}
-    out = df.copy()
+    out = df.drop(columns=["flops"], errors="ignore")
+    sources = {}
     for canon, col in given.items():
         if col is not None:
             if col not in df.columns:
                 raise AnalysisError(f"'{csv}': no column '{col}' (given for {canon}); has {list(df.columns)}")
-            out[canon] = df[col]
+            out[canon], sources[canon] = df[col], col
             continue
         found = next((c for c in DEFAULT_SOURCES[canon] if c in df.columns), None)
         if found is not None:
-            out[canon] = df[found]
+            out[canon], sources[canon] = df[found], found
+    if "flops" not in out and {"tokens", "params"} <= set(out):
+        out["flops"], sources["flops"] = 6.0 * out["params"] * out["tokens"], SIX_ND
+    if "flops" not in out and "flops" in df.columns:
+        out["flops"], sources["flops"] = df["flops"], "flops"
     if "tokens" not in out and {"flops", "params"} <= set(out):
         out["tokens"] = out["flops"] / (6.0 * out["params"])
-    if "flops" not in out and {"tokens", "params"} <= set(out):
-        out["flops"] = 6.0 * out["params"] * out["tokens"]
     excluded = 0
     if "status" in out.columns:
         keep = out["status"] == "completed"
@@ -97,7 +105,7 @@ def load_results(
             row = int((values <= 0).idxmax())
             raise AnalysisError(f"'{csv}': column '{canon}' has non-positive value {values[row]} (row {row})")
         out[canon] = values.astype(float)
-    return Results(out, excluded, csv)
+    return Results(out, excluded, csv, sources.get("flops", "none"))
 
 
 def load_fewshot(path: str | Path) -> pd.DataFrame:
@@ -125,7 +133,11 @@ def load_fewshot_training(path: str | Path) -> pd.DataFrame:
 
 
 def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
-    """Training curves of every completed run: run_id, params, step, tokens, flops, loss."""
+    """Training curves of every completed run: run_id, params, step, tokens, flops, loss.
+
+    `flops` is 6 * params * tokens, the convention of results.csv's `flops_6nd` (metrics.jsonl logs the
+    detailed count), so that the envelope of the curves and the final points share one compute axis.
+    """
     sweep_dir = Path(sweep_dir)
     frames = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
@@ -139,6 +151,7 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
             continue
         train["run_id"] = summary_path.parent.name
         train["params"] = summary["params"]
+        train["flops"] = 6.0 * train["params"] * train["tokens"]
         frames.append(train[["run_id", "params", "step", "tokens", "flops", "loss"]])
     if not frames:
         raise AnalysisError(f"'{sweep_dir}': no completed runs with metrics.jsonl")

@@ -40,6 +40,9 @@ def objective(log_pred: LogPred, delta: float) -> Callable:
     return f
 
 
+RUNAWAY = 1e4  # |parameter| in log units (e^1e4) beyond which an optimization has diverged
+
+
 @functools.partial(jax.jit, static_argnames=("log_pred", "delta", "backtracking"))
 def _lbfgs_batch(theta_SxP, w_SxN, logx_NxK, logy_N, *, log_pred, delta, max_iter, tol, backtracking):
     loss = objective(log_pred, delta)
@@ -64,10 +67,13 @@ def _lbfgs_batch(theta_SxP, w_SxN, logx_NxK, logy_N, *, log_pred, delta, max_ite
             return optax.apply_updates(theta, updates), state
 
         def running(carry):
-            _, state = carry
+            theta, state = carry
             count = optax.tree.get(state, "count")
             grad_norm = optax.tree.norm(optax.tree.get(state, "grad"))
-            return (count == 0) | ((count < max_iter) & (grad_norm >= tol))
+            # A start running away (|theta| past RUNAWAY, in log units) will not come back: it stops
+            # there, unconverged, instead of holding every other lane of the batch to max_iter.
+            bounded = jnp.all(jnp.abs(theta) < RUNAWAY)
+            return (count == 0) | ((count < max_iter) & (grad_norm >= tol) & bounded)
 
         theta, state = jax.lax.while_loop(running, step, (theta0_P, opt.init(theta0_P)))
         value, grad = jax.value_and_grad(fun)(theta)
@@ -129,7 +135,29 @@ def multistart(
     return theta[best], float(f[best]), float(g[best])
 
 
-def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
-    """Multinomial counts: resampling points with replacement as integer weights [R, n]."""
+def bootstrap_weights(
+    n: int, resamples: int, seed: int | np.random.Generator, labels=None, min_distinct: int = 1
+) -> np.ndarray:
+    """Multinomial counts: resampling points with replacement as integer weights [R, n].
+
+    A resample that draws fewer than `min_distinct` distinct `labels` (say, x values) is drawn again,
+    so that every resample can identify the law fitted to it.
+    """
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    codes = np.unique(np.arange(n) if labels is None else np.asarray(labels), return_inverse=True)[1]
+    if codes.max() + 1 < min_distinct:
+        raise ValueError(f"{codes.max() + 1} distinct labels; resamples need {min_distinct}")
+    point_in_label_NxU = np.eye(codes.max() + 1)[codes.ravel()]
+
+    def draw(count: int) -> np.ndarray:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=count).astype(np.float64)
+
+    def too_few(w_RxN: np.ndarray) -> np.ndarray:
+        return ((w_RxN @ point_in_label_NxU) > 0).sum(axis=1) < min_distinct
+
+    w_RxN = draw(resamples)
+    redraw = too_few(w_RxN)
+    while redraw.any():
+        w_RxN[redraw] = draw(int(redraw.sum()))
+        redraw = too_few(w_RxN)
+    return w_RxN

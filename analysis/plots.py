@@ -20,7 +20,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.emergence import emergence_curves, emergence_midpoints, metric_kind, metric_order
-from analysis.fit import Fit, approach1, approach2, compute_optimal, fit_chinchilla, fit_power, isoflop_groups
+from analysis.fit import (
+    Fit,
+    approach1,
+    approach2,
+    compute_optimal,
+    fit_chinchilla,
+    fit_frontier,
+    frontier,
+    isoflop_groups,
+)
 from analysis.load import (
     AnalysisError,
     Results,
@@ -79,12 +88,6 @@ def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 def _size_colours(params: pd.Series) -> tuple[LogNorm, str]:
     lo, hi = float(params.min()), float(params.max())
     return LogNorm(lo, hi if hi > lo else lo * 1.01), "viridis"
-
-
-def frontier(runs: pd.DataFrame) -> pd.DataFrame:
-    """The best run of each compute budget (IsoFLOP group), kept where it beats all cheaper budgets' best."""
-    best = runs.loc[runs.groupby(isoflop_groups(runs))["loss"].idxmin()].sort_values("flops")
-    return best[best["loss"] < best["loss"].cummin().shift(fill_value=np.inf)]
 
 
 def _plain_loss_ticks(ax) -> None:
@@ -147,10 +150,12 @@ def plot_loss_vs_compute(
 
 
 def _budget_index(runs: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
-    """Index into `budgets` of each run's IsoFLOP group (the budget nearest the group's median compute)."""
+    """Index into `budgets` of each run's IsoFLOP group (whose median compute it is), -1 for a group
+    that approach 2 excluded."""
     labels = isoflop_groups(runs)
     median = runs.groupby(labels)["flops"].transform("median").to_numpy()
-    return np.abs(np.log(median[:, None]) - np.log(budgets[None, :])).argmin(1)
+    distance = np.abs(np.log(median[:, None]) - np.log(budgets[None, :]))
+    return np.where(np.isclose(distance.min(1), 0.0), distance.argmin(1), -1)
 
 
 def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") -> list[Path]:
@@ -360,13 +365,7 @@ def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: di
             missing["fewshot"] = f"'{source}' has no fewshot.csv"
     else:
         missing["curves"] = missing["fewshot"] = "a bare results CSV has no run directories or fewshot.csv"
-    edge = frontier(runs)
-    if len(edge) >= 3:
-        offset = len(edge) >= 5  # E, A and alpha need more than three frontier points to be told apart
-        power = lambda: fit_power(edge["flops"], edge["loss"], "flops", offset, bootstrap, seed)  # noqa: E731
-        fits["power"] = _try(missing, "power", power)
-    else:
-        missing["power"] = f"{len(edge)} runs on the loss-compute frontier; need 3 for a power law"
+    fits["power"] = _try(missing, "power", lambda: fit_frontier(runs, bootstrap, seed))
     fits["chinchilla"] = _try(
         missing,
         "chinchilla",

@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.atomic import write_atomic
 from analysis.fit import Fit, compute_budgets, compute_optimal, extrapolation_check
-from analysis.load import AnalysisError
+from analysis.load import SIX_ND, AnalysisError
 from analysis.plots import Sweep, analyse, plot_sweep
 
 LAWS = {
@@ -41,6 +41,12 @@ MIDPOINT_NOTE = (
     "Scale at which each metric is halfway between its floor and ceiling (exact_match: where it crosses "
     "0.5), from a logistic in log scale with a 95% bootstrap interval over runs; — marks a midpoint that "
     "is not identifiable, and the reason says why."
+)
+
+EXTRAPOLATION_NOTE = (
+    "The largest compute budgets are held out whole; each law is refitted on the rest and asked to "
+    "predict them. The frontier power law, fitted to the best run of each kept budget, predicts the best "
+    "run of each held-out budget; approach 3 predicts every held-out run."
 )
 
 Table = tuple[list[str], list[list[str]]]
@@ -105,17 +111,41 @@ def frame_table(df: pd.DataFrame) -> Table:
     return [str(c) for c in df.columns], [[fmt(v) for v in row] for row in df.itertuples(index=False)]
 
 
+def bootstrap_note(fit: Fit) -> str:
+    """How many resamples the intervals rest on, and how many were dropped, by reason."""
+    boot = fit.extra.get("bootstrap")
+    if boot is None:
+        return ""
+    dropped = "; ".join(f"{_count(n, 'resample')} dropped: {reason}" for reason, n in boot["dropped"].items())
+    return f" Intervals from {boot['kept']} of {boot['resamples']} bootstrap resamples" + (
+        f" ({dropped})." if dropped else "."
+    )
+
+
 def _laws(fits: dict[str, Fit]) -> list[tuple]:
     blocks: list[tuple] = [("h2", "Fitted laws")]
     for key, fit in fits.items():
         title = LAWS["power_no_offset" if key == "power" and "E" not in fit.params else key]
-        blocks += [("h3", title), ("p", f"{fit.n_points} points, objective {fmt(fit.objective)}.")]
+        summary = f"{fit.n_points} points, objective {fmt(fit.objective)}.{bootstrap_note(fit)}"
+        blocks += [("h3", title), ("p", summary)]
+        excluded = [f"C = {fmt(e['C'])}: {e['reason']}" for e in fit.extra.get("excluded", [])]
+        if excluded:
+            blocks += [("p", "IsoFLOP budgets excluded from the fit:"), ("list", excluded)]
         blocks.append(("table", fit_table(fit)))
     return blocks
 
 
-def _allocation(fits: dict[str, Fit], runs: pd.DataFrame) -> list[tuple]:
-    blocks: list[tuple] = [("h2", "Compute-optimal allocation")]
+def compute_note(flops_source: str) -> str:
+    """Which compute convention the allocation fits use, and where it came from."""
+    origin = "derived as 6 · params · tokens" if flops_source == SIX_ND else f"column `{flops_source}`"
+    return (
+        f"Compute C counts 6ND FLOPs ({origin}), so D_opt = C / (6 N_opt) and approach 3's "
+        "N_opt = G (C/6)^a share one unit."
+    )
+
+
+def _allocation(fits: dict[str, Fit], runs: pd.DataFrame, flops_source: str) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Compute-optimal allocation"), ("p", compute_note(flops_source))]
     optimal = {k: fits[k] for k in ("approach1", "approach2", "chinchilla") if k in fits}
     if not optimal:
         return blocks + [("p", "No compute-optimal fit: approaches 1 to 3 all failed (see Skipped).")]
@@ -130,12 +160,17 @@ def _extrapolation(runs: pd.DataFrame) -> list[tuple]:
         check = extrapolation_check(runs)
     except AnalysisError as e:
         return blocks + [("p", f"Not run: {e}")]
+    skipped = [f"{law}: {reason}" for law, reason in check.attrs.get("skipped", {}).items()]
     if check.empty:
-        return blocks + [("p", "Not run: no law could be fitted to the runs below the held-out compute.")]
+        return blocks + [
+            ("p", "Not run: no law could be fitted to the budgets below the held-out ones."),
+            ("list", skipped),
+        ]
     summary = check.groupby("law")["rel_error"].agg(lambda e: float(np.abs(e).mean())).reset_index()
     summary.columns = ["law", "mean |relative error|"]
-    blocks.append(("p", "Each law refitted without the largest-compute runs, then asked to predict them:"))
-    return blocks + [("table", frame_table(summary)), ("table", frame_table(check))]
+    blocks.append(("p", EXTRAPOLATION_NOTE))
+    blocks += [("table", frame_table(summary)), ("table", frame_table(check))]
+    return blocks + ([("p", "Not checked:"), ("list", skipped)] if skipped else [])
 
 
 def _emergence(sweep: Sweep) -> list[tuple]:
@@ -160,7 +195,8 @@ def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir:
         ("h1", f"Scaling report: {name}"),
         ("p", f"Source: `{res.source}`. {counts} (status not `completed`)."),
     ]
-    blocks += _laws(sweep.fits) + _allocation(sweep.fits, runs) + _extrapolation(runs) + _emergence(sweep)
+    blocks += _laws(sweep.fits) + _allocation(sweep.fits, runs, res.flops_source)
+    blocks += _extrapolation(runs) + _emergence(sweep)
     blocks.append(("h2", "Figures"))
     for png in (p for p in figures if p.suffix == ".png"):
         caption = FIGURES.get(png.stem, png.stem)

@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from analysis import fit as fits
 from analysis import optimize
 from analysis.bench import numpy_objective, reference_points
 from analysis.cli import main
-from analysis.load import AnalysisError
+from analysis.load import AnalysisError, load_results
 from tests.conftest import ROOT
 
 REFERENCE = ROOT.parent / "shared" / "reference-data" / "chinchilla_epoch_svg_extracted.csv"
@@ -103,6 +105,57 @@ def test_approach2_finds_the_isoflop_minima_and_exponent():
     assert fit.ci["a"][0] <= fit.params["a"] <= fit.ci["a"][1]
 
 
+def test_approach1_uses_only_budgets_that_two_or_more_curves_reach():
+    sizes = np.geomspace(1e7, 1e9, 6)
+    curves = []
+    for i, N in enumerate(sizes):  # a size sweep at 20 tokens per parameter, curves from 1% of the run
+        D = np.linspace(0.2 * N, 20 * N, 100)
+        loss = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+        curves.append(pd.DataFrame({"run_id": i, "params": N, "flops": 6 * N * D, "loss": loss}))
+    fit = fits.approach1(pd.concat(curves))
+    frontier = fit.extra["frontier"]
+    assert min(p["runs"] for p in frontier) >= 2
+    ends = [(6 * N * 0.2 * N, 6 * N * 20 * N) for N in sizes]
+    for p in frontier:
+        assert sum(lo <= p["C"] <= hi for lo, hi in ends) >= 2
+    assert fit.params["a"] == pytest.approx(0.437, abs=0.01)  # without one-run budgets pinned to an end
+
+
+def test_approach1_refuses_final_points_only_with_a_reason():
+    with pytest.raises(AnalysisError, match="approach1: needs learning curves"):
+        fits.approach1(_isoflop_runs())
+
+
+def test_approach2_bootstrap_keeps_three_sizes_per_budget_and_counts_drops():
+    runs = _isoflop_runs()
+    runs["loss"] *= np.exp(0.003 * np.random.default_rng(0).standard_normal(len(runs)))
+    fit = fits.approach2(runs.groupby("flops").head(5), bootstrap=400, seed=0)
+    boot = fit.extra["bootstrap"]
+    assert boot["kept"] + sum(boot["dropped"].values()) == 400 == boot["resamples"]
+    assert boot["kept"] == len(fit.samples["a"])
+    a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert np.all(np.abs(fit.samples["a"] - a) < 0.25)  # no degenerate profile (a = -3.5 was seen)
+
+
+def test_approach2_excludes_a_budget_whose_minimum_lies_outside_its_sizes():
+    runs = _isoflop_runs()
+    top = runs["flops"] == 1e20
+    runs = runs[~top | (runs["params"] < runs.loc[top, "params"].median() * 0.9)]  # sizes below the optimum
+    fit = fits.approach2(runs)
+    assert [p["C"] for p in fit.extra["isoflop"]] == [1e18, 1e19]
+    assert fit.extra["excluded"][0]["C"] == 1e20
+    assert "minimum outside the sampled sizes" in fit.extra["excluded"][0]["reason"]
+
+
+def test_approach2_excludes_a_budget_with_two_distinct_sizes():
+    runs = _isoflop_runs()
+    top = runs[runs["flops"] == 1e20].iloc[:2]
+    runs = pd.concat([runs[runs["flops"] < 1e20], top, top])
+    fit = fits.approach2(runs)
+    assert len(fit.extra["isoflop"]) == 2
+    assert fit.extra["excluded"] == [{"C": 1e20, "reason": "2 distinct sizes; a parabola needs 3"}]
+
+
 def test_approach1_follows_the_lower_envelope():
     runs = _isoflop_runs()
     curves = []
@@ -126,6 +179,76 @@ def test_extrapolation_check_predicts_held_out_runs():
     assert len(chin) == 7  # the whole top budget, never half an IsoFLOP profile
     assert (chin["flops"] > chin["fit_below_flops"]).all()
     assert chin["rel_error"].abs().max() < 0.01  # noiseless data from the same law
+
+
+def test_extrapolation_holds_out_whole_budgets_whose_detailed_flops_differ():
+    runs = _isoflop_runs()
+    runs["flops_budget"] = runs["flops"]
+    runs["flops"] *= 1 + 0.3 * (runs["params"].min() / runs["params"]) ** 0.2  # attention: more for small N
+    chin = fits.extrapolation_check(runs, holdout_frac=0.2).query("law == 'approach3'")
+    assert len(chin) == 7
+    assert np.isin(chin["params"], runs.query("flops_budget == 1e20")["params"]).all()
+
+
+def test_extrapolation_fits_the_frontier_and_predicts_each_held_budgets_best_run():
+    rows = []
+    for C in np.geomspace(1e17, 1e21, 8):
+        n_opt = 0.1 * C**0.5
+        for N in n_opt * np.geomspace(0.25, 4, 5):
+            loss = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / (C / (6 * N)) ** TRUE["beta"]
+            rows.append({"params": N, "flops": C, "loss": loss})
+    runs = pd.DataFrame(rows)  # no tokens: only the frontier law is checked
+    table = fits.extrapolation_check(runs, holdout_frac=0.2)
+    power = table[table["law"] == "frontier power(flops)"]
+    held_best = runs.groupby("flops")["loss"].min().iloc[-2:]
+    assert sorted(power["loss"]) == sorted(held_best)  # the best run of each held-out budget, no other
+    assert power["rel_error"].abs().max() < 0.02
+
+
+def test_bootstrap_resamples_that_stall_are_polished_to_convergence(monkeypatch):
+    pts = chinchilla_points(40, seed=4)
+    monkeypatch.setattr(fits, "BOOTSTRAP_SOLVER", {"max_iter": 3, "tol": 1e-7})  # every first pass stalls
+    fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"], bootstrap=8, seed=0)
+    assert fit.extra["bootstrap"] == {"resamples": 8, "kept": 8, "dropped": {}}
+    w = optimize.bootstrap_weights(len(pts), 8, 0)
+    p = fit.samples
+    theta = np.stack([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]], axis=1)
+    objective = jax.grad(optimize.objective(fits.chinchilla_log_pred, 1e-3))
+    with jax.enable_x64(True):
+        data = [jnp.asarray(a, jnp.float64) for a in (np.log(pts[["params", "tokens"]]), np.log(pts["loss"]))]
+        grads = [
+            np.linalg.norm(objective(jnp.asarray(t), *data, jnp.asarray(v)))
+            for t, v in zip(theta, w, strict=True)
+        ]
+    assert max(grads) <= fits.BOOTSTRAP_GRAD_TOL * 1.01
+
+
+def test_bootstrap_drops_and_counts_resamples_that_never_converge(monkeypatch):
+    pts = chinchilla_points(60, seed=4)
+    stalled = {"max_iter": 2, "tol": 1e-7}
+    monkeypatch.setattr(fits, "BOOTSTRAP_SOLVER", stalled)
+    monkeypatch.setattr(fits, "BOOTSTRAP_POLISH", stalled)
+    fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"], bootstrap=8, seed=0)
+    assert fit.extra["bootstrap"]["dropped"] == {"did not converge": 8}
+    assert len(fit.samples["alpha"]) == 0 and fit.ci == {}
+    assert fit.to_json()["bootstrap"]["kept"] == 0
+
+
+def test_power_bootstrap_resamples_keep_enough_distinct_x():
+    x, loss = np.array([7.8e10, 2.5e11, 7.6e11]), np.array([3.10, 2.80, 2.62])
+    fit = fits.fit_power(x, loss, "flops", offset=False, bootstrap=200, seed=0)
+    w = optimize.bootstrap_weights(3, 200, 0, labels=x, min_distinct=2)
+    assert ((w > 0).sum(axis=1) >= 2).all()
+    assert fit.extra["bootstrap"]["kept"] == 200
+    # only a resample of all three points gives back the estimate; one distinct x would leave alpha at
+    # its start, the estimate, too (on 1 resample in 9)
+    at_estimate = np.isclose(fit.samples["alpha"], fit.params["alpha"], rtol=1e-9)
+    assert at_estimate.sum() == (w == 1).all(axis=1).sum()
+
+
+def test_power_law_refuses_fewer_distinct_x_than_parameters():
+    with pytest.raises(AnalysisError, match="2 distinct values"):
+        fits.fit_power([1e15, 1e15, 1e16, 1e16], [3.0, 3.0, 2.5, 2.5])
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -188,6 +311,19 @@ def test_missing_file_and_mapped_column_are_named(tmp_path, capsys):
     path = _csv(tmp_path, chinchilla_points(10, seed=0))
     assert main(["fit", str(path), "--params-col", "Model Size"]) == 2
     assert "Model Size" in capsys.readouterr().err
+
+
+def test_allocation_compute_is_6nd_whatever_the_detailed_count(tmp_path):
+    runs = _isoflop_runs().assign(status="completed")
+    detailed = runs["flops"] * (1 + 0.3 * (runs["params"].min() / runs["params"]) ** 0.2)
+    both = load_results(_csv(tmp_path, runs.assign(flops_6nd=runs["flops"], flops=detailed)))
+    assert both.flops_source == "flops_6nd"
+    np.testing.assert_allclose(both.runs["flops"], 6 * runs["params"] * runs["tokens"])
+    only_detailed = load_results(_csv(tmp_path, runs.assign(flops=detailed)))
+    assert only_detailed.flops_source == "6 * params * tokens"
+    np.testing.assert_allclose(only_detailed.runs["flops"], runs["flops"])
+    fit = fits.approach2(only_detailed.runs)
+    np.testing.assert_allclose([p["C"] for p in fit.extra["isoflop"]], [1e18, 1e19, 1e20])
 
 
 def test_fit_errors_are_analysis_errors():

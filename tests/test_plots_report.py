@@ -187,8 +187,30 @@ def test_report_states_exclusions_and_tables_the_fitted_values(sweep_dir, report
     assert re.search(rf"\| approach2 \| {re.escape(fmt(a2.params['a']))} \| ", md)
     assert abs(a2.params["a"] - BETA / (ALPHA + BETA)) < 0.05
     assert "| approach2 | 1e+19 |" in md  # allocation at the largest budget
-    assert "## Extrapolation check" in md and "| power(flops) |" in md
+    assert "## Extrapolation check" in md and "| approach3 |" in md
+    # two kept budgets make a frontier of two points: the report says why the power law is not checked
+    assert "- frontier power(flops): 2 runs on the loss-compute frontier; need 3" in md
     assert "## Skipped" not in md  # a full sweep supports every fit and figure
+
+
+def test_report_states_the_compute_convention_and_the_bootstrap_drops(report):
+    md = report["markdown"].read_text()
+    assert "Compute C counts 6ND FLOPs (derived as 6 · params · tokens)" in md
+    assert re.search(rf"Intervals from \d+ of {BOOTSTRAP} bootstrap resamples", md)
+
+
+def test_learning_curves_count_6nd_flops_like_the_results_table(sweep_dir):
+    sweep = analyse(sweep_dir, bootstrap=0)
+    curves = sweep.curves
+    np.testing.assert_allclose(curves["flops"], 6 * curves["params"] * curves["tokens"])
+    assert sweep.fits["approach1"].extra["frontier"][0]["runs"] >= 2
+
+
+def test_bare_csv_skips_approach1_with_the_reason(sweep_dir, tmp_path):
+    csv = tmp_path / "results.csv"
+    shutil.copy(sweep_dir / "results.csv", csv)
+    sweep = analyse(csv, bootstrap=0)
+    assert sweep.missing["approach1"].startswith("approach1: needs learning curves")
 
 
 def test_report_lists_emergence_midpoints_near_the_true_scale(report):
