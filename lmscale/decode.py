@@ -243,7 +243,8 @@ class Decoder:
                 len_B[row], cont_len_B[row] = len(ctx), len(cont)
                 limit = max_new if limits is None else min(limits[i], max_new)
                 limit_B[row] = min(limit, self.cfg.seq_len - len(ctx))
-            cache_len = max(size, bucket(int((len_B + limit_B).max()), self.cfg.seq_len))
+            # Enough for any row of this bucket and step count, so each pair compiles once
+            cache_len = max(size, bucket(size + steps, self.cfg.seq_len))
             with self._context():
                 result = self._run(
                     self.params, self.unrolled_params, tokens_BxS, len_B, cont_BxA, cont_len_B,
