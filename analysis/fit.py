@@ -22,7 +22,8 @@ CI_LEVEL = 0.95
 # which are polished from where they stopped with the zoom line search (strong Wolfe). A resample whose
 # gradient is still above BOOTSTRAP_GRAD_TOL is dropped and counted, never kept.
 BOOTSTRAP_SOLVER = {"max_iter": 200, "tol": 1e-7}
-BOOTSTRAP_POLISH = {"max_iter": 1500, "tol": 1e-7, "backtracking": 0}
+BOOTSTRAP_POLISH = {"max_iter": 300, "tol": 1e-7, "backtracking": 0}  # per round
+BOOTSTRAP_POLISH_ROUNDS = 5
 BOOTSTRAP_GRAD_TOL = 1e-6
 
 
@@ -169,8 +170,12 @@ def _solve_resamples(log_pred, theta_P, logx_NxK, logy_N, w_RxN, delta) -> tuple
     starts_RxP = np.tile(theta_P, (len(w_RxN), 1))
     solved = optimize.minimize(log_pred, starts_RxP, logx_NxK, logy_N, w_RxN, delta, **BOOTSTRAP_SOLVER)
     theta, f, g = (np.array(a) for a in solved)  # writable copies of the device arrays
-    stalled = np.flatnonzero(~(g <= BOOTSTRAP_GRAD_TOL))  # NaN gradients count as stalled
-    if len(stalled):
+    # Polish in rounds, each on the resamples still stalled: the batch shrinks as they converge, so
+    # the few slow ones do not hold every other one to the last iteration.
+    for _ in range(BOOTSTRAP_POLISH_ROUNDS):
+        stalled = np.flatnonzero(~(g <= BOOTSTRAP_GRAD_TOL))  # NaN gradients count as stalled
+        if not len(stalled):
+            break
         rows = _padded(stalled)
         polished = optimize.minimize(
             log_pred, theta[rows], logx_NxK, logy_N, w_RxN[rows], delta, **BOOTSTRAP_POLISH
