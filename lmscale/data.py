@@ -316,6 +316,13 @@ def _where(comp: MixtureComponent) -> str:
     return f" in {comp.name!r}" if comp.corpus == "hub" else ""
 
 
+def process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """The rows of each global batch that process `process_index` of `process_count` reads."""
+    return slice(
+        process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
+    )
+
+
 class Source:
     """Batches of one split; `state()` after batch k and `restore` give batch k+1 next, exactly."""
 
@@ -323,9 +330,7 @@ class Source:
         self, pipe: Pipeline, split: str, batch_size: int, seed: int, process_index: int, process_count: int
     ):
         self.pipe, self.split, self.batch_size, self.seed = pipe, split, batch_size, seed
-        self.rows = slice(
-            process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
-        )
+        self.rows = process_rows(batch_size, process_index, process_count)
         self.L = pipe.seq_len
         self.streams = [c.streams[split] for c in pipe.components]
         self.n = [s.n_windows(self.L) for s in self.streams]

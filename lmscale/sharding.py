@@ -80,21 +80,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def process_rows(batch_sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
-    """The batch rows [start, stop) this process's devices hold.
-
-    The data pipeline gives process i of n rows [i*B/n, (i+1)*B/n); a ConfigError when the mesh puts
-    other rows here (a non-data axis such as mesh.tensor spanning hosts), which would feed hosts that
-    share rows different data."""
+def check_process_rows(batch_sharding: NamedSharding, batch_size: int, rows: slice) -> tuple[int, int]:
+    """The batch rows [start, stop) this process's devices hold, which must be the `rows` its data
+    pipeline reads; a ConfigError when the mesh puts other rows here (a non-data axis such as
+    mesh.tensor spanning hosts), which would feed hosts that share rows different data."""
     held = batch_sharding.addressable_devices_indices_map((batch_size, 1)).values()
     spans = sorted({s[0].indices(batch_size)[:2] for s in held})
     start, stop = spans[0][0], spans[-1][1]
     contiguous = all(end == begin for (_, end), (begin, _) in zip(spans, spans[1:], strict=False))
-    i, n = jax.process_index(), jax.process_count()
-    want = (i * batch_size // n, (i + 1) * batch_size // n)
-    if not contiguous or (start, stop) != want:
+    if not contiguous or (start, stop) != (rows.start, rows.stop):
         raise ConfigError(
-            f"mesh: process {i} of {n} holds batch rows {spans} but reads rows [{want[0]}, {want[1]}); "
-            "the data-parallel axes (mesh.data, mesh.fsdp) must span the hosts, with mesh.tensor inside one"
+            f"mesh: process {jax.process_index()} of {jax.process_count()} holds batch rows {spans} but "
+            f"reads rows [{rows.start}, {rows.stop}); the data-parallel axes (mesh.data, mesh.fsdp) must "
+            "span the hosts, with mesh.tensor inside one"
         )
     return start, stop

@@ -24,7 +24,7 @@ import lmscale
 from lmscale import flops, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
-from lmscale.data import Pipeline, prepare
+from lmscale.data import Pipeline, prepare, process_rows
 from lmscale.steps import Steps, build
 
 
@@ -155,7 +155,10 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     mesh = sharding.make_mesh(cfg.mesh)
     steps = build(cfg, mesh)
-    sharding.process_rows(steps.batch_sharding, cfg.train.batch_size)  # the rows this host reads
+    rows = process_rows(
+        cfg.train.batch_size, jax.process_index(), jax.process_count()
+    )  # what this host reads
+    sharding.check_process_rows(steps.batch_sharding, cfg.train.batch_size, rows)
     loop = _Loop(cfg, out, steps, pipe, primary, progress)
     try:
         with StopRequested(sync_every=cfg.train.log_every) as stop:

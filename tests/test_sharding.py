@@ -86,14 +86,15 @@ def test_a_process_must_hold_the_batch_rows_its_pipeline_reads(monkeypatch):
     import jax
 
     from lmscale import config, sharding
+    from lmscale.data import process_rows
 
     cfg = config.from_dict({})
     mesh = sharding.make_mesh(cfg.mesh)
     batch = sharding.batch_sharding(mesh, sharding.rules(cfg.mesh))
-    assert sharding.process_rows(batch, 16) == (0, 16)
+    assert sharding.check_process_rows(batch, 16, process_rows(16, 0, 1)) == (0, 16)
     # One host of two whose devices hold every row (say mesh.tensor spans the hosts): it would read half.
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(
         config.ConfigError, match=r"process 0 of 2 holds batch rows \[\(0, 16\)\] but reads rows \[0, 8\)"
     ):
-        sharding.process_rows(batch, 16)
+        sharding.check_process_rows(batch, 16, process_rows(16, 0, 2))
