@@ -42,8 +42,11 @@ DEVICE_PEAK_FLOPS = {
 def table_peak(device_kind: str) -> float | None:
     """The longest table key that is `device_kind` or a whole-word prefix of it ('NVIDIA H100 80GB
     HBM3' and 'NVIDIA A100-SXM4-80GB' find their GPUs; 'NVIDIA L40S' does not find 'NVIDIA L4')."""
-    whole_word = [k for k in DEVICE_PEAK_FLOPS if device_kind[len(k) :][:1] in ("", " ", "-")]
-    keys = [k for k in whole_word if device_kind.startswith(k)]
+    keys = [
+        k
+        for k in DEVICE_PEAK_FLOPS
+        if device_kind.startswith(k) and device_kind[len(k) :][:1] in ("", " ", "-")
+    ]
     return DEVICE_PEAK_FLOPS[max(keys, key=len)] if keys else None
 
 
