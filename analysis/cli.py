@@ -23,7 +23,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "status is not 'completed' are excluded and counted.",
     )
     f.add_argument("path", type=Path, metavar="SWEEP_DIR|CSV")
-    f.add_argument("--law", choices=LAWS, default="approach3", help="approach3 = chinchilla (default)")
+    f.add_argument(
+        "--law",
+        choices=LAWS,
+        default="approach3",
+        help="approach3 = chinchilla (default); approach1 needs a sweep directory's learning curves",
+    )
     f.add_argument("--x", choices=("params", "tokens", "flops"), default="flops", help="power law scale")
     f.add_argument("--no-offset", action="store_true", help="power law without the irreducible E")
     f.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for 95%% intervals")
@@ -80,7 +85,7 @@ def _fit(args: argparse.Namespace) -> dict:
             try:
                 curves = load_curves(args.path)
             except AnalysisError:
-                pass  # no learning curves: use the final points
+                pass  # no learning curves: approach1 refuses the final points with its reason
         fit = fits.approach1(curves)
     out = fit.to_json() | {"excluded_runs": results.excluded}
     if law != "power":
