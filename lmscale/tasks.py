@@ -252,14 +252,23 @@ def _scramble(word: str, rng: random.Random) -> tuple[str, str]:
     return "".join(letters), word
 
 
-_P = 5  # modlin's modulus
+def _modlin(symbol: str, p: int, coefficients: int):
+    """z = a*x + b*y mod p over x, y in Z_p, with the prompt's hidden a and b in range(coefficients).
 
+    The key names the hidden a and b: the line `f(3,4)=2` recurs under other (a, b), so the line alone
+    does not fix the answer.
+    """
 
-def _modlin(rng: random.Random, ab: tuple[int, int]) -> Instance:
-    x, y = rng.randrange(_P), rng.randrange(_P)
-    z = (ab[0] * x + ab[1] * y) % _P
-    q = f"f({x},{y})="
-    return Instance(q, str(z), f"{ab[0]},{ab[1]}|{q}{z}")  # the key names the hidden a and b
+    def context(rng: random.Random) -> tuple[int, int]:
+        return rng.randrange(coefficients), rng.randrange(coefficients)
+
+    def draw(rng: random.Random, ab: tuple[int, int]) -> Instance:
+        x, y = rng.randrange(p), rng.randrange(p)
+        z = (ab[0] * x + ab[1] * y) % p
+        q = f"{symbol}({x},{y})="
+        return Instance(q, str(z), f"{ab[0]},{ab[1]}|{q}{z}")
+
+    return dict(draw=draw, context=context, choices=tuple(map(str, range(p))), in_context=True)
 
 
 def _repeat(rng: random.Random, ctx: Any) -> Instance:
@@ -285,11 +294,13 @@ _ALL = [
     Task("cycle", "1", "cycle a word's letters left by one", "cyc stone=tones",
          _word("cyc", lambda w, r: (w, w[1:] + w[0]))),
     Task("unscramble", "2", "unscramble a word", "uns tnseo=stone", _word("uns", _scramble, by_word=True)),
-    Task(
-        "modlin", "1", f"z = a*x + b*y mod {_P}, a and b hidden per prompt", "f(3,4)=2", _modlin,
-        context=lambda rng: (rng.randrange(_P), rng.randrange(_P)), choices=tuple(map(str, range(_P))),
-        in_context=True,
-    ),
+    # Which of x and y the hidden function sums: the modular linear function a small model learns in
+    # context (the CPU demo's largest model does). modlin_full draws a and b from all of Z_5: inferring
+    # them takes a modular linear solve, which needs far more scale.
+    Task("modlin", "2", "z = a*x + b*y mod 7, a and b in {0, 1} hidden per prompt", "f(5,4)=2",
+         **_modlin("f", 7, 2)),
+    Task("modlin_full", "1", "z = a*x + b*y mod 5, a and b in Z_5 hidden per prompt", "g(3,4)=2",
+         **_modlin("g", 5, 5)),
     Task("repeat", "1", "repeat a string n times", "3*ab=ababab", _repeat),
 ]  # fmt: skip
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}

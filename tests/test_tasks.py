@@ -10,7 +10,7 @@ KINDS = {
     "modified arithmetic": ["modarith"],
     "associative recall": ["recall"],
     "word transforms": ["reverse", "cycle", "unscramble"],
-    "modular linear function": ["modlin"],
+    "modular linear function": ["modlin", "modlin_full"],
     "repeat with a count": ["repeat"],
 }
 
@@ -52,12 +52,18 @@ def test_hidden_context_is_shared_by_demonstrations_and_query():
         }
         assert len(offsets) == 1 and 1 <= offsets.pop() <= 9
 
-        ex = tasks.example("modlin", i)
-        points = [(*map(int, re.findall(r"\d", x.question)), int(x.answer)) for x in (*ex.demos, ex.query)]
-        fits = [
-            (a, b) for a in range(5) for b in range(5) if all((a * x + b * y) % 5 == z for x, y, z in points)
-        ]
-        assert fits
+        for name, p, coefficients in (("modlin", 7, 2), ("modlin_full", 5, 5)):
+            ex = tasks.example(name, i)
+            points = [
+                (*map(int, re.findall(r"\d", x.question)), int(x.answer)) for x in (*ex.demos, ex.query)
+            ]
+            fits = [
+                (a, b)
+                for a in range(coefficients)
+                for b in range(coefficients)
+                if all((a * x + b * y) % p == z for x, y, z in points)
+            ]
+            assert fits, name  # one hidden (a, b) from the task's coefficient set explains every line
 
         ex = tasks.example("recall", i)
         table: dict[str, str] = {}
@@ -73,7 +79,7 @@ def test_held_out_instances_never_appear_in_training_text():
     text = "\n".join(tasks.task_corpus(20_000, seed=0)["text"])
     train_lines = set(text.split(tasks.SEP))
     for name, lines in eval_lines.items():
-        if name == "modlin":
+        if name in ("modlin", "modlin_full"):
             continue  # its lines recur under other hidden (a, b): checked by key below
         assert not lines & train_lines, name
         assert not any(line + tasks.SEP in text for line in sorted(lines)[:50]), name
