@@ -220,8 +220,21 @@ def _tasks_identity(src: SourceConfig, prefix: str) -> dict:
     from lmscale import tasks
 
     t = src.tasks
-    versions = {n: tasks.TASKS[n].version for n in _task_names(src, prefix)}
-    return {"tasks": versions, "documents": t.documents, "max_shots": t.max_shots, "seed": t.seed}
+    names = _task_names(src, prefix)
+    versions = {n: tasks.TASKS[n].version for n in names}
+    # The text of each task's first documents, digested: a generator edited without a version bump
+    # gets a new cache instead of training on the old generator's text.
+    sample = "".join(
+        x.line for n in names for d in range(4) for x in tasks.training_document(n, d, t.seed, 8)
+    )
+    digest = hashlib.sha256(sample.encode()).hexdigest()[:16]
+    return {
+        "tasks": versions,
+        "sample": digest,
+        "documents": t.documents,
+        "max_shots": t.max_shots,
+        "seed": t.seed,
+    }
 
 
 def _load_tasks(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:

@@ -187,6 +187,26 @@ def test_second_prepare_reads_the_cache_without_tokenizing(tmp_path, corpus_dir,
         path.write_text(original)
 
 
+def test_a_task_generator_edited_without_a_version_bump_gets_a_new_cache_key(monkeypatch):
+    import dataclasses
+
+    from lmscale import tasks
+
+    src = config.SourceConfig(corpus="tasks")
+    src.tasks.names = ["modlin"]
+    before = corpora.identity(src, "data.")
+    task = tasks.TASKS["modlin"]
+
+    def draw(rng, ab):  # same version, different text: a local edit someone forgot to version
+        inst = task.draw(rng, ab)
+        return dataclasses.replace(inst, question="h" + inst.question[1:])
+
+    monkeypatch.setitem(tasks.TASKS, "modlin", dataclasses.replace(task, draw=draw))
+    after = corpora.identity(src, "data.")
+    assert after["tasks"] == before["tasks"]  # the version did not change...
+    assert data._key(after) != data._key(before)  # ...but the cache key did
+
+
 def test_restoring_into_a_different_corpus_is_an_error(tmp_path, corpus_dir):
     a = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])).source("train", 8, seed=0)
     next(a)
