@@ -23,7 +23,7 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
-EVAL_PERCENT = 10  # share of each task's instances held out for evaluation, by hash
+EVAL_PERCENT = 10  # default share of a task's instances held out for evaluation, by hash
 SHOTS = (0, 1, 2, 4, 8)  # the shot counts evaluated by default
 MAX_SHOTS = max(SHOTS)
 SEP = "\n"  # ends every line; the stop string of generation
@@ -101,6 +101,8 @@ class Task:
     context: Callable[[random.Random], Any] = lambda rng: None
     choices: tuple[str, ...] = ()  # every possible answer, for multiple-choice metrics
     in_context: bool = False  # the query cannot be answered without the demonstrations
+    eval_percent: int = EVAL_PERCENT  # held-out share; larger for small instance spaces, so that
+    # evaluation still sees many distinct queries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +125,8 @@ def _seed(*parts: object) -> int:
 
 def split_of(task: Task, inst: Instance) -> str:
     """`eval` for the held-out share of instances (by hash of the canonical key), else `train`."""
-    return "eval" if _seed("split", task.name, task.version, inst.key) % 100 < EVAL_PERCENT else "train"
+    held_out = _seed("split", task.name, task.version, inst.key) % 100 < task.eval_percent
+    return "eval" if held_out else "train"
 
 
 def _draw_in(task: Task, rng: random.Random, ctx: Any, split: str, avoid: set[str]) -> Instance:
@@ -252,7 +255,7 @@ def _scramble(word: str, rng: random.Random) -> tuple[str, str]:
     return "".join(letters), word
 
 
-def _modlin(symbol: str, p: int, coefficients: int):
+def _modlin(symbol: str, p: int, coefficients: int, eval_percent: int = EVAL_PERCENT):
     """z = a*x + b*y mod p over x, y in Z_p, with the prompt's hidden a and b in range(coefficients).
 
     The key names the hidden a and b: the line `f(3,4)=2` recurs under other (a, b), so the line alone
@@ -268,7 +271,8 @@ def _modlin(symbol: str, p: int, coefficients: int):
         q = f"{symbol}({x},{y})="
         return Instance(q, str(z), f"{ab[0]},{ab[1]}|{q}{z}")
 
-    return dict(draw=draw, context=context, choices=tuple(map(str, range(p))), in_context=True)
+    choices = tuple(map(str, range(p)))
+    return dict(draw=draw, context=context, choices=choices, in_context=True, eval_percent=eval_percent)
 
 
 def _repeat(rng: random.Random, ctx: Any) -> Instance:
@@ -295,10 +299,11 @@ _ALL = [
          _word("cyc", lambda w, r: (w, w[1:] + w[0]))),
     Task("unscramble", "2", "unscramble a word", "uns tnseo=stone", _word("uns", _scramble, by_word=True)),
     # Which of x and y the hidden function sums: the modular linear function a small model learns in
-    # context (the CPU demo's largest model does). modlin_full draws a and b from all of Z_5: inferring
-    # them takes a modular linear solve, which needs far more scale.
+    # context (the CPU demo's largest model does). Its 196 instances would leave ~20 distinct held-out
+    # queries at 10%, so it holds out 30%. modlin_full draws a and b from all of Z_5: inferring them
+    # takes a modular linear solve, which needs far more scale.
     Task("modlin", "2", "z = a*x + b*y mod 7, a and b in {0, 1} hidden per prompt", "f(5,4)=2",
-         **_modlin("f", 7, 2)),
+         **_modlin("f", 7, 2, eval_percent=30)),
     Task("modlin_full", "1", "z = a*x + b*y mod 5, a and b in Z_5 hidden per prompt", "g(3,4)=2",
          **_modlin("g", 5, 5)),
     Task("repeat", "1", "repeat a string n times", "3*ab=ababab", _repeat),
