@@ -255,11 +255,15 @@ def _scramble(word: str, rng: random.Random) -> tuple[str, str]:
     return "".join(letters), word
 
 
-def _modlin(symbol: str, p: int, coefficients: int, eval_percent: int = EVAL_PERCENT):
+def _modlin(
+    symbol: str, p: int, coefficients: int, eval_percent: int = EVAL_PERCENT, by_inputs: bool = False
+):
     """z = a*x + b*y mod p over x, y in Z_p, with the prompt's hidden a and b in range(coefficients).
 
-    The key names the hidden a and b: the line `f(3,4)=2` recurs under other (a, b), so the line alone
-    does not fix the answer.
+    The key names the hidden a and b, since the line `f(3,4)=2` recurs under other (a, b); with
+    `by_inputs` it is the inputs alone, so a held-out (x, y) is never seen under any (a, b). With few
+    coefficients that matters: a model that memorised which answers follow `f(3,4)=` in training would
+    otherwise have seen every answer but the held-out one, and learn against it.
     """
 
     def context(rng: random.Random) -> tuple[int, int]:
@@ -269,7 +273,7 @@ def _modlin(symbol: str, p: int, coefficients: int, eval_percent: int = EVAL_PER
         x, y = rng.randrange(p), rng.randrange(p)
         z = (ab[0] * x + ab[1] * y) % p
         q = f"{symbol}({x},{y})="
-        return Instance(q, str(z), f"{ab[0]},{ab[1]}|{q}{z}")
+        return Instance(q, str(z), q if by_inputs else f"{ab[0]},{ab[1]}|{q}{z}")
 
     choices = tuple(map(str, range(p)))
     return dict(draw=draw, context=context, choices=choices, in_context=True, eval_percent=eval_percent)
@@ -299,11 +303,11 @@ _ALL = [
          _word("cyc", lambda w, r: (w, w[1:] + w[0]))),
     Task("unscramble", "2", "unscramble a word", "uns tnseo=stone", _word("uns", _scramble, by_word=True)),
     # Which of x and y the hidden function sums: the modular linear function a small model learns in
-    # context (the CPU demo's largest model does). Its 196 instances would leave ~20 distinct held-out
-    # queries at 10%, so it holds out 30%. modlin_full draws a and b from all of Z_5: inferring them
-    # takes a modular linear solve, which needs far more scale.
+    # context (the CPU demo's largest model does). It holds out 30% of its 49 input pairs, each under
+    # every (a, b). modlin_full draws a and b from all of Z_5: inferring them takes a modular linear
+    # solve, which needs far more scale.
     Task("modlin", "2", "z = a*x + b*y mod 7, a and b in {0, 1} hidden per prompt", "f(5,4)=2",
-         **_modlin("f", 7, 2, eval_percent=30)),
+         **_modlin("f", 7, 2, eval_percent=30, by_inputs=True)),
     Task("modlin_full", "1", "z = a*x + b*y mod 5, a and b in Z_5 hidden per prompt", "g(3,4)=2",
          **_modlin("g", 5, 5)),
     Task("repeat", "1", "repeat a string n times", "3*ab=ababab", _repeat),
