@@ -7,11 +7,13 @@ A prompt is k demonstration lines and a query line, each a question and its answ
     58+19=
 
 Every instance is a pure function of (task, version, split, example id, seed). Its split is decided by
-hashing its canonical key, so held-out instances are never emitted into training text. The key is what
-fixes the answer: the line itself for most tasks, the unordered pair for the commutative ones, the word
-for unscrambling. Demonstrations share the prompt's hidden context (modarith's c, modlin's a and b,
-recall's key table) with the query, are drawn from the training split, never repeat the query, and
-are nested across k: the k-shot demonstrations are a prefix of the 8-shot ones.
+hashing its canonical key, so held-out instances are never emitted into training text. The key covers
+what fixes the answer: the line itself for most tasks, the unordered pair for the commutative ones, the
+word for unscrambling, the line with its hidden a and b for modlin_full, and the inputs alone for modlin
+(every answer they can have is held out together). Demonstrations share the prompt's hidden context
+(modarith's c, modlin's a and b, recall's key table) with the query, are drawn from the training split,
+never repeat the query, and are nested across k: the k-shot demonstrations are a prefix of the 8-shot
+ones.
 """
 
 from __future__ import annotations
