@@ -474,9 +474,14 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
 
 
 # -- the loss-compute frontier -------------------------------------------------------------------
+def best_of_each_budget(runs: pd.DataFrame) -> pd.DataFrame:
+    """The lowest-loss run of each compute budget (IsoFLOP group)."""
+    return runs.loc[runs.groupby(isoflop_groups(runs))["loss"].idxmin()]
+
+
 def frontier(runs: pd.DataFrame) -> pd.DataFrame:
     """The best run of each compute budget (IsoFLOP group), kept where it beats all cheaper budgets' best."""
-    best = runs.loc[runs.groupby(isoflop_groups(runs))["loss"].idxmin()].sort_values("flops")
+    best = best_of_each_budget(runs).sort_values("flops")
     return best[best["loss"] < best["loss"].cummin().shift(fill_value=np.inf)]
 
 
@@ -514,8 +519,7 @@ def extrapolation_check(runs: pd.DataFrame, holdout_frac: float = 0.2) -> pd.Dat
     if train.empty:
         raise AnalysisError("extrapolation: every run is in the held-out budgets; none left to fit")
     threshold = float(train["flops"].max())
-    held_best = held.loc[held.groupby(isoflop_groups(held))["loss"].idxmin()]
-    checks = {"frontier power(flops)": (lambda t: fit_frontier(t), held_best)}
+    checks = {"frontier power(flops)": (lambda t: fit_frontier(t), best_of_each_budget(held))}
     if "tokens" in runs.columns:
         checks["approach3"] = (lambda t: fit_chinchilla(t["params"], t["tokens"], t["loss"]), held)
     rows, skipped = [], {}
