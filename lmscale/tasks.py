@@ -257,9 +257,7 @@ def _scramble(word: str, rng: random.Random) -> tuple[str, str]:
     return "".join(letters), word
 
 
-def _modlin(
-    symbol: str, p: int, coefficients: int, eval_percent: int = EVAL_PERCENT, by_inputs: bool = False
-):
+def _modlin(symbol: str, p: int, coefficients: int, by_inputs: bool = False):
     """z = a*x + b*y mod p over x, y in Z_p, with the prompt's hidden a and b in range(coefficients).
 
     The key names the hidden a and b, since the line `f(3,4)=2` recurs under other (a, b); with
@@ -277,8 +275,7 @@ def _modlin(
         q = f"{symbol}({x},{y})="
         return Instance(q, str(z), q if by_inputs else f"{ab[0]},{ab[1]}|{q}{z}")
 
-    choices = tuple(map(str, range(p)))
-    return dict(draw=draw, context=context, choices=choices, in_context=True, eval_percent=eval_percent)
+    return dict(draw=draw, context=context, choices=tuple(map(str, range(p))), in_context=True)
 
 
 def _repeat(rng: random.Random, ctx: Any) -> Instance:
@@ -309,7 +306,7 @@ _ALL = [
     # every (a, b). modlin_full draws a and b from all of Z_5: inferring them takes a modular linear
     # solve, which needs far more scale.
     Task("modlin", "2", "z = a*x + b*y mod 7, a and b in {0, 1} hidden per prompt", "f(5,4)=2",
-         **_modlin("f", 7, 2, eval_percent=30, by_inputs=True)),
+         **_modlin("f", 7, 2, by_inputs=True), eval_percent=30),
     Task("modlin_full", "1", "z = a*x + b*y mod 5, a and b in Z_5 hidden per prompt", "g(3,4)=2",
          **_modlin("g", 5, 5)),
     Task("repeat", "1", "repeat a string n times", "3*ab=ababab", _repeat),
