@@ -225,7 +225,10 @@ def _tasks_identity(src: SourceConfig, prefix: str) -> dict:
     # The text of each task's first documents, digested: a generator edited without a version bump
     # gets a new cache instead of training on the old generator's text.
     sample = "".join(
-        x.line for n in names for d in range(4) for x in tasks.training_document(n, d, t.seed, 8)
+        x.line
+        for n in names
+        for d in range(4)
+        for x in tasks.training_document(n, d, t.seed, tasks.MAX_SHOTS)
     )
     digest = hashlib.sha256(sample.encode()).hexdigest()[:16]
     return {

@@ -155,9 +155,8 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     mesh = sharding.make_mesh(cfg.mesh)
     steps = build(cfg, mesh)
-    rows = process_rows(
-        cfg.train.batch_size, jax.process_index(), jax.process_count()
-    )  # what this host reads
+    # The batch rows this host's pipeline reads must be the ones its devices hold
+    rows = process_rows(cfg.train.batch_size, jax.process_index(), jax.process_count())
     sharding.check_process_rows(steps.batch_sharding, cfg.train.batch_size, rows)
     loop = _Loop(cfg, out, steps, pipe, primary, progress)
     try:
