@@ -103,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
         "checkpoint's under `fewshot`, earlier ones under `fewshot_steps`).",
     )
     e.add_argument("run_dir", type=Path, help="run directory with config.yaml, tokenizer.json, checkpoints/")
-    e.add_argument("--tasks", help="comma-separated task names (default: all)")
+    from lmscale.tasks import TASKS  # pure Python: no JAX import for --help
+
+    e.add_argument("--tasks", help=f"comma-separated task names (default: all: {', '.join(TASKS)})")
     e.add_argument(
         "--shots", help="comma-separated shot counts (default: 0,1,2,4,8, each kept if it fits the context)"
     )
