@@ -12,9 +12,9 @@ from pathlib import Path
 import jax
 
 from lmscale import config, flops, peak, sharding
-from lmscale.data import make_source, prepare
+from lmscale.data.pipeline import make_source, prepare
 from lmscale.runlog import write_json
-from lmscale.steps import build
+from lmscale.step_fns import build
 
 # Shapes spanning ~60x in parameters; the largest is big enough for matmuls to dominate.
 SIZES = {
@@ -109,7 +109,7 @@ def _one_by_one(cfg: config.ModelConfig, params, requests: list, stop: set[int])
     import jax.numpy as jnp
     import numpy as np
 
-    from lmscale.decode import bucket
+    from lmscale.fewshot.decode import bucket
     from lmscale.model import Transformer
 
     forward = jax.jit(lambda p, t: jax.nn.log_softmax(Transformer(cfg).apply({"params": p}, t), axis=-1))
@@ -136,10 +136,10 @@ def bench_eval(examples: int = EVAL_EXAMPLES, batch_size: int = 64) -> dict:
     """The batched evaluator against scoring and generating one example at a time without a cache."""
     import jax.numpy as jnp
 
-    from lmscale import evaluate
-    from lmscale.decode import Decoder
+    from lmscale.data.tokenizer import Tokenizer
+    from lmscale.fewshot import evaluate
+    from lmscale.fewshot.decode import Decoder
     from lmscale.model import Transformer
-    from lmscale.tokenizer import Tokenizer
 
     cfg = config.from_dict({"model": EVAL_SHAPE}).model
     params = Transformer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         "checkpoint's under `fewshot`, earlier ones under `fewshot_steps`).",
     )
     e.add_argument("run_dir", type=Path, help="run directory with config.yaml, tokenizer.json, checkpoints/")
-    from lmscale.tasks import TASKS  # pure Python: no JAX import for --help
+    from lmscale.fewshot.tasks import TASKS  # pure Python: no JAX import for --help
 
     e.add_argument("--tasks", help=f"comma-separated task names (default: all: {', '.join(TASKS)})")
     e.add_argument(
@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load_sweep(args: argparse.Namespace):
     """Expand and validate the sweep on this host's devices; nothing is written before this passes."""
-    from lmscale import grid
+    from lmscale.sweep import grid
 
     sweep = grid.load(args.sweep, args.overrides)
     from lmscale import sharding  # jax is imported only once the spec has parsed
@@ -167,14 +167,14 @@ def _load_sweep(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from lmscale import plan
+    from lmscale.sweep import plan
 
     return plan.main(_load_sweep(args), calibrate=not args.no_time, csv=args.csv)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from lmscale import evaluate
-    from lmscale.sweep import EVAL_FAILED, assigned, run_sweep
+    from lmscale.fewshot import evaluate
+    from lmscale.sweep.runner import EVAL_FAILED, assigned, run_sweep
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out '{args.out}' exists and is not a directory")
@@ -198,7 +198,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from lmscale import evaluate, tasks
+    from lmscale.fewshot import evaluate, tasks
 
     names = evaluate.parse_list(args.tasks, "--tasks")
     for name in names or []:

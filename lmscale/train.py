@@ -24,8 +24,8 @@ import lmscale
 from lmscale import flops, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
-from lmscale.data import Pipeline, prepare, process_rows
-from lmscale.steps import Steps, build
+from lmscale.data.pipeline import Pipeline, prepare, process_rows
+from lmscale.step_fns import StepFns, build
 
 
 @dataclasses.dataclass
@@ -168,7 +168,7 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
 
 
 class _Loop:
-    def __init__(self, cfg: Config, out: Path, steps: Steps, pipe: Pipeline, primary: bool, progress: bool):
+    def __init__(self, cfg: Config, out: Path, steps: StepFns, pipe: Pipeline, primary: bool, progress: bool):
         self.cfg, self.out, self.steps, self.primary = cfg, out, steps, primary
         self.total = cfg.steps
         self.tokens_per_step = cfg.train.batch_size * cfg.model.seq_len

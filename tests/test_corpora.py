@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lmscale import config, data
+from lmscale import config
+from lmscale.data import pipeline
 from tests.conftest import TINY, run_cli
 
 SMALL = ["model.seq_len=32", "train.batch_size=8", "train.tokens=2560", "train.eval_batches=0"]
@@ -111,6 +112,6 @@ def test_decode_errors_replace_reads_the_file_with_replacement_characters(tmp_pa
             "cache_dir": str(tmp_path),
         },
     }
-    pipe = data.prepare(config.validate(config.from_dict(raw), 1))
+    pipe = pipeline.prepare(config.validate(config.from_dict(raw), 1))
     text = pipe.tokenizer.decode(pipe.components[0].streams["train"].chunks[0])
     assert text.startswith("caf\ufffd lorem")

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmscale import config, corpora, data
-from lmscale.tokenizer import Tokenizer
+from lmscale import config
+from lmscale.data import corpora, pipeline
+from lmscale.data.tokenizer import Tokenizer
 
 SMALL_SYNTHETIC = {"documents": 300, "doc_words": 48, "words": 512, "classes": 16, "branching": 4}
 
@@ -99,11 +100,11 @@ def kinds(corpus_dir) -> dict[str, dict]:
 )
 def test_restored_source_continues_with_exactly_the_next_batches(tmp_path, corpus_dir, kind):
     cfg = make_cfg(tmp_path, kinds(corpus_dir)[kind])
-    uninterrupted = data.prepare(cfg).source("train", 8, seed=3)
+    uninterrupted = pipeline.prepare(cfg).source("train", 8, seed=3)
     before = [next(uninterrupted) for _ in range(7)]
     saved = json.loads(json.dumps(uninterrupted.state()))  # the checkpoint stores it as JSON
     expected = [next(uninterrupted) for _ in range(40)]  # long enough to cross an epoch of small corpora
-    resumed = data.prepare(cfg).source("train", 8, seed=3)  # a new process: the cache is warm
+    resumed = pipeline.prepare(cfg).source("train", 8, seed=3)  # a new process: the cache is warm
     resumed.restore(saved)
     for want in expected:
         np.testing.assert_array_equal(next(resumed), want)
@@ -113,7 +114,7 @@ def test_restored_source_continues_with_exactly_the_next_batches(tmp_path, corpu
 
 def test_every_token_is_a_target_once_per_epoch(tmp_path, corpus_dir):
     cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-txt"], seq_len=16)
-    pipe = data.prepare(cfg)
+    pipe = pipeline.prepare(cfg)
     stream = pipe.components[0].streams["train"]
     n = stream.n_windows(16)
     src = pipe.source("train", 1, seed=0)
@@ -129,7 +130,7 @@ def test_every_token_is_a_target_once_per_epoch(tmp_path, corpus_dir):
 
 def test_validation_documents_never_appear_in_training(tmp_path, corpus_dir):
     cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-jsonl"], seq_len=16)
-    pipe = data.prepare(cfg)
+    pipe = pipeline.prepare(cfg)
 
     def doc_hashes(split: str) -> set[str]:
         stream = pipe.components[0].streams[split]
@@ -143,12 +144,12 @@ def test_validation_documents_never_appear_in_training(tmp_path, corpus_dir):
     assert len(train) + len(val) == len(set(texts))
     # The split is a function of each document alone: more documents never move an old one.
     more = texts + [f"new document {i}" for i in range(500)]
-    np.testing.assert_array_equal(data.is_val(more, 0.2)[: len(texts)], data.is_val(texts, 0.2))
-    assert abs(data.is_val(more, 0.2).mean() - 0.2) < 0.05
+    np.testing.assert_array_equal(pipeline.is_val(more, 0.2)[: len(texts)], pipeline.is_val(texts, 0.2))
+    assert abs(pipeline.is_val(more, 0.2).mean() - 0.2) < 0.05
 
 
 def test_process_rows_tile_the_global_batch(tmp_path, corpus_dir):
-    pipe = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
+    pipe = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
     full = pipe.source("train", 8, seed=1)
     whole = [next(full) for _ in range(3)]
     parts = [pipe.source("train", 8, seed=1, process_index=i, process_count=4) for i in range(4)]
@@ -157,7 +158,7 @@ def test_process_rows_tile_the_global_batch(tmp_path, corpus_dir):
 
 
 def test_seed_orders_the_windows_and_the_mixture_follows_its_weights(tmp_path, corpus_dir):
-    pipe = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
+    pipe = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
     a, b = pipe.source("train", 8, seed=1), pipe.source("train", 8, seed=2)
     assert not np.array_equal(next(a), next(b))
     np.testing.assert_array_equal(
@@ -172,9 +173,9 @@ def test_seed_orders_the_windows_and_the_mixture_follows_its_weights(tmp_path, c
 
 def test_second_prepare_reads_the_cache_without_tokenizing(tmp_path, corpus_dir, monkeypatch):
     cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])
-    first = data.prepare(cfg)
+    first = pipeline.prepare(cfg)
     monkeypatch.setattr(corpora, "load", lambda *a: pytest.fail("the corpus was loaded again"))
-    second = data.prepare(cfg)
+    second = pipeline.prepare(cfg)
     assert second.fingerprint == first.fingerprint
     # A changed file is a different corpus: a new cache key, never stale tokens.
     monkeypatch.undo()
@@ -182,7 +183,7 @@ def test_second_prepare_reads_the_cache_without_tokenizing(tmp_path, corpus_dir,
     original = path.read_text()
     try:
         path.write_text(original + " omega")
-        assert data.prepare(cfg).components[0].key != first.components[0].key
+        assert pipeline.prepare(cfg).components[0].key != first.components[0].key
     finally:
         path.write_text(original)
 
@@ -190,7 +191,7 @@ def test_second_prepare_reads_the_cache_without_tokenizing(tmp_path, corpus_dir,
 def test_a_task_generator_edited_without_a_version_bump_gets_a_new_cache_key(monkeypatch):
     import dataclasses
 
-    from lmscale import tasks
+    from lmscale.fewshot import tasks
 
     src = config.SourceConfig(corpus="tasks")
     src.tasks.names = ["modlin"]
@@ -204,39 +205,39 @@ def test_a_task_generator_edited_without_a_version_bump_gets_a_new_cache_key(mon
     monkeypatch.setitem(tasks.TASKS, "modlin", dataclasses.replace(task, draw=draw))
     after = corpora.identity(src, "data.")
     assert after["tasks"] == before["tasks"]  # the version did not change...
-    assert data._key(after) != data._key(before)  # ...but the cache key did
+    assert pipeline._key(after) != pipeline._key(before)  # ...but the cache key did
 
 
 def test_restoring_into_a_different_corpus_is_an_error(tmp_path, corpus_dir):
-    a = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])).source("train", 8, seed=0)
+    a = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])).source("train", 8, seed=0)
     next(a)
-    b = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-jsonl"])).source("train", 8, seed=0)
+    b = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["files-jsonl"])).source("train", 8, seed=0)
     with pytest.raises(config.ConfigError, match="differs from the one this run was checkpointed with"):
         b.restore(a.state())
 
 
 def test_pipeline_records_what_it_read(tmp_path, corpus_dir):
-    meta = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"])).metadata()
+    meta = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"])).metadata()
     syn, files = meta["components"]
     assert syn["weight"] == pytest.approx(0.75) and files["weight"] == pytest.approx(0.25)
     assert syn["entropy_rate"] > 0 and "entropy_rate" not in files
     assert meta["entropy_rate"] is None  # unknown for the files part, so unknown for the stream
-    stdlib = data.prepare(make_cfg(tmp_path, kinds(corpus_dir)["stdlib"])).metadata()["components"][0]
+    stdlib = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["stdlib"])).metadata()["components"][0]
     assert stdlib["identity"]["python"] and len(stdlib["identity"]["content_sha256"]) == 64
 
 
 def test_bpe_is_trained_once_and_a_run_keeps_its_own(tmp_path, corpus_dir):
     cfg = make_cfg(tmp_path, {**kinds(corpus_dir)["files-txt"], "tokenizer": "bpe"}, seq_len=32)
     cfg.model.vocab_size = 512
-    first = data.prepare(cfg)
+    first = pipeline.prepare(cfg)
     assert (
         first.tokenizer.kind == "bpe" and 257 < first.tokenizer.vocab_size <= 512
     )  # small corpora stop early
-    assert data.prepare(cfg).tokenizer.fingerprint == first.tokenizer.fingerprint  # cached, not retrained
+    assert pipeline.prepare(cfg).tokenizer.fingerprint == first.tokenizer.fingerprint  # cached, not retrained
     # A run directory's tokenizer.json wins over whatever the cache holds now.
     own = Tokenizer.train_bpe(["a different corpus entirely " * 50], vocab_size=300)
     own.save(tmp_path / "tokenizer.json")
-    resumed = data.prepare(cfg, tmp_path / "tokenizer.json")
+    resumed = pipeline.prepare(cfg, tmp_path / "tokenizer.json")
     assert resumed.tokenizer.fingerprint == own.fingerprint
     assert resumed.fingerprint != first.fingerprint  # so a checkpoint from `first` would refuse it
 
@@ -262,7 +263,7 @@ def test_null_and_empty_documents_are_dropped_and_counted(tmp_path, kind):
     texts = [words_text(rng, 40) for _ in range(30)]
     texts[3], texts[7], texts[20] = None, "", None
     data_cfg = write_null_documents(tmp_path, kind, texts)
-    pipe = data.prepare(make_cfg(tmp_path, data_cfg, eval_batches=0))
+    pipe = pipeline.prepare(make_cfg(tmp_path, data_cfg, eval_batches=0))
     meta = pipe.metadata()["components"][0]
     assert meta["dropped_documents"] == 3
     assert meta["train"]["documents"] + meta["val"]["documents"] == 27
@@ -274,7 +275,7 @@ def test_bpe_trains_on_a_corpus_with_null_documents(tmp_path):
     texts = [None if i % 5 == 0 else words_text(rng, 40) for i in range(40)]
     cfg = make_cfg(tmp_path, {**write_null_documents(tmp_path, "jsonl", texts), "tokenizer": "bpe"})
     cfg.model.vocab_size = 300
-    assert data.prepare(cfg).tokenizer.kind == "bpe"
+    assert pipeline.prepare(cfg).tokenizer.kind == "bpe"
 
 
 def test_a_mixture_component_shorter_than_one_sequence_is_named_before_training(tmp_path, corpus_dir):
@@ -288,7 +289,7 @@ def test_a_mixture_component_shorter_than_one_sequence_is_named_before_training(
         ],
     }
     with pytest.raises(config.ConfigError) as err:
-        data.prepare(make_cfg(tmp_path, mixture, eval_batches=0))
+        pipeline.prepare(make_cfg(tmp_path, mixture, eval_batches=0))
     message = str(err.value)
     assert "data.mixture[1]" in message and "17 training tokens" in message
     assert "model.seq_len+1=33" in message and str(short) in message

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import yaml
 
-from lmscale import config, evaluate
-from lmscale.decode import Decoder, Score
+from lmscale import config
+from lmscale.data.tokenizer import Tokenizer
+from lmscale.fewshot import evaluate
+from lmscale.fewshot.decode import Decoder, Score
 from lmscale.model import Transformer, init_cache
-from lmscale.tokenizer import Tokenizer
 from tests.conftest import run_cli, run_python
 
 SEQ_LEN = 160
@@ -86,10 +87,11 @@ def test_bfloat16_cached_scores_equal_the_uncached_forward_pass(requests):
 
 SHARDED_EVAL = r"""
 import json, jax, numpy as np
-from lmscale import config, evaluate, sharding
-from lmscale.decode import Decoder
-from lmscale.steps import build
-from lmscale.tokenizer import Tokenizer
+from lmscale import config, sharding
+from lmscale.fewshot import evaluate
+from lmscale.fewshot.decode import Decoder
+from lmscale.step_fns import build
+from lmscale.data.tokenizer import Tokenizer
 
 cfg = config.from_dict({"model": {"n_layers": 2, "d_model": 64, "n_heads": 4, "seq_len": 96},
                         "mesh": {"data": 1, "fsdp": 4, "tensor": 2}})
@@ -237,7 +239,7 @@ def test_explicit_shots_that_do_not_fit_are_an_error_and_defaults_are_capped():
 def _make_run(path, with_checkpoint=True, seq_len=SEQ_LEN, steps=(7,)):
     from lmscale import runlog, sharding
     from lmscale.checkpoint import Checkpointer
-    from lmscale.steps import build
+    from lmscale.step_fns import build
 
     model = {"n_layers": 1, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": seq_len}
     cfg = config.from_dict({"model": model, "train": {"batch_size": 4, "tokens": 4 * seq_len * 10}})

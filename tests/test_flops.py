@@ -7,7 +7,7 @@ import pytest
 
 from lmscale import config, flops, sharding
 from lmscale.model import Transformer
-from lmscale.steps import build
+from lmscale.step_fns import build
 
 SHAPES = [
     {"n_layers": 1, "d_model": 32, "n_heads": 1, "vocab_size": 64},

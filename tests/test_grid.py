@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from lmscale import flops, grid
+from lmscale import flops
 from lmscale.config import ConfigError
+from lmscale.sweep import grid
 
 BASE = {
     "model": {"seq_len": 32, "vocab_size": 320},

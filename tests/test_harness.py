@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lmscale import config
-from lmscale.decode import Decoder
-from lmscale.harness import LmscaleLM, windows
+from lmscale.data.tokenizer import Tokenizer
+from lmscale.fewshot.decode import Decoder
+from lmscale.fewshot.harness import LmscaleLM, windows
 from lmscale.model import Transformer
-from lmscale.tokenizer import Tokenizer
 
 SEQ_LEN = 48
 EOS = Tokenizer.byte().eos_id

@@ -7,8 +7,9 @@ import jax
 import pandas as pd
 import pytest
 
-from lmscale import config, flops, plan, sharding
-from lmscale.steps import build
+from lmscale import config, flops, sharding
+from lmscale.step_fns import build
+from lmscale.sweep import plan
 from tests.conftest import run_cli
 
 SPEC = """
@@ -69,7 +70,7 @@ def test_time_estimates_are_within_2x_of_the_measured_run_and_its_evaluation(pla
 
 
 def test_evaluating_every_kept_checkpoint_pays_one_compile_and_one_pass_per_checkpoint():
-    from lmscale.grid import EvalSpec
+    from lmscale.sweep.grid import EvalSpec
 
     cfg = config.from_dict(
         {
@@ -105,7 +106,7 @@ def test_step_times_between_timed_shapes_are_interpolated_in_log_log():
 
 
 def test_a_shape_that_fails_to_run_is_reported_and_the_rest_are_still_timed(monkeypatch, capsys):
-    from lmscale import grid
+    from lmscale.sweep import grid
 
     shapes = [{"n_layers": 1, "d_model": d, "n_heads": 2} for d in (32, 64, 128)]
     sweep = grid.expand(

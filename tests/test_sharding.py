@@ -7,8 +7,8 @@ from tests.conftest import ROOT, run_cli, run_python
 SCRIPT = r"""
 import json, jax, numpy as np
 from lmscale import config, sharding
-from lmscale.data import make_source
-from lmscale.steps import build
+from lmscale.data.pipeline import make_source
+from lmscale.step_fns import build
 
 MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "seq_len": 32, "vocab_size": 320}
 TRAIN = {"batch_size": 16, "tokens": 16 * 32 * 20, "lr": 1e-2, "warmup_frac": 0.1}
@@ -86,7 +86,7 @@ def test_a_process_must_hold_the_batch_rows_its_pipeline_reads(monkeypatch):
     import jax
 
     from lmscale import config, sharding
-    from lmscale.data import process_rows
+    from lmscale.data.pipeline import process_rows
 
     cfg = config.from_dict({})
     mesh = sharding.make_mesh(cfg.mesh)

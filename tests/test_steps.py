@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from lmscale import config, sharding
-from lmscale.data import make_source
-from lmscale.steps import build
+from lmscale.data.pipeline import make_source
+from lmscale.step_fns import build
 
 
 def _one_step(accum: int):

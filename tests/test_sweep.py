@@ -11,7 +11,8 @@ import time
 import pandas as pd
 import pytest
 
-from lmscale import grid, runlog, sweep
+from lmscale import runlog
+from lmscale.sweep import grid, runner
 from tests.conftest import lmscale_env, run_cli
 
 # Three cells of a few seconds each (mostly compilation), 20 steps each, then a small evaluation.
@@ -54,7 +55,7 @@ def _results(sweep_dir):
 
 
 def _attempts(run_dir):
-    return runlog.read_jsonl(run_dir / sweep.ATTEMPTS)
+    return runlog.read_jsonl(run_dir / runner.ATTEMPTS)
 
 
 def _assert_each_step_logged_once(run_dir):
@@ -76,7 +77,7 @@ def test_sweep_writes_every_run_and_both_tables(straight):
         results
     )
     fewshot = pd.read_csv(sweep_dir / "fewshot.csv")
-    assert list(fewshot.columns) == sweep.FEWSHOT_COLUMNS
+    assert list(fewshot.columns) == runner.FEWSHOT_COLUMNS
     exact = fewshot[fewshot["metric"] == "exact_match"]
     assert sorted(zip(exact["run_id"], exact["task"], exact["shots"], strict=True)) == sorted(
         (r, t, k) for r in RUN_IDS for t in ("add2", "reverse") for k in (0, 1)
@@ -177,7 +178,7 @@ def test_three_worker_processes_cover_every_cell_exactly_once(spec, tmp_path):
     cells = grid.load(spec).cells
     sweep_dir = tmp_path / "mini"
     for i in range(3):
-        for cell in sweep.assigned(cells, i, 3):
+        for cell in runner.assigned(cells, i, 3):
             attempts = _attempts(sweep_dir / cell.run_id)
             assert [a["worker"] for a in attempts] == [i], cell.run_id
     assert set(_results(sweep_dir).index) == RUN_IDS and (_results(sweep_dir)["status"] == "completed").all()
@@ -256,7 +257,7 @@ def test_failed_runs_are_marked_the_sweep_carries_on_and_a_rerun_retries_them(
 
     first, second = fake_sweep.cells[0].run_id, fake_sweep.cells[1].run_id
     monkeypatch.setattr(lmscale.train, "train", _fake_train(fail={first}, diverge={second}))
-    status = sweep.run_sweep(fake_sweep, tmp_path, progress=False)
+    status = runner.run_sweep(fake_sweep, tmp_path, progress=False)
     assert list(status.values()) == ["failed", "diverged", "completed"]
     results = _results(tmp_path / "fake")
     assert results.loc[first, "status"] == "failed"
@@ -264,7 +265,7 @@ def test_failed_runs_are_marked_the_sweep_carries_on_and_a_rerun_retries_them(
     assert "RuntimeError" in (tmp_path / "fake" / first / "error.log").read_text()
     calls = []
     monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=calls))
-    status = sweep.run_sweep(fake_sweep, tmp_path, progress=False)
+    status = runner.run_sweep(fake_sweep, tmp_path, progress=False)
     assert calls == [first]  # failed runs are retried; diverged and completed ones are final
     assert list(status.values()) == ["completed", "diverged", "completed"]
 
@@ -274,10 +275,10 @@ def test_workers_split_the_cells_round_robin_and_cover_each_once(fake_sweep, tmp
 
     calls = []
     monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=calls))
-    shares = [sweep.assigned(fake_sweep.cells, i, 2) for i in range(2)]
+    shares = [runner.assigned(fake_sweep.cells, i, 2) for i in range(2)]
     assert [c.run_id for c in shares[0]] == [c.run_id for c in fake_sweep.cells[0::2]]
     for i in range(2):
-        sweep.run_sweep(fake_sweep, tmp_path, worker=i, num_workers=2, progress=False)
+        runner.run_sweep(fake_sweep, tmp_path, worker=i, num_workers=2, progress=False)
     assert sorted(calls) == sorted(c.run_id for c in fake_sweep.cells)
     for i, share in enumerate(shares):
         assert all([a["worker"] for a in _attempts(tmp_path / "fake" / c.run_id)] == [i] for c in share)
@@ -291,18 +292,18 @@ def test_a_cell_locked_elsewhere_is_skipped_then_waited_for(fake_sweep, tmp_path
     monkeypatch.setattr(lmscale.train, "train", _fake_train(calls=calls))
     locked = tmp_path / "fake" / fake_sweep.cells[0].run_id
     locked.mkdir(parents=True)
-    with sweep.flocked(locked / sweep.LOCK, block=True):
-        runner = threading.Thread(
-            target=sweep.run_sweep, args=(fake_sweep, tmp_path), kwargs={"progress": False}
+    with runner.flocked(locked / runner.LOCK, block=True):
+        thread = threading.Thread(
+            target=runner.run_sweep, args=(fake_sweep, tmp_path), kwargs={"progress": False}
         )
-        runner.start()
+        thread.start()
         deadline = time.time() + 30
         while len(calls) < 2 and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
-        assert calls == [c.run_id for c in fake_sweep.cells[1:]] and runner.is_alive()  # waiting on the lock
-    runner.join(timeout=30)
-    assert calls[-1] == locked.name and not runner.is_alive()
+        assert calls == [c.run_id for c in fake_sweep.cells[1:]] and thread.is_alive()  # waiting on the lock
+    thread.join(timeout=30)
+    assert calls[-1] == locked.name and not thread.is_alive()
 
 
 def test_after_train_hooks_feed_fewshot_csv_and_rerun_on_every_visit(fake_sweep, tmp_path, monkeypatch):
@@ -316,8 +317,8 @@ def test_after_train_hooks_feed_fewshot_csv_and_rerun_on_every_visit(fake_sweep,
         score = {"value": 0.5, "stderr": 0.1, "n": 40}
         return summary | {"fewshot": {"copy": {"0": {"acc": score}, "4": {"acc": score}}}}
 
-    sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
-    sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    runner.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    runner.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
     assert len(visits) == 6
     fewshot = pd.read_csv(tmp_path / "fake" / "fewshot.csv")
     assert len(fewshot) == 6 and set(fewshot["shots"]) == {0, 4} and set(fewshot["task"]) == {"copy"}
@@ -339,14 +340,14 @@ def test_a_failed_evaluation_keeps_the_trained_run_in_the_fits_and_a_rerun_only_
             raise MemoryError("decoder batch of 64")
         return summary | {"fewshot": {"copy": {"0": {"acc": {"value": 0.5, "stderr": 0.1, "n": 4}}}}}
 
-    status = sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
-    assert status[largest] == sweep.EVAL_FAILED
+    status = runner.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    assert status[largest] == runner.EVAL_FAILED
     row = _results(tmp_path / "fake").loc[largest]
     assert row["status"] == "completed" and row["final_loss"] == 1.5
     assert row["error"] == "after training: MemoryError: decoder batch of 64"
     assert "MemoryError" in (tmp_path / "fake" / largest / "error.log").read_text()
     trained.append("the evaluation is fixed")
-    sweep.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
+    runner.run_sweep(fake_sweep, tmp_path, progress=False, after_train=[evaluate])
     assert trained == [c.run_id for c in fake_sweep.cells] + ["the evaluation is fixed"]  # no retraining
     summary = json.loads((tmp_path / "fake" / largest / "summary.json").read_text())
     assert "error" not in summary and summary["fewshot"]["copy"]["0"]["acc"]["value"] == 0.5
@@ -383,7 +384,7 @@ def test_bad_eval_specs_fail_at_expansion(eval_spec, message):
 
 
 def test_the_eval_hook_evaluates_only_what_a_run_is_missing(fake_sweep, tmp_path, monkeypatch):
-    from lmscale import evaluate
+    from lmscale.fewshot import evaluate
 
     calls = []
 
@@ -402,7 +403,7 @@ def test_the_eval_hook_evaluates_only_what_a_run_is_missing(fake_sweep, tmp_path
 
 
 def test_the_eval_hook_with_steps_all_evaluates_each_kept_checkpoint_once(tmp_path, monkeypatch):
-    from lmscale import evaluate
+    from lmscale.fewshot import evaluate
 
     calls = []
 
@@ -417,7 +418,7 @@ def test_the_eval_hook_with_steps_all_evaluates_each_kept_checkpoint_once(tmp_pa
     hook = evaluate.after_train(grid.EvalSpec(("add2", "recall"), (0,), 10, steps="all"))
     start = {"status": "completed", "fewshot": {}, "fewshot_steps": {"10": {"add2": {"0": {}}}}}
     summary = hook(None, tmp_path, start)
-    # Steps 20, 30 and the final 40 lack the same tasks, so they share one restore loop (one compile).
+    # StepFns 20, 30 and the final 40 lack the same tasks, so they share one restore loop (one compile).
     assert calls == [(["recall"], [10]), (["add2", "recall"], [20, 30, 40])]
     assert list(summary["fewshot_steps"]) == ["10", "20", "30"]
     assert set(summary["fewshot_steps"]["10"]) == {"add2", "recall"}
@@ -445,9 +446,9 @@ def test_runs_evaluated_at_several_checkpoints_fill_fewshot_training_csv(tmp_pat
         summary = {"status": "completed", "params": 1000, "steps": 100, "tokens": 6400, "flops": 1e9}
         summary |= {"fewshot": table(0.5), "fewshot_steps": earlier}
         runlog.write_json(run / "summary.json", summary)
-    sweep.write_tables(sweep_dir)
+    runner.write_tables(sweep_dir)
     training = pd.read_csv(sweep_dir / "fewshot_training.csv")
-    assert list(training.columns) == sweep.TRAINING_COLUMNS
+    assert list(training.columns) == runner.TRAINING_COLUMNS
     em = training[training["metric"] == "exact_match"]
     assert set(em["run_id"]) == {"small"}  # one evaluated step is no curve
     assert em[["step", "tokens", "flops", "value"]].values.tolist() == [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmscale.synthetic import SyntheticSource, entropy
-from lmscale.tokenizer import Tokenizer
+from lmscale.data.synthetic import SyntheticSource, entropy
+from lmscale.data.tokenizer import Tokenizer
 
 
 def plug_in_conditional_entropy(context: np.ndarray, outcome: np.ndarray) -> float:

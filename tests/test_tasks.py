@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from lmscale import tasks
 from lmscale.config import ConfigError
+from lmscale.fewshot import tasks
 
 KINDS = {
     "addition": ["add2", "add3", "add4"],
@@ -139,7 +139,8 @@ def test_word_and_repeat_tasks_emerge_between_a_30k_and_a_1m_parameter_model(tmp
     """About 12 minutes on 2 cores: both sizes see 4M tokens, 20% of them task text."""
     import jax
 
-    from lmscale import config, evaluate
+    from lmscale import config
+    from lmscale.fewshot import evaluate
     from lmscale.train import train
 
     exact = {}

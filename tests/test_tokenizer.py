@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmscale import corpora
-from lmscale.tokenizer import EOS, Tokenizer
+from lmscale.data import corpora
+from lmscale.data.tokenizer import EOS, Tokenizer
 
 
 def random_unicode(rng: np.random.Generator, n: int) -> str:

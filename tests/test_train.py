@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from lmscale import checkpoint
-from lmscale.synthetic import SyntheticSource
-from lmscale.tokenizer import Tokenizer
+from lmscale.data.synthetic import SyntheticSource
+from lmscale.data.tokenizer import Tokenizer
 from tests.conftest import TINY, lmscale_env, run_cli
 
 SUMMARY_KEYS = {

@@ -29,9 +29,9 @@ import datasets
 import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
-from lmscale import corpora
 from lmscale.config import Config, ConfigError, DataConfig, MixtureComponent
-from lmscale.tokenizer import Tokenizer
+from lmscale.data import corpora
+from lmscale.data.tokenizer import Tokenizer
 
 PIPELINE_VERSION = "2"  # bump when cached token files change meaning
 _SPLITS = {"train": 0, "val": 1}

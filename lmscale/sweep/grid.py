@@ -18,7 +18,7 @@ from typing import Any
 
 from lmscale import flops
 from lmscale.config import Config, ConfigError, from_dict, parse_overrides, read_yaml, validate
-from lmscale.shapes import SizeRule, shape_for_params
+from lmscale.sweep.shapes import SizeRule, shape_for_params
 
 SWEEP_KEYS = ("sizes", "tokens", "seeds", "lr", "axes", "eval")
 SIZE_KEYS = (
@@ -224,7 +224,7 @@ def _isoflop_targets(iso: dict) -> list[tuple[float, float]]:
 
 def _eval_spec(value: Any) -> EvalSpec | None:
     """`sweep.eval`: false, or a mapping of tasks, shots, examples and batch_size (all optional)."""
-    from lmscale import tasks
+    from lmscale.fewshot import tasks
 
     if value is False:
         return None
@@ -260,8 +260,8 @@ def _check_eval_fits(spec: EvalSpec | None, cells: list[Cell]) -> None:
     (a BPE's prompts are no longer than their bytes, so they fit whenever the bytes do)."""
     if spec is None or spec.shots is None:
         return
-    from lmscale import evaluate, tasks
-    from lmscale.tokenizer import Tokenizer
+    from lmscale.data.tokenizer import Tokenizer
+    from lmscale.fewshot import evaluate, tasks
 
     names = spec.tasks or tuple(tasks.TASKS)
     for seq_len in sorted({c.cfg.model.seq_len for c in cells if c.cfg.data.tokenizer == "byte"}):

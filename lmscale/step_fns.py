@@ -29,7 +29,7 @@ class TrainState:
 
 
 @dataclasses.dataclass
-class Steps:
+class StepFns:
     """Jitted, sharded functions; every call runs under the run's mesh and logical-axis rules."""
 
     cfg: Config
@@ -77,7 +77,7 @@ class Steps:
         return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
 
 
-def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> Steps:
+def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
     total_steps = cfg.steps if total_steps is None else total_steps
     model = Transformer(cfg.model)
     tx = optimizer(cfg.train, total_steps)
@@ -140,7 +140,7 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> Steps:
     evaluate = jax.jit(
         loss_fn, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated
     )
-    return Steps(
+    return StepFns(
         cfg,
         mesh,
         rules,

@@ -20,9 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmscale import runlog, tasks
+from lmscale import runlog
 from lmscale.config import ConfigError
-from lmscale.decode import Decoder
+from lmscale.fewshot import tasks
+from lmscale.fewshot.decode import Decoder
 
 METRICS = ("exact_match", "logprob_sum", "logprob_per_token", "token_accuracy", "edit_distance")
 CHOICE_METRICS = ("prob_correct", "brier")
@@ -230,8 +231,8 @@ class Run:
 
 def open_run(run_dir: Path) -> Run:
     """Read a run's config and tokenizer; a one-line ConfigError if either is missing or they disagree."""
-    from lmscale import tokenizer
     from lmscale.config import from_dict, read_yaml
+    from lmscale.data import tokenizer
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -287,7 +288,7 @@ def select_steps(
 
 
 def new_decoder(built, params, batch_size: int) -> Decoder:
-    """A Decoder on `built`'s mesh and rules (a steps.Steps), its batch rounded up to a multiple of the
+    """A Decoder on `built`'s mesh and rules (a steps.StepFns), its batch rounded up to a multiple of the
     data-parallel devices so every batch splits evenly."""
     shape = built.cfg.mesh.shape(jax.device_count())
     dp = shape["data"] * shape["fsdp"]
@@ -299,7 +300,7 @@ def restore_decoder(run: Run, steps: Sequence[int], batch_size: int = 64) -> Ite
     devices: yields (step, decoder), one decoder whose compiled functions serve every step."""
     from lmscale import sharding
     from lmscale.checkpoint import Checkpointer
-    from lmscale.steps import build
+    from lmscale.step_fns import build
 
     cfg = run.cfg
     n = jax.device_count()

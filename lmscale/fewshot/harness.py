@@ -14,7 +14,7 @@ starts after EOS, as every training document does. When `lm_eval` is installed t
 its `LM` and is registered as the model "lmscale":
 
     import lm_eval
-    from lmscale.harness import LmscaleLM
+    from lmscale.fewshot.harness import LmscaleLM
 
     lm = LmscaleLM("runs/cpu_demo/L4-D128-T3.31M-s0", batch_size=64)
     lm_eval.simple_evaluate(model=lm, tasks=["lambada_openai"])
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmscale import evaluate
+from lmscale.fewshot import evaluate
 
 try:  # the harness is optional: the adapter is the same class with or without it
     from lm_eval.api.model import LM as _Base

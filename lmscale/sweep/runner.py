@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lmscale import runlog
 from lmscale.config import ConfigError
-from lmscale.grid import Cell, Sweep
+from lmscale.sweep.grid import Cell, Sweep
 from lmscale.train import run_shape
 
 LOCK = ".lock"  # per run: held while a process trains it

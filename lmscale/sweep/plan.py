@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lmscale import evaluate, flops, peak, runlog, sharding, tasks
+from lmscale import flops, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer, retained_steps
 from lmscale.config import Config
-from lmscale.data import make_source, prepare
-from lmscale.decode import bucket
-from lmscale.grid import Cell, EvalSpec, Sweep, human
-from lmscale.steps import Steps, build
+from lmscale.data.pipeline import make_source, prepare
+from lmscale.fewshot import evaluate, tasks
+from lmscale.fewshot.decode import bucket
+from lmscale.step_fns import StepFns, build
+from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
 TIMED_STEPS = 3  # steps timed per shape after one warm-up step (fewer if a step takes over a second)
@@ -97,12 +98,12 @@ class EvalTiming:
     pass_s: float  # one compiled pass over every request, for one checkpoint
 
 
-def _zeros(steps: Steps):
+def _zeros(steps: StepFns):
     """A state of zeros with the right shardings: timing a step needs shapes, not trained values."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), steps.abstract_state)
 
 
-def time_shape(cfg: Config) -> tuple[Timing, Steps, object]:
+def time_shape(cfg: Config) -> tuple[Timing, StepFns, object]:
     """Compile `cfg`'s train step and time a few steps of the trainer's loop body, data included."""
     t0 = time.perf_counter()
     steps = build(cfg, sharding.make_mesh(cfg.mesh))
@@ -122,7 +123,7 @@ def time_shape(cfg: Config) -> tuple[Timing, Steps, object]:
     return Timing(t2 - t1, statistics.median(times), t1 - t0, True), steps, state
 
 
-def run_costs(steps: Steps, state) -> RunCosts:
+def run_costs(steps: StepFns, state) -> RunCosts:
     """Init and eval compile times and a checkpoint save, on one (small) shape."""
     t0 = time.perf_counter()
     jax.block_until_ready(steps.init(0))  # compiles and runs init, as every run's start does
@@ -141,7 +142,7 @@ def run_costs(steps: Steps, state) -> RunCosts:
     return RunCosts(t1 - t0, t2 - t1, save_s, time.perf_counter() - t4)
 
 
-def time_eval(steps: Steps, state, spec: EvalSpec) -> EvalTiming:
+def time_eval(steps: StepFns, state, spec: EvalSpec) -> EvalTiming:
     """Time the evaluator on `steps`' shape with `state`'s (untrained) params, over the first
     `EVAL_SAMPLE` examples of every task and shot count: compiled then run, then run again, the second
     pass scaled to the full set by the batches of each length bucket. Generation runs to each request's

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lmscale.config import ConfigError, SourceConfig
-from lmscale.synthetic import VERSION as SYNTHETIC_VERSION
-from lmscale.synthetic import SyntheticSource
+from lmscale.data.synthetic import VERSION as SYNTHETIC_VERSION
+from lmscale.data.synthetic import SyntheticSource
 
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -205,7 +205,7 @@ def _load_synthetic(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dat
 
 # -- tasks --------------------------------------------------------------------------------------
 def _task_names(src: SourceConfig, prefix: str) -> list[str]:
-    from lmscale import tasks
+    from lmscale.fewshot import tasks
 
     names = [str(n) for n in src.tasks.names] or list(tasks.TASKS)
     unknown = [n for n in names if n not in tasks.TASKS]
@@ -217,7 +217,7 @@ def _task_names(src: SourceConfig, prefix: str) -> list[str]:
 
 
 def _tasks_identity(src: SourceConfig, prefix: str) -> dict:
-    from lmscale import tasks
+    from lmscale.fewshot import tasks
 
     t = src.tasks
     names = _task_names(src, prefix)
@@ -241,7 +241,7 @@ def _tasks_identity(src: SourceConfig, prefix: str) -> dict:
 
 
 def _load_tasks(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
-    from lmscale import tasks
+    from lmscale.fewshot import tasks
 
     t = src.tasks
     return tasks.task_corpus(t.documents, t.seed, _task_names(src, prefix), t.max_shots)

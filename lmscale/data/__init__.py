@@ -1,0 +1,1 @@
+"""Documents to token batches: corpora, the synthetic language, tokenizers and the pipeline."""
