@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes for lmscale and analysis alike: readers see the old file or the new one, never half."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write beside `path` under a name no other writer uses, then rename over it.
+    """Write beside `path` under a name no other writer uses, fsync, then rename over it.
 
-    The file gets the mode a plain `open()` gives (0o666 less the umask).
+    The file gets the mode a plain `open()` gives (0o666 less the umask), so results on a shared
+    filesystem stay readable by the people they are shared with.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see old or new, never half.
-
-    The file gets the mode a plain `open()` gives (0o666 less the umask), so results on a shared
-    filesystem stay readable by the people they are shared with.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# The one atomic write of both packages; lmscale's callers keep calling it runlog.write_atomic.
+from analysis.atomic import write_atomic
 
 
 def write_json(path: Path, obj: Any) -> None:
