@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import fit as fits
+from analysis.load import tokens_from_compute
 from analysis.optimize import huber_np
 
 # Hoffmann et al.'s published law, used to draw a 240-point stand-in when no data is given.
@@ -29,9 +30,8 @@ def reference_points(csv: Path) -> pd.DataFrame:
     """The Chinchilla replication's 245 points, less the 5 highest losses (Besiroglu et al. 2024)."""
     df = pd.read_csv(csv).sort_values("loss").iloc[:-5]
     N = df["Model Size"].to_numpy(float)
-    return pd.DataFrame(
-        {"params": N, "tokens": df["Training FLOP"].to_numpy(float) / (6 * N), "loss": df["loss"]}
-    )
+    D = tokens_from_compute(df["Training FLOP"].to_numpy(float), N)
+    return pd.DataFrame({"params": N, "tokens": D, "loss": df["loss"]})
 
 
 def numpy_objective(points: pd.DataFrame, delta: float = 1e-3):

@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from analysis.load import AnalysisError
+from analysis.load import AnalysisError, tokens_from_compute
 
 DISCRETE_METRICS = frozenset({"exact_match"})
 FIXED_BOUNDS = {"exact_match": (0.0, 1.0)}  # (lo, hi) held fixed in the logistic fit
@@ -80,7 +80,7 @@ def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
     if "n" not in df:
         df["n"] = np.nan
     if "tokens" not in df:
-        df["tokens"] = df["flops"] / (6.0 * df["params"])
+        df["tokens"] = tokens_from_compute(df["flops"], df["params"])
     df["shots"] = df["shots"].astype(int)
     df["_var"] = pd.to_numeric(df["stderr"], errors="coerce") ** 2
     keys = ["task", "shots", "metric", "run_id"]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import optimize
-from analysis.load import AnalysisError
+from analysis.load import AnalysisError, tokens_from_compute
 
 CI_LEVEL = 0.95
 # Resamples start at the full-data optimum and need percentiles, not 1e-10 gradients. A cheap
@@ -292,7 +292,7 @@ def _allocation_fit(law: str, C: np.ndarray, N_opt: np.ndarray, n_points: int, e
     if len(C) < 2:
         raise AnalysisError(f"{law}: need optima at 2 or more compute budgets, found {len(C)}")
     a, k_n = _loglog_slope(C, N_opt)
-    b, k_d = _loglog_slope(C, C / (6 * N_opt))
+    b, k_d = _loglog_slope(C, tokens_from_compute(C, N_opt))
     return Fit(law, {"a": a, "b": b, "k_n": k_n, "k_d": k_d}, float("nan"), n_points, extra=extra)
 
 
@@ -341,7 +341,7 @@ def approach1(curves: pd.DataFrame, n_budgets: int = 30) -> Fit:
     ok = covering >= MIN_RUNS_PER_BUDGET
     C, N_opt = budgets[ok], best_N[ok]
     frontier = [
-        {"C": c, "N_opt": n, "D_opt": c / (6 * n), "loss": loss, "runs": int(k)}
+        {"C": c, "N_opt": n, "D_opt": tokens_from_compute(c, n), "loss": loss, "runs": int(k)}
         for c, n, loss, k in zip(C, N_opt, best_loss[ok], covering[ok], strict=True)
     ]
     if len(np.unique(N_opt)) < 2:

@@ -26,7 +26,20 @@ DEFAULT_SOURCES = {
     "flops": ("flops_6nd",),
     "loss": ("final_val_loss", "final_loss", "loss"),
 }
-SIX_ND = "6 * params * tokens"
+SIX_ND = "6 * params * tokens"  # `Results.flops_source` where compute was derived by six_nd
+
+
+def six_nd(params, tokens):
+    """C = 6 N D: training compute in FLOPs, 2 per parameter per token forward and 4 backward (Kaplan
+    et al. 2020, section 2.1). The one place analysis multiplies it out."""
+    return 6.0 * params * tokens
+
+
+def tokens_from_compute(flops, params):
+    """D = C / (6 N), the inverse of six_nd: the tokens that compute C buys a model of N parameters."""
+    return flops / (6 * params)
+
+
 FEWSHOT_COLUMNS = ("run_id", "params", "flops", "tokens", "task", "shots", "metric", "value")
 
 
@@ -81,11 +94,11 @@ def load_results(
         if found is not None:
             out[canon], sources[canon] = df[found], found
     if "flops" not in out and {"tokens", "params"} <= set(out):
-        out["flops"], sources["flops"] = 6.0 * out["params"] * out["tokens"], SIX_ND
+        out["flops"], sources["flops"] = six_nd(out["params"], out["tokens"]), SIX_ND
     if "flops" not in out and "flops" in df.columns:
         out["flops"], sources["flops"] = df["flops"], "flops"
     if "tokens" not in out and {"flops", "params"} <= set(out):
-        out["tokens"] = out["flops"] / (6.0 * out["params"])
+        out["tokens"] = tokens_from_compute(out["flops"], out["params"])
     excluded = 0
     if "status" in out.columns:
         keep = out["status"] == "completed"
@@ -151,7 +164,7 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
             continue
         train["run_id"] = summary_path.parent.name
         train["params"] = summary["params"]
-        train["flops"] = 6.0 * train["params"] * train["tokens"]
+        train["flops"] = six_nd(train["params"], train["tokens"])
         frames.append(train[["run_id", "params", "step", "tokens", "flops", "loss"]])
     if not frames:
         raise AnalysisError(f"'{sweep_dir}': no completed runs with metrics.jsonl")

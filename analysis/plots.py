@@ -37,6 +37,8 @@ from analysis.load import (
     load_fewshot,
     load_fewshot_training,
     load_results,
+    six_nd,
+    tokens_from_compute,
 )
 
 log = logging.getLogger(__name__)
@@ -199,7 +201,10 @@ def plot_compute_optimal(
         if points:
             c = np.array([p["C"] for p in points])
             n = np.array([p.get("N_star", p.get("N_opt")) for p in points])
-            d = np.array([p.get("D_opt", np.nan) for p in points]) if "frontier" in fit.extra else c / (6 * n)
+            if "frontier" in fit.extra:
+                d = np.array([p.get("D_opt", np.nan) for p in points])
+            else:
+                d = tokens_from_compute(c, n)
             ax_n.scatter(c, n, color=colour, s=18, zorder=3)
             ax_d.scatter(c, d, color=colour, s=18, zorder=3)
     panels = (
@@ -226,7 +231,7 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     ax.scatter(
         runs["params"], runs["tokens"], color="white", edgecolors="black", s=22, zorder=3, label="runs"
     )
-    c_lo, c_hi = 6 * 10 ** (log_n[0] + log_d[0]), 6 * 10 ** (log_n[-1] + log_d[-1])
+    c_lo, c_hi = six_nd(10 ** log_n[0], 10 ** log_d[0]), six_nd(10 ** log_n[-1], 10 ** log_d[-1])
     opt = compute_optimal(fit, np.logspace(np.log10(c_lo), np.log10(c_hi), 200))
     ax.plot(opt["N_opt"], opt["D_opt"], color="red", lw=1.5, label="compute-optimal N_opt(C), D_opt(C)")
     ax.set(xscale="log", yscale="log", xlabel=PARAMS, ylabel=TOKENS, title="Fitted L(N, D) (approach 3)")
