@@ -1,5 +1,5 @@
 """Figures of a sweep, each saved as PNG and PDF: loss against compute, IsoFLOP profiles, compute-optimal
-allocation, L(N, D) contours, learning curves and emergence. `analyse` gathers the data and fits they need.
+allocation, L(N, D) contours, learning curves and emergence, drawn from the fits of a `Sweep`.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never pyplot, so importing this module
 changes no global backend and leaks no open figures.
@@ -7,7 +7,6 @@ changes no global backend and leaks no open figures.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -19,27 +18,10 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from analysis.emergence import emergence_curves, emergence_midpoints, metric_kind, metric_order
-from analysis.fit import (
-    Fit,
-    approach1,
-    approach2,
-    compute_optimal,
-    fit_chinchilla,
-    fit_frontier,
-    frontier,
-    isoflop_groups,
-)
-from analysis.load import (
-    AnalysisError,
-    Results,
-    load_curves,
-    load_fewshot,
-    load_fewshot_training,
-    load_results,
-    six_nd,
-    tokens_from_compute,
-)
+from analysis.emergence import emergence_curves, metric_kind, metric_order
+from analysis.fit import Fit, compute_optimal, frontier, isoflop_groups
+from analysis.load import AnalysisError, six_nd, tokens_from_compute
+from analysis.sweep import Sweep, analyse
 
 log = logging.getLogger(__name__)
 
@@ -331,61 +313,6 @@ def plot_emergence_training(
     axes[0, 0].legend(fontsize=6, title=PARAMS, title_fontsize=6)
     fig.suptitle(f"{metric} over training, at each kept checkpoint", fontsize=10)
     return _save(fig, out_dir, name)
-
-
-@dataclasses.dataclass
-class Sweep:
-    """What a sweep directory or results CSV provides, the fits it supports, and why anything is missing."""
-
-    results: Results
-    curves: pd.DataFrame | None
-    fewshot: pd.DataFrame | None
-    fits: dict[str, Fit]  # keys: power (L(C) on the frontier), chinchilla, approach1, approach2
-    midpoints: dict[str, pd.DataFrame]  # emergence midpoints against "params" and "flops"
-    missing: dict[str, str]  # piece -> one-line reason
-    training: pd.DataFrame | None = None  # few-shot metrics at each evaluated checkpoint
-
-
-def _try(missing: dict[str, str], key: str, make):
-    try:
-        return make()
-    except AnalysisError as e:
-        missing[key] = str(e)
-        return None
-
-
-def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None) -> Sweep:
-    """Load a sweep directory or CSV, fit every law its runs allow and the emergence midpoints."""
-    results = load_results(source, **(columns or {}), require=("params", "tokens", "flops", "loss"))
-    runs, missing, fits = results.runs, {}, {}
-    source = Path(source)
-    curves = fewshot = training = None
-    if source.is_dir():
-        curves = _try(missing, "curves", lambda: load_curves(source))
-        if (source / "fewshot_training.csv").is_file():  # absent unless runs kept earlier checkpoints
-            training = _try(missing, "emergence_training", lambda: load_fewshot_training(source))
-        if (source / "fewshot.csv").is_file():
-            fewshot = _try(missing, "fewshot", lambda: load_fewshot(source))
-        else:
-            missing["fewshot"] = f"'{source}' has no fewshot.csv"
-    else:
-        missing["curves"] = missing["fewshot"] = "a bare results CSV has no run directories or fewshot.csv"
-    fits["power"] = _try(missing, "power", lambda: fit_frontier(runs, bootstrap, seed))
-    fits["chinchilla"] = _try(
-        missing,
-        "chinchilla",
-        lambda: fit_chinchilla(runs["params"], runs["tokens"], runs["loss"], bootstrap, seed),
-    )
-    fits["approach1"] = _try(missing, "approach1", lambda: approach1(curves if curves is not None else runs))
-    fits["approach2"] = _try(missing, "approach2", lambda: approach2(runs, bootstrap, seed))
-    fits = {k: v for k, v in fits.items() if v is not None}
-    midpoints = {}
-    if fewshot is not None:
-        for x in ("params", "flops"):
-            table = _try(missing, "emergence", lambda x=x: emergence_midpoints(fewshot, x, bootstrap, seed))
-            if table is not None:
-                midpoints[x] = table
-    return Sweep(results, curves, fewshot, fits, midpoints, missing, training)
 
 
 def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str, str]]:

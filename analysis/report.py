@@ -16,7 +16,8 @@ import pandas as pd
 from analysis.atomic import write_atomic
 from analysis.fit import Fit, compute_budgets, compute_optimal, extrapolation_check
 from analysis.load import SIX_ND, AnalysisError
-from analysis.plots import Sweep, analyse, plot_sweep
+from analysis.plots import plot_sweep
+from analysis.sweep import Sweep, analyse
 
 LAWS = {
     "power": "Loss-compute frontier: L(C) = E + A·C^(−alpha) through the best run of each compute budget",

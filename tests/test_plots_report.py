@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+from analysis.fit import frontier
 from analysis.load import AnalysisError
-from analysis.plots import analyse, frontier, plot_all
+from analysis.plots import plot_all
 from analysis.report import fmt, write_report
+from analysis.sweep import analyse
 from tests.test_emergence import logistic
 
 # Hoffmann et al. 2022's published L(N, D) = E + A/N^alpha + B/D^beta.
