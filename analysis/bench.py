@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import fit as fits
+from analysis import laws
 from analysis.load import tokens_from_compute
 from analysis.optimize import huber_np
 
@@ -35,7 +36,7 @@ def reference_points(csv: Path) -> pd.DataFrame:
 
 
 def numpy_objective(points: pd.DataFrame, delta: float = 1e-3):
-    """The Approach-3 objective of `fit.chinchilla_log_pred` in plain numpy, for scipy."""
+    """The Approach-3 objective of `laws.chinchilla_log_pred` in plain numpy, for scipy."""
     logN, logD = np.log(points["params"].to_numpy(float)), np.log(points["tokens"].to_numpy(float))
     logL = np.log(points["loss"].to_numpy(float))
 
@@ -58,7 +59,7 @@ def _scipy_seconds_per_start(points: pd.DataFrame, starts: np.ndarray, delta: fl
 
 
 def bench_fit(points: pd.DataFrame, scipy_starts: int = 450, bootstrap: int = 1000, seed: int = 0) -> dict:
-    grid = fits.hoffmann_grid()
+    grid = laws.hoffmann_grid()
     N, D, L = points["params"], points["tokens"], points["loss"]
     t0 = time.perf_counter()
     fits.fit_chinchilla(N, D, L)

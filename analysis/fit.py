@@ -1,22 +1,35 @@
 """Scaling-law fits: power laws, and Chinchilla's three approaches, with bootstrap intervals.
 
 Every law is fitted in log space with a Huber loss summed over points, as in Hoffmann et al. 2022
-(Approach 3) and the replication of Besiroglu et al. 2024.
+(Approach 3) and the replication of Besiroglu et al. 2024. The laws themselves and the `Fit` result
+live in `analysis.laws`; the IsoFLOP grouping and parabolas of approach 2 in `analysis.isoflop`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from analysis import optimize
+from analysis.isoflop import (
+    best_of_each_budget,
+    held_out_budgets,
+    isoflop_profiles,
+    isoflop_refusal,
+    parabolas,
+    stratified_weights,
+    vertices,
+)
+from analysis.laws import (
+    Fit,
+    chinchilla_log_pred,
+    hoffmann_grid,
+    power_grid,
+    power_log_pred,
+    power_no_offset_log_pred,
+)
 from analysis.load import AnalysisError, tokens_from_compute
 
-CI_LEVEL = 0.95
 # Resamples start at the full-data optimum and need percentiles, not 1e-10 gradients. A cheap
 # backtracking pass converges most of them; the backtracking line search stalls on some (|grad| ~ 1),
 # which are polished from where they stopped with the zoom line search (strong Wolfe). A resample whose
@@ -25,91 +38,6 @@ BOOTSTRAP_SOLVER = {"max_iter": 200, "tol": 1e-7}
 BOOTSTRAP_POLISH = {"max_iter": 300, "tol": 1e-7, "backtracking": 0}  # per round
 BOOTSTRAP_POLISH_ROUNDS = 5
 BOOTSTRAP_GRAD_TOL = 1e-6
-
-
-# -- the laws, in log space ------------------------------------------------------------------------
-def chinchilla_log_pred(theta, logx_NxK):
-    """log L(N, D) = LSE(a - alpha log N, b - beta log D, e); A = e^a, B = e^b, E = e^e (eq. 2)."""
-    a, b, e, alpha, beta = theta[0], theta[1], theta[2], theta[3], theta[4]
-    logN, logD = logx_NxK[:, 0], logx_NxK[:, 1]
-    return jnp.logaddexp(jnp.logaddexp(a - alpha * logN, b - beta * logD), e)
-
-
-def power_log_pred(theta, logx_NxK):
-    """log L(x) = LSE(a - alpha log x, e): L = E + A x^-alpha."""
-    return jnp.logaddexp(theta[0] - theta[2] * logx_NxK[:, 0], theta[1])
-
-
-def power_no_offset_log_pred(theta, logx_NxK):
-    """log L(x) = a - alpha log x: L = A x^-alpha."""
-    return theta[0] - theta[1] * logx_NxK[:, 0]
-
-
-def hoffmann_grid() -> np.ndarray:
-    """Hoffmann et al.'s 4500 starts: alpha, beta in 0..2 by 0.5, e in -1..1 by 0.5, a, b in 0..25 by 5."""
-    ab, e, ex = np.arange(0, 26, 5.0), np.arange(-1, 1.01, 0.5), np.arange(0, 2.01, 0.5)
-    return np.array([(a, b, e_, al, be) for al, be, e_, a, b in itertools.product(ex, ex, e, ab, ab)])
-
-
-def power_grid(offset: bool) -> np.ndarray:
-    """Starts in centred units: a is log of the reducible loss A x^-alpha at the data's mid-scale."""
-    a = np.arange(-5, 3.1, 1.0)
-    alpha = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0])
-    if not offset:
-        return np.array(list(itertools.product(a, alpha)))
-    e = np.arange(-1, 1.01, 0.5)
-    return np.array(list(itertools.product(a, e, alpha)))
-
-
-# -- results -----------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Fit:
-    law: str  # power | chinchilla | approach1 | approach2
-    params: dict[str, float]
-    objective: float
-    n_points: int
-    ci: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    samples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    x: str | None = None  # power law: the scale variable
-    extra: dict = dataclasses.field(default_factory=dict)
-
-    def predict(self, x=None, N=None, D=None, params: dict | None = None) -> np.ndarray:
-        p = self.params if params is None else params
-        # A failed fit's NaN parameters (or a bootstrap sample's) predict NaN, without a warning.
-        with np.errstate(invalid="ignore", over="ignore"):
-            if self.law == "power":
-                return p.get("E", 0.0) + p["A"] * np.asarray(x, float) ** -p["alpha"]
-            if self.law == "chinchilla":
-                N, D = np.asarray(N, float), np.asarray(D, float)
-                return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
-        raise AnalysisError(f"law '{self.law}' predicts allocations, not losses")
-
-    def to_json(self) -> dict:
-        out = {k: float(v) for k, v in self.params.items()}
-        out |= {"law": self.law, "objective": self.objective, "n_points": self.n_points}
-        if self.x:
-            out["x"] = self.x
-        out["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
-        if "bootstrap" in self.extra:
-            out["bootstrap"] = self.extra["bootstrap"]
-        return out
-
-    def set_bootstrap(self, samples: dict[str, np.ndarray], resamples: int, dropped: dict[str, int]) -> None:
-        """Keep the resamples that gave a valid fit; count the dropped ones by reason."""
-        self.samples, self.ci = samples, _intervals(samples)
-        kept = len(next(iter(samples.values())))
-        dropped = {reason: int(n) for reason, n in dropped.items() if n}
-        self.extra["bootstrap"] = {"resamples": resamples, "kept": kept, "dropped": dropped}
-
-
-def _intervals(samples: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    lo, hi = 100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2
-    out = {}
-    for k, v in samples.items():
-        v = v[np.isfinite(v)]
-        if len(v):
-            out[k] = (float(np.percentile(v, lo)), float(np.percentile(v, hi)))
-    return out
 
 
 def _check_points(n: int, n_params: int, law: str) -> None:
@@ -353,99 +281,23 @@ def approach1(curves: pd.DataFrame, n_budgets: int = 30) -> Fit:
 
 
 # -- approach 2: IsoFLOP profiles ----------------------------------------------------------------
-def isoflop_groups(runs: pd.DataFrame, tolerance: float = 0.25) -> np.ndarray:
-    """Group label per run: a `flops_budget` column if present, else runs within 25% in compute."""
-    if "flops_budget" in runs.columns:
-        return runs["flops_budget"].to_numpy()
-    order = np.argsort(runs["flops"].to_numpy())
-    labels = np.empty(len(runs))
-    start = None
-    for i in order:
-        f = runs["flops"].iloc[i]
-        if start is None or f > start * (1 + tolerance):
-            start = f
-        labels[i] = start
-    return labels
-
-
-def _parabolas(logN_GxM, loss_GxM, w_RxGxM):
-    """Weighted least-squares quadratics loss = c2 logN^2 + c1 logN + c0, batched: [R, G, 3]."""
-    X = np.stack([logN_GxM**2, logN_GxM, np.ones_like(logN_GxM)], axis=-1)  # [G, M, 3]
-    XtWX = np.einsum("gmi,rgm,gmj->rgij", X, w_RxGxM, X)
-    XtWy = np.einsum("gmi,rgm,gm->rgi", X, w_RxGxM, loss_GxM)
-    with np.errstate(all="ignore"):
-        return np.linalg.solve(XtWX + 1e-12 * np.eye(3), XtWy[..., None])[..., 0]
-
-
-def _vertices(coef_RxGx3, logN_GxM, w_RxGxM) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """log N at each parabola's minimum, and per failure reason a [R, G] mask of where it fails."""
-    with np.errstate(all="ignore"):
-        logN_star = -coef_RxGx3[..., 1] / (2 * coef_RxGx3[..., 0])
-    sampled = w_RxGxM > 0
-    lo = np.where(sampled, logN_GxM, np.inf).min(axis=-1)
-    hi = np.where(sampled, logN_GxM, -np.inf).max(axis=-1)
-    concave = ~(coef_RxGx3[..., 0] > 0)
-    outside = ~concave & ~((logN_star >= lo) & (logN_star <= hi))
-    return logN_star, {"no minimum (concave profile)": concave, "minimum outside the sampled sizes": outside}
-
-
-def _isoflop_profiles(runs: pd.DataFrame) -> tuple[list[pd.DataFrame], list[dict]]:
-    """IsoFLOP groups whose parabola has a minimum inside their sizes, and the excluded ones with a reason."""
-    labels = isoflop_groups(runs)
-    kept, excluded = [], []
-    for label in np.unique(labels):
-        g = runs[labels == label]
-        C, logN = float(g["flops"].median()), np.log(g["params"].to_numpy(float))
-        if len(np.unique(logN)) < 3:
-            excluded.append({"C": C, "reason": f"{len(np.unique(logN))} distinct sizes; a parabola needs 3"})
-            continue
-        w = np.ones((1, 1, len(g)))
-        coef = _parabolas(logN[None], g["loss"].to_numpy(float)[None], w)
-        logN_star, failures = _vertices(coef, logN[None], w)
-        reason = next((r for r, mask in failures.items() if mask[0, 0]), None)
-        if reason is None:
-            kept.append(g)
-        else:
-            at = f" (N={np.exp(logN_star[0, 0]):.3g} vs {np.exp(logN.min()):.3g}-{np.exp(logN.max()):.3g})"
-            excluded.append({"C": C, "reason": reason + (at if "outside" in reason else "")})
-    return kept, excluded
-
-
-def _isoflop_refusal(excluded: list[dict], kept: int) -> AnalysisError:
-    why = "; ".join(f"C={e['C']:.3g}: {e['reason']}" for e in excluded)
-    return AnalysisError(
-        f"approach2: need 2 or more IsoFLOP budgets with a minimum inside 3 or more distinct sizes, found "
-        f"{kept}" + (f" ({why})" if why else "")
-    )
-
-
-def _stratified_weights(groups: list[pd.DataFrame], M: int, resamples: int, seed: int) -> np.ndarray:
-    """Runs resampled within each budget, each group keeping 3 or more distinct sizes: [R, G, M]."""
-    rng = np.random.default_rng(seed)
-    w = np.zeros((resamples, len(groups), M))
-    for gi, g in enumerate(groups):
-        sizes = g["params"].to_numpy(float)
-        w[:, gi, : len(g)] = optimize.bootstrap_weights(len(g), resamples, rng, labels=sizes, min_distinct=3)
-    return w
-
-
 def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
     """For each IsoFLOP budget, a parabola in log N gives N*(C); a power law through the N* values.
 
     A budget is used only where its parabola has a minimum inside the sizes it sampled; a bootstrap
     resample in which any budget's minimum fails that test is dropped and counted.
     """
-    groups, excluded = _isoflop_profiles(runs)
+    groups, excluded = isoflop_profiles(runs)
     if len(groups) < 2:
-        raise _isoflop_refusal(excluded, len(groups))
+        raise isoflop_refusal(excluded, len(groups))
     M = max(len(g) for g in groups)
     pad = lambda v, fill: np.pad(v, (0, M - len(v)), constant_values=fill)  # noqa: E731
     logN = np.stack([pad(np.log(g["params"].to_numpy(float)), 0.0) for g in groups])
     loss = np.stack([pad(g["loss"].to_numpy(float), 0.0) for g in groups])
     mask = np.stack([pad(np.ones(len(g)), 0.0) for g in groups])
     C = np.array([g["flops"].median() for g in groups])
-    coef = _parabolas(logN, loss, mask[None])
-    logN_star, _ = _vertices(coef, logN, mask[None])
+    coef = parabolas(logN, loss, mask[None])
+    logN_star, _ = vertices(coef, logN, mask[None])
     N_star = np.exp(logN_star[0])
     isoflop = [
         {
@@ -458,8 +310,8 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
     ]
     fit = _allocation_fit("approach2", C, N_star, len(runs), {"isoflop": isoflop, "excluded": excluded})
     if bootstrap:
-        w = _stratified_weights(groups, M, bootstrap, seed)
-        logN_b, failures = _vertices(_parabolas(logN, loss, w), logN, w)
+        w = stratified_weights(groups, M, bootstrap, seed)
+        logN_b, failures = vertices(parabolas(logN, loss, w), logN, w)
         dropped, ok = {}, np.ones(bootstrap, bool)
         for reason, fails_RxG in failures.items():
             dropped[reason] = int((ok & fails_RxG.any(axis=1)).sum())
@@ -474,11 +326,6 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
 
 
 # -- the loss-compute frontier -------------------------------------------------------------------
-def best_of_each_budget(runs: pd.DataFrame) -> pd.DataFrame:
-    """The lowest-loss run of each compute budget (IsoFLOP group)."""
-    return runs.loc[runs.groupby(isoflop_groups(runs))["loss"].idxmin()]
-
-
 def frontier(runs: pd.DataFrame) -> pd.DataFrame:
     """The best run of each compute budget (IsoFLOP group), kept where it beats all cheaper budgets' best."""
     best = best_of_each_budget(runs).sort_values("flops")
@@ -495,17 +342,6 @@ def fit_frontier(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
 
 
 # -- extrapolation -------------------------------------------------------------------------------
-def _held_out_budgets(runs: pd.DataFrame, holdout_frac: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Whole compute budgets (IsoFLOP groups), largest first, until holdout_frac of the runs are held out."""
-    labels = pd.Series(isoflop_groups(runs), index=runs.index)
-    budget_C = runs.groupby(labels)["flops"].median().sort_values(ascending=False)
-    sizes = labels.value_counts()[budget_C.index].cumsum()
-    n_hold = max(1, int(round(holdout_frac * len(runs))))
-    held_budgets = budget_C.index[: int(np.searchsorted(sizes.to_numpy(), n_hold)) + 1]
-    held = labels.isin(held_budgets)
-    return runs[~held], runs[held]
-
-
 def extrapolation_check(runs: pd.DataFrame, holdout_frac: float = 0.2) -> pd.DataFrame:
     """Fit on the smaller compute budgets; predict the larger, held-out ones.
 
@@ -515,7 +351,7 @@ def extrapolation_check(runs: pd.DataFrame, holdout_frac: float = 0.2) -> pd.Dat
     """
     if not 0 < holdout_frac < 1:
         raise AnalysisError(f"holdout fraction {holdout_frac}: must be in (0, 1)")
-    train, held = _held_out_budgets(runs, holdout_frac)
+    train, held = held_out_budgets(runs, holdout_frac)
     if train.empty:
         raise AnalysisError("extrapolation: every run is in the held-out budgets; none left to fit")
     threshold = float(train["flops"].max())
@@ -545,18 +381,7 @@ def extrapolation_check(runs: pd.DataFrame, holdout_frac: float = 0.2) -> pd.Dat
     return table
 
 
-def fit_summary_row(fit: Fit) -> dict:
-    """A flat dict of estimates and interval bounds, for tables."""
-    out = {"law": fit.law, "n_points": fit.n_points, "objective": fit.objective}
-    for k, v in fit.params.items():
-        out[k] = v
-        if k in fit.ci:
-            out[f"{k}_lo"], out[f"{k}_hi"] = fit.ci[k]
-    return out
-
-
 __all__ = [
-    "Fit", "fit_power", "fit_chinchilla", "approach1", "approach2", "compute_optimal", "frontier",
-    "fit_frontier", "extrapolation_check", "hoffmann_grid", "isoflop_groups", "fit_summary_row",
-    "compute_budgets",
+    "fit_power", "fit_chinchilla", "approach1", "approach2", "compute_optimal", "compute_budgets",
+    "frontier", "fit_frontier", "extrapolation_check",
 ]  # fmt: skip

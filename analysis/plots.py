@@ -19,7 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analysis.emergence import emergence_curves, metric_kind, metric_order
-from analysis.fit import Fit, compute_optimal, frontier, isoflop_groups
+from analysis.fit import compute_optimal, frontier
+from analysis.isoflop import isoflop_groups
+from analysis.laws import Fit
 from analysis.load import AnalysisError, six_nd, tokens_from_compute
 from analysis.sweep import Sweep, analyse
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.atomic import write_atomic
-from analysis.fit import Fit, compute_budgets, compute_optimal, extrapolation_check
+from analysis.fit import compute_budgets, compute_optimal, extrapolation_check
+from analysis.laws import Fit
 from analysis.load import SIX_ND, AnalysisError
 from analysis.plots import plot_sweep
 from analysis.sweep import Sweep, analyse

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.emergence import emergence_midpoints
-from analysis.fit import Fit, approach1, approach2, fit_chinchilla, fit_frontier
+from analysis.fit import approach1, approach2, fit_chinchilla, fit_frontier
+from analysis.laws import Fit
 from analysis.load import (
     AnalysisError,
     Results,

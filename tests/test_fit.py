@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis import fit as fits
-from analysis import optimize
+from analysis import laws, optimize
 from analysis.bench import numpy_objective, reference_points
 from analysis.cli import main
 from analysis.load import AnalysisError, load_results
@@ -213,7 +213,7 @@ def test_bootstrap_resamples_that_stall_are_polished_to_convergence(monkeypatch)
     w = optimize.bootstrap_weights(len(pts), 8, 0)
     p = fit.samples
     theta = np.stack([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]], axis=1)
-    objective = jax.grad(optimize.objective(fits.chinchilla_log_pred, 1e-3))
+    objective = jax.grad(optimize.objective(laws.chinchilla_log_pred, 1e-3))
     with jax.enable_x64(True):
         data = [jnp.asarray(a, jnp.float64) for a in (np.log(pts[["params", "tokens"]]), np.log(pts["loss"]))]
         grads = [

@@ -1,0 +1,112 @@
+"""The laws in log space, their L-BFGS starting grids, and `Fit`, the result of fitting one.
+
+Each law is written as log L_hat(theta, log x), the form the Huber objective of Hoffmann et al. 2022
+(eq. 3) compares with log L; `analysis.fit` fits them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+
+from analysis.load import AnalysisError
+
+CI_LEVEL = 0.95
+
+
+# -- the laws, in log space ------------------------------------------------------------------------
+def chinchilla_log_pred(theta, logx_NxK):
+    """log L(N, D) = LSE(a - alpha log N, b - beta log D, e); A = e^a, B = e^b, E = e^e (eq. 2)."""
+    a, b, e, alpha, beta = theta[0], theta[1], theta[2], theta[3], theta[4]
+    logN, logD = logx_NxK[:, 0], logx_NxK[:, 1]
+    return jnp.logaddexp(jnp.logaddexp(a - alpha * logN, b - beta * logD), e)
+
+
+def power_log_pred(theta, logx_NxK):
+    """log L(x) = LSE(a - alpha log x, e): L = E + A x^-alpha."""
+    return jnp.logaddexp(theta[0] - theta[2] * logx_NxK[:, 0], theta[1])
+
+
+def power_no_offset_log_pred(theta, logx_NxK):
+    """log L(x) = a - alpha log x: L = A x^-alpha."""
+    return theta[0] - theta[1] * logx_NxK[:, 0]
+
+
+def hoffmann_grid() -> np.ndarray:
+    """Hoffmann et al.'s 4500 starts: alpha, beta in 0..2 by 0.5, e in -1..1 by 0.5, a, b in 0..25 by 5."""
+    ab, e, ex = np.arange(0, 26, 5.0), np.arange(-1, 1.01, 0.5), np.arange(0, 2.01, 0.5)
+    return np.array([(a, b, e_, al, be) for al, be, e_, a, b in itertools.product(ex, ex, e, ab, ab)])
+
+
+def power_grid(offset: bool) -> np.ndarray:
+    """Starts in centred units: a is log of the reducible loss A x^-alpha at the data's mid-scale."""
+    a = np.arange(-5, 3.1, 1.0)
+    alpha = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0])
+    if not offset:
+        return np.array(list(itertools.product(a, alpha)))
+    e = np.arange(-1, 1.01, 0.5)
+    return np.array(list(itertools.product(a, e, alpha)))
+
+
+# -- results -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Fit:
+    law: str  # power | chinchilla | approach1 | approach2
+    params: dict[str, float]
+    objective: float
+    n_points: int
+    ci: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    samples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    x: str | None = None  # power law: the scale variable
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def predict(self, x=None, N=None, D=None, params: dict | None = None) -> np.ndarray:
+        p = self.params if params is None else params
+        # A failed fit's NaN parameters (or a bootstrap sample's) predict NaN, without a warning.
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.law == "power":
+                return p.get("E", 0.0) + p["A"] * np.asarray(x, float) ** -p["alpha"]
+            if self.law == "chinchilla":
+                N, D = np.asarray(N, float), np.asarray(D, float)
+                return p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]
+        raise AnalysisError(f"law '{self.law}' predicts allocations, not losses")
+
+    def to_json(self) -> dict:
+        out = {k: float(v) for k, v in self.params.items()}
+        out |= {"law": self.law, "objective": self.objective, "n_points": self.n_points}
+        if self.x:
+            out["x"] = self.x
+        out["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
+        if "bootstrap" in self.extra:
+            out["bootstrap"] = self.extra["bootstrap"]
+        return out
+
+    def set_bootstrap(self, samples: dict[str, np.ndarray], resamples: int, dropped: dict[str, int]) -> None:
+        """Keep the resamples that gave a valid fit; count the dropped ones by reason."""
+        self.samples, self.ci = samples, _intervals(samples)
+        kept = len(next(iter(samples.values())))
+        dropped = {reason: int(n) for reason, n in dropped.items() if n}
+        self.extra["bootstrap"] = {"resamples": resamples, "kept": kept, "dropped": dropped}
+
+
+def _intervals(samples: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    lo, hi = 100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2
+    out = {}
+    for k, v in samples.items():
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[k] = (float(np.percentile(v, lo)), float(np.percentile(v, hi)))
+    return out
+
+
+def fit_summary_row(fit: Fit) -> dict:
+    """A flat dict of estimates and interval bounds, for tables."""
+    out = {"law": fit.law, "n_points": fit.n_points, "objective": fit.objective}
+    for k, v in fit.params.items():
+        out[k] = v
+        if k in fit.ci:
+            out[f"{k}_lo"], out[f"{k}_hi"] = fit.ci[k]
+    return out
