@@ -44,7 +44,7 @@ def bench_training(name: str, shape: dict, steps: int) -> dict:
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     tokens = BATCH * SEQ_LEN
-    flops_step = tokens * flops.train_flops_per_token(cfg.model)
+    flops_step = flops.step_flops(cfg)
     peak_flops, _ = peak.peak_flops()
     counts = flops.param_counts(cfg.model)
     return {

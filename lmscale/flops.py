@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts: the one home for N, 6ND and the detailed count.
+"""Parameter and FLOP counts: the one home for N, 6ND, the detailed count and FLOPs per train step.
 
 The detailed count follows Hoffmann et al. 2022 (Chinchilla), Appendix F: every matmul is 2 FLOPs per
 multiply-add, softmax is 3 FLOPs per logit, embeddings count as a matmul with the one-hot input, and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lmscale.config import ModelConfig
+from lmscale.config import Config, ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,12 @@ def forward_flops_terms(m: ModelConfig, causal_half: bool = False) -> dict[str, 
 def train_flops_per_token(m: ModelConfig, causal_half: bool = False) -> float:
     """Detailed training FLOPs per token: forward plus a backward pass of twice the cost."""
     return 3.0 * sum(forward_flops_terms(m, causal_half).values()) / m.seq_len
+
+
+def step_flops(cfg: Config) -> float:
+    """Detailed FLOPs of one train step: batch x seq_len tokens, causal attention as `cfg` counts it."""
+    tokens = cfg.train.batch_size * cfg.model.seq_len
+    return tokens * train_flops_per_token(cfg.model, cfg.train.flops_causal_half)
 
 
 def flops_6nd(m: ModelConfig, tokens: float) -> float:

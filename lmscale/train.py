@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import platform
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import orbax.checkpoint
 from tqdm.auto import tqdm
 
 import lmscale
-from lmscale import flops, peak, runlog, sharding
+from lmscale import flops, peak, results, runlog, sharding
 from lmscale.checkpoint import Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
 from lmscale.data.pipeline import Pipeline, prepare, process_rows
@@ -29,17 +27,45 @@ from lmscale.step_fns import StepFns, build
 
 
 @dataclasses.dataclass
-class Hook:
-    """Runs `fn(step)` every `every` steps and at the last step (Levanter-style `add_hook`)."""
+class LoopState:
+    """What a run carries from one process to the next: a checkpoint's extra record holds it (`to_extra`,
+    these keys), a resume restores it (`from_extra`), and the summary reports it."""
 
-    fn: Callable[[int], None]
-    every: int
+    t_start: float  # this process's clock when it began the run: wall time counts from here
+    data: dict | None = None  # the training source's position, as of the last checkpoint
+    wall_before_s: float = 0.0  # wall time of the run's earlier processes
+    train_time_s: float = 0.0  # time in train steps, of every process: not compiles, evaluations or saves
+    last_loss: float = math.nan
+    last_val_loss: float = math.nan
 
-    def due(self, step: int, last: int) -> bool:
-        return step % self.every == 0 or step == last
+    @property
+    def wall_time_s(self) -> float:
+        """Wall time of the run so far, over every process."""
+        return self.wall_before_s + time.perf_counter() - self.t_start
+
+    def to_extra(self) -> dict:
+        return {
+            "data": self.data,
+            "wall_time_s": self.wall_time_s,
+            "train_time_s": self.train_time_s,
+            "last_loss": self.last_loss,
+            "last_val_loss": self.last_val_loss,
+        }
+
+    @classmethod
+    def from_extra(cls, extra: dict, t_start: float) -> LoopState:
+        return cls(
+            t_start,
+            extra["data"],
+            extra.get("wall_time_s", 0.0),
+            extra.get("train_time_s", 0.0),
+            extra.get("last_loss", math.nan),
+            extra.get("last_val_loss", math.nan),
+        )
 
 
-def run_metadata(cfg: Config, pipe: Pipeline) -> dict:
+def environment() -> dict:
+    """The library versions and devices of this process: the part of a run's metadata that asks JAX."""
     devices = jax.devices()
     return {
         "versions": {
@@ -56,28 +82,6 @@ def run_metadata(cfg: Config, pipe: Pipeline) -> dict:
             "count": len(devices),
             "processes": jax.process_count(),
         },
-        "steps": cfg.steps,
-        "tokens_per_step": cfg.train.batch_size * cfg.model.seq_len,
-        "data": pipe.metadata(),
-    }
-
-
-def run_shape(cfg: Config) -> dict:
-    """The summary fields fixed by the config: parameter counts, shape and the training settings."""
-    m, counts = cfg.model, flops.param_counts(cfg.model)
-    return {
-        "params": counts.total,
-        "params_nonembedding": counts.nonembedding,
-        "params_embedding": counts.embedding,
-        "n_layers": m.n_layers,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "d_ff": m.ff_dim,
-        "vocab_size": m.vocab_size,
-        "seq_len": m.seq_len,
-        "batch_size": cfg.train.batch_size,
-        "lr": cfg.train.lr,
-        "seed": cfg.train.seed,
     }
 
 
@@ -132,13 +136,11 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     """Train `cfg` into run directory `out`, resuming from its latest checkpoint. Returns the summary."""
     out = Path(out)
     primary = jax.process_index() == 0
-    summary_path = out / "summary.json"
     if (out / "config.yaml").exists():
         _check_same_config(out / "config.yaml", cfg)
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            if summary.get("status") == "completed":
-                return summary
+        summary = results.read_summary(out) or {}
+        if summary.get("status") == "completed":
+            return summary
     # Bad data fails here, before the run directory exists.
     pipe = prepare(cfg, out / "tokenizer.json", progress=progress and primary)
     if jax.process_count() > 1:  # each host builds its own cache: they must agree, or batches are nonsense
@@ -148,7 +150,8 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
         multihost_utils.assert_equal(digest, "lmscale: hosts built different data pipelines")
     out.mkdir(parents=True, exist_ok=True)
     if primary:
-        runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": run_metadata(cfg, pipe)})
+        meta = results.run_metadata(cfg, environment(), pipe.metadata())
+        runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": meta})
         if not (out / "tokenizer.json").exists():
             runlog.write_atomic(out / "tokenizer.json", pipe.tokenizer.hf.to_str(pretty=True))
 
@@ -158,63 +161,73 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     # The batch rows this host's pipeline reads must be the ones its devices hold
     rows = process_rows(cfg.train.batch_size, jax.process_index(), jax.process_count())
     sharding.check_process_rows(steps.batch_sharding, cfg.train.batch_size, rows)
-    loop = _Loop(cfg, out, steps, pipe, primary, progress)
+    loop = _Loop(cfg, out, steps, pipe, primary, progress, t_start)
     try:
         with StopRequested(sync_every=cfg.train.log_every) as stop:
-            summary = loop.run(stop, t_start)
+            summary = loop.run(stop)
     finally:
         loop.close()
     return summary
 
 
 class _Loop:
-    def __init__(self, cfg: Config, out: Path, steps: StepFns, pipe: Pipeline, primary: bool, progress: bool):
-        self.cfg, self.out, self.steps, self.primary = cfg, out, steps, primary
+    def __init__(
+        self,
+        cfg: Config,
+        out: Path,
+        steps: StepFns,
+        pipe: Pipeline,
+        primary: bool,
+        progress: bool,
+        t_start: float,
+    ):
+        self.cfg, self.out, self.steps, self.pipe, self.primary = cfg, out, steps, pipe, primary
         self.total = cfg.steps
         self.tokens_per_step = cfg.train.batch_size * cfg.model.seq_len
-        self.flops_per_step = self.tokens_per_step * flops.train_flops_per_token(
-            cfg.model, cfg.train.flops_causal_half
-        )
+        self.flops_per_step = flops.step_flops(cfg)
         self.peak, self.peak_source = peak.peak_flops()
         c = cfg.checkpoint
         self.ckpt = Checkpointer(out / "checkpoints", c.keep, c.async_save, c.keep_period)
         pi, pc = jax.process_index(), jax.process_count()
-        self.pipe = pipe
         self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)
         val = pipe.source("val", cfg.train.batch_size, cfg.train.seed, pi, pc)
         self.val_batches = [steps.put_batch(next(val)) for _ in range(cfg.train.eval_batches)]
         self.progress = progress
-        self.log, self.bar, self.compile_s, self.done = None, None, None, 0
+        # Set by run(): the restored (or fresh) train state and loop state, the log and the bar.
+        self.state: Any = None
+        self.so_far = LoopState(t_start)
+        self.log: runlog.MetricsLog | None = None
+        self.bar: tqdm | None = None
+        self.compile_s: float | None = None
+        self.done = 0  # the last step whose metrics are in
+        self.diverged = False
+        # Step time: since the last step's metrics arrived, summed over the steps of the logged window.
+        self.t_last, self.window_s, self.window_steps = t_start, 0.0, 0
 
     # -- state ---------------------------------------------------------------------------------
-    def _start(self) -> tuple[Any, int, dict]:
+    def _start(self) -> tuple[Any, int, LoopState]:
         step = self.ckpt.latest_step()
         if step is None:
-            return self.steps.init(self.cfg.train.seed), 0, {}
+            return self.steps.init(self.cfg.train.seed), 0, self.so_far
         state, extra = self.ckpt.restore(step, self.steps.abstract_state)
-        self.source.restore(extra["data"])
-        return state, step, extra
+        so_far = LoopState.from_extra(extra, self.so_far.t_start)
+        self.source.restore(so_far.data)
+        return state, step, so_far
 
     def _save(self, step: int) -> None:
-        extra = {
-            "data": self.source.state(),
-            "wall_time_s": self.wall_before + time.perf_counter() - self.t_start,
-            "train_time_s": self.train_time_s,
-            "last_loss": self.last_loss,
-            "last_val_loss": self.last_val_loss,
-        }
-        self.ckpt.save(step, self.state, extra)
+        self.so_far.data = self.source.state()
+        self.ckpt.save(step, self.state, self.so_far.to_extra())
 
-    # -- hooks ---------------------------------------------------------------------------------
+    # -- at a step -----------------------------------------------------------------------------
     def _record(self, step: int, metrics: dict) -> None:
         """Metrics of a finished step: divergence check, progress bar, and a row when due."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
         now = time.perf_counter()
         seconds, self.t_last = now - self.t_last, now
-        self.train_time_s += seconds
+        self.so_far.train_time_s += seconds
         self.window_s += seconds
         self.window_steps += 1
-        self.last_loss = m["loss"]
+        self.so_far.last_loss = m["loss"]
         self.done = step
         if not math.isfinite(m["loss"]):
             self.diverged = True
@@ -245,38 +258,30 @@ class _Loop:
         if not self.val_batches:
             return
         losses = [self.steps.eval_loss(self.state.params, b) for b in self.val_batches]
-        self.last_val_loss = float(np.mean(jax.device_get(losses)))
+        self.so_far.last_val_loss = float(np.mean(jax.device_get(losses)))
         row = {
             "step": step,
             "tokens": step * self.tokens_per_step,
             "flops": step * self.flops_per_step,
-            "loss": self.last_val_loss,
+            "loss": self.so_far.last_val_loss,
             "split": "val",
         }
         if self.primary:
             self.log.write(row)
 
+    def _due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.total
+
     # -- loop ----------------------------------------------------------------------------------
-    def run(self, stop: StopRequested, t_start: float) -> dict:
-        self.t_start = t_start
-        self.state, start, extra = self._start()
+    def run(self, stop: StopRequested) -> dict:
+        self.state, start, self.so_far = self._start()
         self.done = start
-        self.wall_before = extra.get("wall_time_s", 0.0)
-        self.train_time_s = extra.get("train_time_s", 0.0)
-        self.last_loss = extra.get("last_loss", float("nan"))
-        self.last_val_loss = extra.get("last_val_loss", float("nan"))
-        self.window_s, self.window_steps, self.diverged = 0.0, 0, False
         if self.primary:
             self.log = runlog.MetricsLog(self.out / "metrics.jsonl", start)
             self._write_summary("running")
         t0 = time.perf_counter()
         compiled = self.steps.compile_train_step()
         self.compile_s = time.perf_counter() - t0
-        # Hooks run at a synchronised step, after its metrics are in; the loop itself stays short.
-        hooks = [
-            Hook(self._evaluate, self.cfg.train.eval_every),
-            Hook(self._save, self.cfg.checkpoint.every_steps),
-        ]
         self.bar = (
             tqdm(total=self.total, initial=start, unit="step", desc=self.out.name, file=sys.stderr)
             if self.progress and self.primary
@@ -290,20 +295,22 @@ class _Loop:
             if pending is not None:  # fetch the previous step's metrics while this one computes
                 self._record(*pending)
             pending = (step, metrics)
-            due = [hook for hook in hooks if hook.due(step, self.total)]
+            # Evaluation and checkpoint run at a synchronised step, after its metrics are in.
+            evaluate = self._due(step, self.cfg.train.eval_every)
+            save = self._due(step, self.cfg.checkpoint.every_steps)
             stopping = stop.now(step)
-            if not (due or stopping or self.diverged):
+            if not (evaluate or save or stopping or self.diverged):
                 continue
             self._record(*pending)
             pending = None
             if self.diverged:
                 status = "diverged"  # the diverged state is never checkpointed
                 break
-            for hook in due:
-                hook.fn(step)
+            if evaluate:
+                self._evaluate(step)
+            if save or stopping:
+                self._save(step)
             if stopping:
-                if self._save not in [hook.fn for hook in due]:
-                    self._save(step)
                 status = "running"  # preempted: the same command resumes from this step
                 break
             self.t_last = time.perf_counter()  # eval and checkpoint time is not step time
@@ -311,34 +318,21 @@ class _Loop:
         return self._write_summary(status)
 
     def _write_summary(self, status: str) -> dict:
-        cfg, m = self.cfg, self.cfg.model
-        done = self.done
-        tokens = done * self.tokens_per_step
-        summary = {
-            "status": status,
-            **run_shape(cfg),
-            "steps": done,
-            "tokens": tokens,
-            "flops": done * self.flops_per_step,
-            "flops_6nd": flops.flops_6nd(m, tokens),
-            "flops_causal_half": cfg.train.flops_causal_half,
-            "final_loss": self.last_loss,
-            "final_val_loss": self.last_val_loss,
-            "wall_time_s": self.wall_before + time.perf_counter() - self.t_start,
-            "train_time_s": self.train_time_s,
-            "compile_time_s": self.compile_s,
-            "tokens_per_s": tokens / self.train_time_s if self.train_time_s else None,
-            "mfu": (done * self.flops_per_step / self.train_time_s / self.peak)
-            if self.train_time_s and self.peak
-            else None,
-            "peak_flops": self.peak,
-            "peak_source": self.peak_source,
-            "data_entropy_rate": self.pipe.entropy_rate,
-            "data_epochs": self.source.epochs,
-            "data_fingerprint": self.pipe.fingerprint,
-            "fewshot": {},
-        }
-        summary = runlog.finite_or_none(summary)
+        summary = results.run_summary(
+            self.cfg,
+            status,
+            self.done,
+            final_loss=self.so_far.last_loss,
+            final_val_loss=self.so_far.last_val_loss,
+            wall_time_s=self.so_far.wall_time_s,
+            train_time_s=self.so_far.train_time_s,
+            compile_time_s=self.compile_s,
+            peak_flops=self.peak,
+            peak_source=self.peak_source,
+            data_entropy_rate=self.pipe.entropy_rate,
+            data_epochs=self.source.epochs,
+            data_fingerprint=self.pipe.fingerprint,
+        )
         if self.primary:
             runlog.write_json(self.out / "summary.json", summary)
         return summary
@@ -346,5 +340,5 @@ class _Loop:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
-        if getattr(self, "bar", None) is not None:
+        if self.bar is not None:
             self.bar.close()

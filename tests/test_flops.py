@@ -70,3 +70,13 @@ def test_detailed_count_approaches_6nd_when_attention_is_small():
     m = m.model
     ratio = flops.train_flops_per_token(m) / (6 * flops.param_counts(m).total)
     assert 0.98 < ratio < 1.05
+
+
+def test_a_train_step_costs_its_tokens_times_the_flops_per_token_as_the_config_counts_them():
+    spec = {"model": {"seq_len": 256}, "train": {"batch_size": 4, "tokens": 10**6}}
+    for causal_half in (False, True):
+        cfg = config.from_dict(spec | {"train": spec["train"] | {"flops_causal_half": causal_half}})
+        per_token = flops.train_flops_per_token(cfg.model, causal_half)
+        assert flops.step_flops(cfg) == 4 * 256 * per_token
+    half = config.from_dict(spec | {"train": spec["train"] | {"flops_causal_half": True}})
+    assert flops.step_flops(half) < flops.step_flops(config.from_dict(spec))

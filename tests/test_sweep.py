@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from lmscale import runlog
+from lmscale.results import FEWSHOT_COLUMNS, TRAINING_COLUMNS
 from lmscale.sweep import grid, runner
 from tests.conftest import lmscale_env, run_cli
 
@@ -77,7 +78,7 @@ def test_sweep_writes_every_run_and_both_tables(straight):
         results
     )
     fewshot = pd.read_csv(sweep_dir / "fewshot.csv")
-    assert list(fewshot.columns) == runner.FEWSHOT_COLUMNS
+    assert list(fewshot.columns) == FEWSHOT_COLUMNS
     exact = fewshot[fewshot["metric"] == "exact_match"]
     assert sorted(zip(exact["run_id"], exact["task"], exact["shots"], strict=True)) == sorted(
         (r, t, k) for r in RUN_IDS for t in ("add2", "reverse") for k in (0, 1)
@@ -448,7 +449,7 @@ def test_runs_evaluated_at_several_checkpoints_fill_fewshot_training_csv(tmp_pat
         runlog.write_json(run / "summary.json", summary)
     runner.write_tables(sweep_dir)
     training = pd.read_csv(sweep_dir / "fewshot_training.csv")
-    assert list(training.columns) == runner.TRAINING_COLUMNS
+    assert list(training.columns) == TRAINING_COLUMNS
     em = training[training["metric"] == "exact_match"]
     assert set(em["run_id"]) == {"small"}  # one evaluated step is no curve
     assert em[["step", "tokens", "flops", "value"]].values.tolist() == [

@@ -17,6 +17,7 @@ import yaml
 from lmscale import checkpoint
 from lmscale.data.synthetic import SyntheticSource
 from lmscale.data.tokenizer import Tokenizer
+from lmscale.train import LoopState
 from tests.conftest import TINY, lmscale_env, run_cli
 
 SUMMARY_KEYS = {
@@ -202,3 +203,16 @@ def test_nan_loss_stops_the_run_as_diverged(tmp_path):
     assert summary["status"] == "diverged"
     assert summary["steps"] < STEPS
     assert _rows(out)[-1]["loss"] is None  # NaN is written as null, keeping the file valid JSON
+
+
+def test_the_loop_state_round_trips_through_a_checkpoints_extra_record():
+    # The keys every checkpoint's extra record has held, so older checkpoints still resume.
+    extra = {"data": {"position": 7}, "wall_time_s": 5.0, "train_time_s": 3.0, "last_loss": 2.5}
+    extra |= {"last_val_loss": 2.75}
+    t_start = time.perf_counter()
+    again = LoopState.from_extra(extra, t_start).to_extra()
+    assert list(again) == list(extra)
+    assert all(again[k] == extra[k] for k in extra if k != "wall_time_s")
+    assert 5.0 <= again["wall_time_s"] <= 5.0 + time.perf_counter() - t_start
+    fresh = LoopState(t_start)
+    assert fresh.wall_before_s == fresh.train_time_s == 0.0 and math.isnan(fresh.last_loss)

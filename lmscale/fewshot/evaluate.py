@@ -11,7 +11,6 @@ means with standard errors to `summary.json`'s `fewshot`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmscale import runlog
+from lmscale import results
 from lmscale.config import ConfigError
 from lmscale.fewshot import tasks
 from lmscale.fewshot.decode import Decoder
@@ -136,10 +135,10 @@ def evaluate(decoder: Decoder, tok, requests: Sequence[Request]) -> list[dict]:
     # A generation longer than the answer and its newline cannot match, so it stops there.
     limits = [len(r.continuation) + 1 for r in requests]
     pairs = [(r.context, r.continuation) for r in requests]
-    results = decoder.score_and_generate(pairs, max(limits), stop_ids(tok), limits)
+    scored = decoder.score_and_generate(pairs, max(limits), stop_ids(tok), limits)
     choices = {name: _choice_ids(tok, name) for name in {r.task for r in requests}}
     rows = []
-    for r, (score, generated) in zip(requests, results, strict=True):
+    for r, (score, generated) in zip(requests, scored, strict=True):
         text = tok.decode(generated).split(tasks.SEP)[0].split("<|endoftext|>")[0]
         lp = float(score.logprobs.sum())
         row = {
@@ -182,42 +181,6 @@ def aggregate(rows: Sequence[dict]) -> dict:
                 metrics[metric] = {"value": float(values.mean()), "stderr": stderr, "n": len(values)}
         out.setdefault(task, {})[str(shots)] = metrics
     return out
-
-
-def merge(fewshot: dict | None, new: dict) -> dict:
-    """{task: {shots: metrics}} with `new`'s (task, shots) entries replacing or adding to `fewshot`'s."""
-    out = dict(fewshot or {})
-    for task, by_shots in new.items():
-        out[task] = {**out.get(task, {}), **by_shots}
-    return out
-
-
-def with_step(by_step: dict, step: int, new: dict) -> dict:
-    """`fewshot_steps` ({step: fewshot}, keys as strings) with `new` merged in at `step`, steps in order."""
-    out = {**by_step, str(step): merge(by_step.get(str(step)), new)}
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
-
-
-def write_results(run_dir: Path, rows: Sequence[dict], step: int | None = None, final: bool = True) -> None:
-    """Merge into `fewshot.jsonl`, replacing only the (task, shots, step) evaluated, and their means
-    into summary.json: the final checkpoint's under `fewshot`, an earlier one's under
-    `fewshot_steps[step]`.
-
-    Both files are rewritten atomically (rows first); every other key of summary.json is kept as it was.
-    """
-    run_dir = Path(run_dir)
-    new = [r | {"step": step} for r in rows]
-    done = {(r["task"], r["shots"], r["step"]) for r in new}
-    old = runlog.read_jsonl(run_dir / "fewshot.jsonl")
-    kept = [r for r in old if (r["task"], r["shots"], r.get("step")) not in done]
-    runlog.write_atomic(run_dir / "fewshot.jsonl", "".join(json.dumps(r) + "\n" for r in kept + new))
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if final:
-        summary["fewshot"] = merge(summary.get("fewshot"), aggregate(rows))
-    else:
-        summary["fewshot_steps"] = with_step(summary.get("fewshot_steps") or {}, step, aggregate(rows))
-    runlog.write_json(summary_path, summary)
 
 
 @dataclasses.dataclass
@@ -352,9 +315,9 @@ def evaluate_run(
     result = {}
     for step, decoder in restore_decoder(run, chosen, batch_size):
         rows = evaluate(decoder, run.tokenizer, requests)
-        if jax.process_index() == 0:  # every host runs the model; one writes the results
-            write_results(run.path, rows, step, final=step == retained[-1])
         result[step] = aggregate(rows)
+        if jax.process_index() == 0:  # every host runs the model; one writes the results
+            results.write_fewshot(run.path, rows, result[step], step, final=step == retained[-1])
     return result if per_step else result[chosen[-1]]
 
 
@@ -379,7 +342,7 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
             if not names:
                 return summary
             fewshot = evaluate_run(run_dir, names, spec.shots, spec.examples, batch_size=spec.batch_size)
-            summary["fewshot"] = merge(summary.get("fewshot"), fewshot)
+            summary["fewshot"] = results.merge(summary.get("fewshot"), fewshot)
         else:  # every kept checkpoint, grouped by what each lacks: one restore loop (one compile) a group
             by_step = dict(summary.get("fewshot_steps") or {})
             *earlier, final = checkpoint_steps(open_run(run_dir))
@@ -396,9 +359,9 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
                     per_step=True,
                 ).items():  # fmt: skip
                     if step == final:
-                        summary["fewshot"] = merge(summary.get("fewshot"), fewshot)
+                        summary["fewshot"] = results.merge(summary.get("fewshot"), fewshot)
                     else:
-                        by_step = with_step(by_step, step, fewshot)
+                        by_step = results.with_step(by_step, step, fewshot)
             summary["fewshot_steps"] = by_step
         # the sweep's evaluation of this run, over every process that added to it
         summary["eval_time_s"] = summary.get("eval_time_s", 0.0) + time.perf_counter() - t0

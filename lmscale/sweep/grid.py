@@ -43,8 +43,7 @@ class Cell:
     @property
     def flops(self) -> float:
         """Detailed training FLOPs of the whole run (what the trainer logs)."""
-        tokens = self.cfg.steps * self.cfg.train.batch_size * self.cfg.model.seq_len
-        return tokens * flops.train_flops_per_token(self.cfg.model, self.cfg.train.flops_causal_half)
+        return self.cfg.steps * flops.step_flops(self.cfg)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from lmscale.config import Config
 from lmscale.data.pipeline import make_source, prepare
 from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
+from lmscale.flops import step_flops
 from lmscale.step_fns import StepFns, build
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
@@ -185,10 +186,6 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
 def _label(cfg: Config) -> str:
     m = cfg.model
     return f"L{m.n_layers}-D{m.d_model}-H{m.n_heads} (batch {cfg.train.batch_size})"
-
-
-def step_flops(cfg: Config) -> float:
-    return cfg.train.batch_size * cfg.model.seq_len * flops.train_flops_per_token(cfg.model)
 
 
 def calibrate(

@@ -22,21 +22,16 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lmscale import runlog
+from lmscale import results, runlog
 from lmscale.config import ConfigError
 from lmscale.sweep.grid import Cell, Sweep
-from lmscale.train import run_shape
 
 LOCK = ".lock"  # per run: held while a process trains it
 TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
-CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
 ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run: pid, host, worker, time
 # run_sweep's status of a completed run whose evaluation failed; its summary.json stays `completed`
 # (its loss counts in every fit) with the failure under `error`, and a rerun evaluates it again.
 EVAL_FAILED = "evaluation failed"
-FEWSHOT_COLUMNS = ["run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n"]
-# Accuracy over training: every checkpoint step a run evaluated, with the tokens and FLOPs seen by then.
-TRAINING_COLUMNS = ["run_id", "params", "step", "flops", "tokens", *FEWSHOT_COLUMNS[4:]]
 
 # Work on a run after its training completes, e.g. few-shot evaluation. A hook takes the cell, its run
 # directory and its summary and returns the summary to keep; it runs at every visit to a completed cell
@@ -71,89 +66,10 @@ def flocked(path: Path, block: bool) -> Iterator[bool]:
         os.close(fd)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _failed_summary(cell: Cell, run_dir: Path, error: str) -> dict:
-    """The run's last summary (or its planned shape if it never wrote one), marked failed."""
-    summary = _read_json(run_dir / "summary.json")
-    if summary is None:
-        summary = {
-            **run_shape(cell.cfg),
-            "steps": 0,
-            "tokens": 0,
-            "flops": 0,
-            "fewshot": {},
-        }
-    return summary | {"status": "failed", "error": error}
-
-
-# -- tables -----------------------------------------------------------------------------------
-
-
-def _long(head: dict, fewshot: dict) -> Iterator[dict]:
-    """{task: {shots: {metric: {value, stderr, n}}}} as long-format rows, each starting with `head`."""
-    for task, by_shots in fewshot.items():
-        for shots, metrics in by_shots.items():
-            for metric, v in metrics.items():
-                yield (
-                    head
-                    | {"task": task, "shots": int(shots), "metric": metric}
-                    | {k: v.get(k) for k in ("value", "stderr", "n")}
-                )
-
-
-def _over_training(run_id: str, summary: dict, fewshot: dict) -> Iterator[dict]:
-    """A run's few-shot aggregates at each checkpoint it evaluated (its summary's `fewshot_steps`, then
-    the final `fewshot`), when it evaluated any before the last."""
-    steps = summary.get("steps") or 0
-    by_step = {int(s): f for s, f in (summary.get("fewshot_steps") or {}).items()}
-    if not by_step or not steps:
-        return
-    for step, table in sorted((by_step | {steps: fewshot}).items()):
-        seen = step / steps  # share of the run's tokens and FLOPs trained on by this checkpoint
-        head = {"run_id": run_id, "params": summary.get("params"), "step": step}
-        head |= {k: round((summary.get(k) or 0) * seen) for k in ("flops", "tokens")}
-        yield from _long(head, table)
-
-
-def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """results.csv, fewshot.csv and fewshot_training.csv (the runs evaluated at earlier checkpoints
-    too), built from every run directory's summary.json."""
-    results, fewshot, training = [], [], []
-    for path in sorted(Path(sweep_dir).glob("*/summary.json")):
-        summary = _read_json(path)
-        if summary is None:
-            continue
-        run_id = path.parent.name
-        coords = (_read_json(path.parent / CELL) or {}).get("coords", {})
-        shots_table = summary.pop("fewshot", None) or {}
-        training.extend(_over_training(run_id, summary, shots_table))
-        summary.pop("fewshot_steps", None)
-        results.append({"run_id": run_id, **summary, **coords})
-        head = {"run_id": run_id, **{k: summary.get(k) for k in ("params", "flops", "tokens")}}
-        fewshot.extend(_long(head, shots_table))
-    results_df = pd.json_normalize(results, sep=".") if results else pd.DataFrame(columns=["run_id"])
-    return (
-        results_df,
-        pd.DataFrame(fewshot, columns=FEWSHOT_COLUMNS),
-        pd.DataFrame(training, columns=TRAINING_COLUMNS),
-    )
-
-
 def write_tables(sweep_dir: Path) -> pd.DataFrame:
     """Rescan and rewrite the tables atomically; serialised, so the last writer saw the newest runs."""
     with flocked(Path(sweep_dir) / TABLES_LOCK, block=True):
-        results, fewshot, training = tables(sweep_dir)
-        runlog.write_atomic(Path(sweep_dir) / "results.csv", results.to_csv(index=False))
-        runlog.write_atomic(Path(sweep_dir) / "fewshot.csv", fewshot.to_csv(index=False))
-        if len(training) or (Path(sweep_dir) / "fewshot_training.csv").exists():
-            runlog.write_atomic(Path(sweep_dir) / "fewshot_training.csv", training.to_csv(index=False))
-    return results
+        return results.write_tables(sweep_dir)
 
 
 # -- the runner -------------------------------------------------------------------------------
@@ -225,7 +141,7 @@ class Runner:
         """One cell: train it unless finished, then the after-training hooks on a completed run.
 
         Returns the run's status, or EVAL_FAILED for a completed run whose hooks failed."""
-        summary = _read_json(run_dir / "summary.json") or {}
+        summary = results.read_summary(run_dir) or {}
         # A diverged run would diverge again, so it is final; train() returns a completed run's summary
         # at once, after checking that its directory holds this cell's config.
         if summary.get("status") != "diverged":
@@ -248,7 +164,7 @@ class Runner:
         counts in every fit: the summary keeps what the hook wrote before failing and notes the error,
         and the next visit runs the hook again without retraining."""
         message = self._report(cell, run_dir, error, "after training")
-        on_disk = _read_json(run_dir / "summary.json") or {}
+        on_disk = results.read_summary(run_dir) or {}
         return (on_disk if on_disk.get("status") == "completed" else summary) | {"error": message}
 
     def _train(self, cell: Cell, run_dir: Path, record: bool) -> dict:
@@ -256,9 +172,8 @@ class Runner:
         from lmscale.train import train
 
         if self.primary and record:
-            runlog.write_json(
-                run_dir / CELL, {"run_id": cell.run_id, "sweep": self.sweep.name, "coords": cell.coords}
-            )
+            cell_json = {"run_id": cell.run_id, "sweep": self.sweep.name, "coords": cell.coords}
+            runlog.write_json(run_dir / results.CELL, cell_json)
             attempt = {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
@@ -275,7 +190,7 @@ class Runner:
             return self._fail(cell, run_dir, e, "training")
 
     def _fail(self, cell: Cell, run_dir: Path, error: Exception, stage: str) -> dict:
-        summary = _failed_summary(cell, run_dir, self._report(cell, run_dir, error, stage))
+        summary = results.failed_summary(cell.cfg, run_dir, self._report(cell, run_dir, error, stage))
         if self.primary:
             runlog.write_json(run_dir / "summary.json", summary)
         return summary
