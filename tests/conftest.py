@@ -3,6 +3,8 @@ with XLA_FLAGS set before jax is imported there."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -19,6 +21,11 @@ TINY = ROOT / "experiments" / "tiny.yaml"
 os.environ.setdefault("LMSCALE_CACHE", tempfile.mkdtemp(prefix="lmscale-test-cache-"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One XLA compilation cache per test session, shared with subprocesses: many tests compile the same
+# small programs (a tiny model's step, a fit's optimiser), and a cached executable is the same program.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lmscale-test-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def lmscale_env(devices: int = 1) -> dict:
@@ -28,12 +35,36 @@ def lmscale_env(devices: int = 1) -> dict:
     return env
 
 
-def run_cli(*args: str, devices: int = 1, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
-    """`lmscale ARGS` in a fresh interpreter."""
-    cmd = [sys.executable, "-m", "lmscale", *map(str, args)]
-    return subprocess.run(
-        cmd, env=lmscale_env(devices), capture_output=True, text=True, timeout=timeout, **kw
-    )
+def run_cli(
+    *args: str, devices: int = 1, fresh: bool = False, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`lmscale ARGS`, its exit status and output.
+
+    It runs in this process, as `python -m lmscale` would, unless it needs a fresh interpreter: another
+    device count (XLA_FLAGS is read once, at JAX's start) or `fresh=True` (process-wide state, such as
+    `jax.distributed`). A fresh interpreter pays JAX's import and every compile again.
+    """
+    argv = [str(a) for a in args]
+    if devices != 1 or fresh:
+        cmd = [sys.executable, "-m", "lmscale", *argv]
+        return subprocess.run(
+            cmd, env=lmscale_env(devices), capture_output=True, text=True, timeout=timeout, cwd=cwd
+        )
+    from lmscale.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse: --help, usage errors
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 
 def run_python(code: str, devices: int = 8, timeout: int = 600) -> dict:

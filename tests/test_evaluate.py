@@ -10,7 +10,7 @@ from lmscale import config
 from lmscale.data.tokenizer import Tokenizer
 from lmscale.fewshot import evaluate
 from lmscale.fewshot.decode import Decoder, Score
-from lmscale.model import Transformer, init_cache
+from lmscale.model import Transformer
 from tests.conftest import run_cli, run_python
 
 SEQ_LEN = 160
@@ -328,14 +328,3 @@ def test_eval_bench_times_batched_against_one_by_one():
     assert row["requests"] == len(EVAL_TASKS) * 3 * 10 and row["one_by_one_timed_requests"] == 18
     assert row["speedup_vs_one_by_one"] == pytest.approx(row["one_by_one_s_estimated"] / row["batched_s"])
     assert row["speedup_vs_one_by_one"] > 1
-
-
-def test_scanned_model_with_a_stacked_cache_matches_the_plain_forward():
-    cfg, params = _model()
-    model = Transformer(cfg)
-    tokens = jnp.array(np.random.default_rng(1).integers(0, 256, (2, 12)), jnp.int32)
-    plain = model.apply({"params": params}, tokens)
-    cache = init_cache(cfg, 2, 16)
-    first, cache = model.apply({"params": params}, tokens[:, :7], cache, jnp.zeros(2, jnp.int32))
-    rest, _ = model.apply({"params": params}, tokens[:, 7:], cache, jnp.full(2, 7, jnp.int32))
-    np.testing.assert_allclose(jnp.concatenate([first, rest], 1), plain, atol=1e-5)

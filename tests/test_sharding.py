@@ -77,7 +77,9 @@ def test_parameters_are_split_the_way_the_rules_say(meshes):
 
 
 def test_a_multi_host_config_outside_a_multi_host_launch_exits_2_with_one_line():
-    proc = run_cli("plan", ROOT / "experiments" / "tpu_pod.yaml", "--no-time")  # mesh.distributed: true
+    proc = run_cli(
+        "plan", ROOT / "experiments" / "tpu_pod.yaml", "--no-time", fresh=True
+    )  # mesh.distributed: true: jax.distributed.initialize() must not run in the test process
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "mesh.distributed=true: jax.distributed.initialize() failed" in proc.stderr
 
