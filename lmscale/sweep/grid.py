@@ -118,8 +118,8 @@ def _round_tokens(tokens: float, cfg: Config, key: str) -> int:
     return steps * per_step
 
 
-def _axes(axes: dict[str, tuple], base: dict, taken: dict[str, str]) -> dict[str, tuple]:
-    """`sweep.axes`, each value checked against the run config by the loader."""
+def _check_axes(axes: dict[str, tuple], base: dict, taken: dict[str, str]) -> None:
+    """Every `sweep.axes` value, checked by the loader as part of the base run config."""
     for key, values in axes.items():
         if key in taken:
             raise ConfigError(f"sweep.axes.{key}: already set by another sweep axis ({taken[key]})")
@@ -130,7 +130,6 @@ def _axes(axes: dict[str, tuple], base: dict, taken: dict[str, str]) -> dict[str
                 from_dict(raw)
         except ConfigError as e:
             raise ConfigError(f"sweep.axes.{key}: {e}") from None
-    return axes
 
 
 def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
@@ -150,20 +149,18 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
         key = item.partition("=")[0].strip()
         if key in taken:
             raise ConfigError(f"override '{item}': {key} is set by {taken[key]}; override that instead")
-    axes = _axes(spec.axes or {}, base, taken)
+    axes = spec.axes or {}
+    _check_axes(axes, base, taken)
     axis_keys = list(axes)
 
     # (size, token budget) pairs: a cross product, except IsoFLOP, where each budget picks its sizes.
     if tokens.isoflop:
         pairs = [({"params": N}, {"flops_budget": C}) for C, N in _isoflop_targets(tokens.isoflop)]
-    else:
-        if sizes.shapes:
-            size_list = [{"shape": s} for s in sizes.shapes]
-        else:
-            size_list = [{"params": n} for n in sizes.params or ()] or [{}]
-        form = "fixed" if tokens.fixed else "per_param"
-        budget_list = [{form: x} for x in getattr(tokens, form) or ()] or [{}]
-        pairs = list(itertools.product(size_list, budget_list))
+    else:  # at most one form of each is given; none leaves the base config's value
+        size_list = [{"shape": s} for s in sizes.shapes or ()] + [{"params": n} for n in sizes.params or ()]
+        budget_list = [{"fixed": x} for x in tokens.fixed or ()]
+        budget_list += [{"per_param": x} for x in tokens.per_param or ()]
+        pairs = list(itertools.product(size_list or [{}], budget_list or [{}]))
 
     cells = []
     for values in itertools.product(*axes.values(), spec.seeds or (base_cfg.train.seed,)):
