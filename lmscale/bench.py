@@ -139,12 +139,13 @@ def bench_eval(examples: int = EVAL_EXAMPLES, batch_size: int = 64) -> dict:
     from lmscale.data.tokenizer import Tokenizer
     from lmscale.fewshot import evaluate
     from lmscale.fewshot.decode import Decoder
+    from lmscale.fewshot.requests import build_requests
     from lmscale.model import Transformer
 
     cfg = config.from_dict({"model": EVAL_SHAPE}).model
     params = Transformer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
     tok = Tokenizer.byte()
-    requests = evaluate.build_requests(tok, EVAL_TASKS, EVAL_SHOTS, examples, cfg.seq_len)
+    requests = build_requests(tok, EVAL_TASKS, EVAL_SHOTS, examples, cfg.seq_len)
     subset = requests[::ONE_BY_ONE_EVERY]
 
     def timed(fn, *args) -> float:

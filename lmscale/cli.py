@@ -167,18 +167,19 @@ def _load_sweep(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
+    sweep = _load_sweep(args)
     from lmscale.sweep import plan
 
-    return plan.main(_load_sweep(args), calibrate=not args.no_time, csv=args.csv)
+    return plan.main(sweep, calibrate=not args.no_time, csv=args.csv)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from lmscale.fewshot import evaluate
-    from lmscale.sweep.runner import EVAL_FAILED, assigned, run_sweep
-
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out '{args.out}' exists and is not a directory")
     sweep = _load_sweep(args)
+    from lmscale.fewshot import evaluate
+    from lmscale.sweep.runner import EVAL_FAILED, assigned, run_sweep
+
     assigned(sweep.cells, args.worker, args.num_workers)  # bad --worker fails before anything runs
     hooks = [evaluate.after_train(sweep.eval)] if sweep.eval is not None else []
     statuses = run_sweep(

@@ -3,10 +3,14 @@
 Every parameter and large activation is named with logical axes (batch, length, embed, heads, kv,
 mlp, vocab, layers); the config's `mesh.rules` maps those names to mesh axes. Data parallelism,
 FSDP and tensor parallelism are therefore the same code with different rules and mesh sizes.
+`check_mesh` rejects, before anything compiles, a mesh or a rule that does not fit the devices and
+the model. The rules table itself (`DEFAULT_RULES`) is the default of `mesh.rules` in lmscale.config,
+which must import without JAX.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -14,7 +18,10 @@ import flax.linen as nn
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from lmscale.config import MESH_AXES, ConfigError, MeshConfig
+from lmscale.config import MESH_AXES, Config, ConfigError, MeshConfig, ModelConfig
+
+# The names `mesh.rules` may map: every array axis of the model is one of these.
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
 
 # Environment variables that mark a multi-process launch (SLURM, Open MPI, TPU pod, explicit).
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
@@ -95,3 +102,86 @@ def check_process_rows(batch_sharding: NamedSharding, batch_size: int, rows: sli
             "span the hosts, with mesh.tensor inside one"
         )
     return start, stop
+
+
+def check_mesh(cfg: Config, n_devices: int) -> None:
+    """Mesh sizes against the device count, and every rule against the sizes it splits (ConfigError)."""
+    mesh, m, t = cfg.mesh, cfg.model, cfg.train
+    sizes = {a: getattr(mesh, a) for a in MESH_AXES}
+    if sum(s == -1 for s in sizes.values()) > 1:
+        raise ConfigError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if n_devices % known:
+            axis = next(a for a, s in sizes.items() if s == -1)
+            raise ConfigError(
+                f"mesh.{axis}=-1: the other axes ({known}) do not divide the {n_devices} devices"
+            )
+    elif known != n_devices:
+        raise ConfigError(
+            f"mesh: data*fsdp*tensor = {sizes['data']}*{sizes['fsdp']}*{sizes['tensor']} = {known} "
+            f"does not match the {n_devices} devices"
+        )
+    shape = mesh.shape(n_devices)
+    rule_axes = {name: _rule_axes(name, rule) for name, rule in mesh.rules.items()}
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}"
+        )
+    micro = t.batch_size // t.grad_accum
+    dp_axes = rule_axes["batch"]
+    dp = math.prod(shape[a] for a in dp_axes)
+    if micro % dp:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} (micro-batch {micro}) is not divisible by the "
+            f"data-parallel size {_axes_product(dp_axes)}={dp}"
+        )
+    for name, (key, value) in _sharded_dims(m).items():
+        split = math.prod(shape[a] for a in rule_axes[name])
+        if value % split:
+            raise ConfigError(
+                f"{key}={value} is not divisible by {_axes_product(rule_axes[name])}={split} "
+                f"(mesh.rules.{name}={mesh.rules[name]})"
+            )
+
+
+def _rule_axes(name: str, rule: Any) -> tuple[str, ...]:
+    """The mesh axes of one `mesh.rules` entry: null, a mesh axis, or a list of mesh axes."""
+    if name not in LOGICAL_AXES:
+        raise ConfigError(f"mesh.rules.{name}: unknown logical axis; known: {', '.join(LOGICAL_AXES)}")
+    axes = [] if rule is None else [rule] if isinstance(rule, str) else rule
+    if not isinstance(axes, list) or not all(isinstance(a, str) for a in axes):
+        raise ConfigError(
+            f"mesh.rules.{name}={rule!r}: expected null, a mesh axis or a list of them "
+            f"({', '.join(MESH_AXES)})"
+        )
+    for axis in axes:
+        if axis not in MESH_AXES:
+            raise ConfigError(f"mesh.rules.{name}={rule!r}: unknown mesh axis {axis!r}")
+    if len(set(axes)) < len(axes):
+        raise ConfigError(f"mesh.rules.{name}={rule!r}: names a mesh axis twice")
+    return tuple(axes)
+
+
+def _axes_product(axes: tuple[str, ...]) -> str:
+    """`mesh.data*mesh.fsdp` for the axes a rule splits over (`1` for none)."""
+    return "*".join(f"mesh.{a}" for a in axes) or "1"
+
+
+def _sharded_dims(m: ModelConfig) -> dict[str, tuple[str, int]]:
+    """Logical axis of the model's arrays -> (the config key that sizes it, its size).
+
+    A mesh axis goes to the first logical name that claims it within an array, so a name may end up
+    split over fewer axes than its rule lists; requiring the full product is the safe bound.
+    """
+    dims = {
+        "heads": ("model.n_heads", m.n_heads),
+        "vocab": ("model.vocab_size", m.vocab_size),
+        "mlp": ("model.d_ff", m.ff_dim),
+        "kv": ("model.d_model/model.n_heads", m.head_dim),
+        "embed": ("model.d_model", m.d_model),
+        "length": ("model.seq_len", m.seq_len),
+    }
+    if m.scan_layers:  # unscanned layers are separate arrays: no array has a layers axis
+        dims["layers"] = ("model.n_layers", m.n_layers)
+    return dims

@@ -2,12 +2,15 @@
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 
 from lmscale import flops
 from lmscale.config import ConfigError
 from lmscale.sweep import grid
+from tests.conftest import ROOT, lmscale_env
 
 BASE = {
     "model": {"seq_len": 32, "vocab_size": 320},
@@ -175,3 +178,41 @@ def test_validation_names_the_cell_that_does_not_fit_the_devices():
     with pytest.raises(ConfigError, match=r"cell L1-D32-T8.19K-s0: train.batch_size=8 .* not divisible"):
         grid.validate_cells(sweep, n_devices=3)
     assert grid.validate_cells(sweep, n_devices=2) is sweep
+
+
+def test_reading_a_sweep_spec_imports_no_jax(tmp_path):
+    """`lmscale sweep` and `lmscale plan` reject a bad spec before they pay for importing JAX."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sweep: {sizes: {x: 1}}\n")
+    code = f"""
+import sys
+from lmscale.config import ConfigError
+from lmscale.sweep import grid
+sweep = grid.load({str(ROOT / "experiments" / "cpu_demo.yaml")!r}, ["sweep.eval.shots=[0, 4]"])
+try:
+    grid.load({str(bad)!r})
+except ConfigError as e:
+    print(e)
+print(len(sweep.cells), "jax" in sys.modules)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=lmscale_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    error, loaded = proc.stdout.splitlines()
+    assert error.startswith("unknown sweep key 'sweep.sizes.x'; expected one of shapes, params")
+    assert loaded == "6 False"
+
+    for command in ("sweep", "plan"):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "lmscale", command, str(bad)],
+            env=lmscale_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line]
+        errors = [line for line in proc.stderr.splitlines() if "|" not in line]
+        assert proc.returncode == 2 and len(errors) == 1 and "sweep.sizes.x" in errors[0]
+        assert "jax" not in imported

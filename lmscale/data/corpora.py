@@ -2,6 +2,7 @@
 
 Each kind has an `identity` (cheap, and what the token cache is keyed on) and a `load`. Errors are
 `ConfigError`s of one line that name the key, the file and, for bad UTF-8, the byte offset.
+`check_data` rejects a data section that cannot work before anything is read (`config.validate`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
-from lmscale.config import ConfigError, SourceConfig
+from lmscale.config import Config, ConfigError, SourceConfig
 from lmscale.data.synthetic import VERSION as SYNTHETIC_VERSION
 from lmscale.data.synthetic import SyntheticSource
 
@@ -28,6 +29,52 @@ _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 def synthetic_source(src: SourceConfig) -> SyntheticSource:
     s = src.synthetic
     return SyntheticSource(s.seed, s.words, s.classes, s.branching, s.zipf, s.doc_words)
+
+
+# -- checks, before any document is read ---------------------------------------------------------
+def check_data(cfg: Config) -> None:
+    """`data` as a whole: the tokenizer's minimum vocabulary, every source, a mixture's components."""
+    d, m = cfg.data, cfg.model
+    if m.vocab_size < 257:  # 256 bytes + EOS: the byte alphabet is also BPE's starting point
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} is below the {d.tokenizer} tokenizer's minimum of 257 "
+            "(256 bytes + end-of-document)"
+        )
+    if (d.corpus == "mixture") != bool(d.mixture):
+        raise ConfigError(
+            f"data.mixture: give components exactly when data.corpus is 'mixture' (corpus={d.corpus!r}, "
+            f"{len(d.mixture)} components)"
+        )
+    parts = d.components(normalised=False)
+    for i, part in enumerate(parts):
+        prefix = f"data.mixture[{i}]." if d.corpus == "mixture" else "data."
+        if part.corpus == "mixture":
+            raise ConfigError(f"{prefix}corpus='mixture': mixtures do not nest")
+        check_source(part, prefix)
+    total = sum(p.weight for p in parts)
+    if not total > 0:
+        raise ConfigError(f"data.mixture: weights sum to {total:g}; they must sum to a positive number")
+
+
+def check_source(src: SourceConfig, prefix: str) -> None:
+    """What one source needs beyond its keys' types; `prefix` names it (`data.`, `data.mixture[1].`)."""
+    if src.corpus == "files" and not src.paths:
+        raise ConfigError(f"{prefix}paths: the files corpus needs at least one file or folder")
+    if src.corpus == "hub" and not src.name:
+        raise ConfigError(f"{prefix}name: the hub corpus needs a dataset name or folder")
+    if src.streaming and src.max_documents == 0:
+        raise ConfigError(f"{prefix}streaming=true needs {prefix}max_documents > 0 to bound the stream")
+    syn = src.synthetic
+    if syn.words % syn.classes:
+        raise ConfigError(
+            f"{prefix}synthetic.words={syn.words} is not a multiple of synthetic.classes={syn.classes}"
+        )
+    if syn.branching > syn.classes:
+        raise ConfigError(
+            f"{prefix}synthetic.branching={syn.branching} exceeds synthetic.classes={syn.classes}"
+        )
+    if syn.doc_words < 2 or syn.words > 100_000:
+        raise ConfigError(f"{prefix}synthetic: doc_words must be >= 2 and words <= 100000")
 
 
 # -- files --------------------------------------------------------------------------------------

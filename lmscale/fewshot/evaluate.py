@@ -23,26 +23,11 @@ from lmscale import results
 from lmscale.config import ConfigError
 from lmscale.fewshot import tasks
 from lmscale.fewshot.decode import Decoder
+from lmscale.fewshot.requests import Request, build_requests
 
 METRICS = ("exact_match", "logprob_sum", "logprob_per_token", "token_accuracy", "edit_distance")
 CHOICE_METRICS = ("prob_correct", "brier")
 DEFAULT_EXAMPLES = 100
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """One k-shot prompt of one example, tokenized: EOS (start of document), prompt, then answer."""
-
-    task: str
-    shots: int
-    example_id: int
-    answer: str
-    context: list[int]
-    continuation: list[int]
-
-    @property
-    def length(self) -> int:
-        return len(self.context) + len(self.continuation)
 
 
 def parse_list(text: str | None, option: str, kind: type = str) -> list | None:
@@ -58,51 +43,6 @@ def parse_list(text: str | None, option: str, kind: type = str) -> list | None:
             raise ConfigError(f"{option}: '{bad[0]}' is not a non-negative integer")
         return [int(x) for x in items]
     return items
-
-
-def split_continuation(tok, context_text: str, answer: str) -> tuple[list[int], list[int]]:
-    """Token ids of context and answer, split where a joint encoding splits (BPE may merge across)."""
-    ctx = tok.encode(context_text)
-    whole = tok.encode(context_text + answer)
-    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
-        return ctx, whole[len(ctx) :]
-    return ctx, tok.encode(answer)
-
-
-def build_requests(
-    tok,
-    names: Sequence[str],
-    shots: Sequence[int] | None,
-    n_examples: int,
-    seq_len: int,
-    seed: int = 0,
-    option: str = "--shots",
-) -> list[Request]:
-    """Requests for every task and shot count; `shots=None` keeps the default counts that fit.
-
-    Explicit shot counts that do not fit the context are an error naming `option`, the task and the
-    length.
-    """
-    if shots is not None:
-        tasks.check_shots(shots, option)
-    requests = []
-    for name in names:
-        exs = tasks.examples(name, n_examples, seed)
-        for k in tasks.SHOTS if shots is None else shots:
-            batch = []
-            for ex in exs:
-                ctx, cont = split_continuation(tok, ex.prompt(k), ex.query.answer)
-                batch.append(Request(name, k, ex.example_id, ex.query.answer, [tok.eos_id, *ctx], cont))
-            longest = max(r.length for r in batch)
-            if longest > seq_len:
-                if shots is None:
-                    continue  # the default counts are capped by the context length
-                raise ConfigError(
-                    f"{option}: {k}-shot prompts of task '{name}' need {longest} tokens, more than "
-                    f"model.seq_len={seq_len}"
-                )
-            requests.extend(batch)
-    return requests
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:

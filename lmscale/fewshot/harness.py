@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lmscale.fewshot import evaluate
+from lmscale.fewshot.requests import split_continuation
 
 try:  # the harness is optional: the adapter is the same class with or without it
     from lm_eval.api.model import LM as _Base
@@ -99,7 +100,7 @@ class LmscaleLM(_Base):
         pairs = []
         for req in requests:
             context, continuation = req.args
-            ctx, cont = evaluate.split_continuation(self.tok, context, continuation)
+            ctx, cont = split_continuation(self.tok, context, continuation)
             pairs.append(([self.tok.eos_id, *ctx], cont))
         return self._score(pairs)
 

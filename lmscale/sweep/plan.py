@@ -32,6 +32,7 @@ from lmscale.config import Config
 from lmscale.data.pipeline import make_source, prepare
 from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
+from lmscale.fewshot.requests import Request, build_requests
 from lmscale.flops import step_flops
 from lmscale.step_fns import StepFns, build
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
@@ -152,12 +153,12 @@ def time_eval(steps: StepFns, state, spec: EvalSpec) -> EvalTiming:
     tok = prepare(cfg).tokenizer
     names = spec.tasks or list(tasks.TASKS)
 
-    def requests(n: int) -> list[evaluate.Request]:
-        return evaluate.build_requests(tok, names, spec.shots, n, seq_len, option="sweep.eval.shots")
+    def requests(n: int) -> list[Request]:
+        return build_requests(tok, names, spec.shots, n, seq_len, option="sweep.eval.shots")
 
     decoder = evaluate.new_decoder(steps, state.params, spec.batch_size)
 
-    def cost(reqs: list[evaluate.Request]) -> float:
+    def cost(reqs: list[Request]) -> float:
         """Batches weighted by their bucket's length: the decoder's grouping of the forward pass."""
         per_bucket = collections.Counter(bucket(r.length - 1, seq_len) for r in reqs)
         return sum(-(-n // decoder.batch_size) * size for size, n in per_bucket.items())
