@@ -9,8 +9,9 @@ import pytest
 
 from analysis import plots
 from analysis.cli import main
+from analysis.fit import fit_frontier
+from analysis.load import load_results
 from analysis.report import _laws
-from analysis.sweep import analyse
 from tests.test_isoflop_simulation import isoflop_grid
 
 
@@ -67,7 +68,6 @@ def test_isoflop_figure_draws_excluded_budgets_hollow_with_their_reason(isoflop_
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figures.append(fig) or [])
     from analysis.fit import approach2
-    from analysis.load import load_results
 
     runs = load_results(isoflop_csv).runs
     plots.plot_isoflop(runs, approach2(runs), tmp_path)
@@ -78,6 +78,7 @@ def test_isoflop_figure_draws_excluded_budgets_hollow_with_their_reason(isoflop_
     assert len(hollow.get_offsets()) == 3 and (hollow.get_facecolors()[:, 3] == 0).all()
 
 
+@pytest.mark.slow
 def test_power_in_flops_on_an_isoflop_table_fits_the_frontier_and_says_so(isoflop_csv, tmp_path, capsys):
     out = tmp_path / "fit.json"
     assert main(["fit", str(isoflop_csv), "--law", "power", "--x", "flops", "--json", str(out)]) == 0
@@ -90,6 +91,7 @@ def test_power_in_flops_on_an_isoflop_table_fits_the_frontier_and_says_so(isoflo
     assert json.loads(out.read_text())["n_points"] == len(pd.read_csv(isoflop_csv))
 
 
+@pytest.mark.slow
 def test_report_warns_when_the_frontier_does_not_identify_E(tmp_path):
     """A demo-sized sweep whose best losses still fall as a pure power law: E runs off to zero."""
     rng = np.random.default_rng(0)
@@ -101,8 +103,7 @@ def test_report_warns_when_the_frontier_does_not_identify_E(tmp_path):
             rows.append({"params": N, "tokens": C / (6 * N), "loss": loss, "status": "completed"})
     path = tmp_path / "demo.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
-    sweep = analyse(path, bootstrap=50)
-    power = sweep.fits["power"]
+    power = fit_frontier(load_results(path).runs, bootstrap=50)  # the fit analyse() gives the report
     assert any(w.startswith("E ") and "not identified" in w for w in power.warnings), power.warnings
     blocks = _laws({"power": power})
     (warnings,) = [payload for kind, payload in blocks if kind == "list"]
@@ -114,7 +115,10 @@ def test_report_warns_when_the_frontier_does_not_identify_E(tmp_path):
     "args, column",
     [
         (["--law", "approach2", "--budget-col", "budget"], "no column 'budget' (given for --budget-col)"),
-        (["--law", "approach2", "--budget-col", "run", "--loss-col", "Final Loss"], "column 'run' (--budget-col) has one value"),
+        (
+            ["--law", "approach2", "--budget-col", "run", "--loss-col", "Final Loss"],
+            "column 'run' (--budget-col) has one value",
+        ),
         (["--law", "power", "--loss-col", "Final Loss"], "line 5: column 'Final Loss' (loss) has NaN"),
     ],
     ids=["missing-budget-col", "one-budget", "nan-in-mapped-column"],
