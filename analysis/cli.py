@@ -7,10 +7,21 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from analysis.atomic import write_atomic
 from analysis.load import AnalysisError
 
 LAWS = ("power", "approach1", "approach2", "approach3", "chinchilla")
+WINDOW = 2  # analysis.isoflop.WINDOW, repeated so that --help does not import JAX
+
+
+def _window(value: str) -> int | None:
+    if value == "full":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"'{value}': a whole number of sizes (1 or more) or 'full'")
+    return int(value)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +31,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="fit a scaling law to a sweep directory or any results CSV",
         description="Fit a scaling law. PATH is a sweep directory (its results.csv) or a CSV; map "
         "other tables' columns with --params-col/--tokens-col/--flops-col/--loss-col. Runs whose "
-        "status is not 'completed' are excluded and counted.",
+        "status is not 'completed' are excluded and counted. IsoFLOP budgets (approach 2, and the "
+        "frontier of a power law in flops) are the values of --budget-col, else of a 'flops_budget' "
+        "column, else runs whose compute lies within 25%% of the cheapest run of their group.",
     )
     f.add_argument("path", type=Path, metavar="SWEEP_DIR|CSV")
     f.add_argument(
@@ -37,6 +50,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--drop-worst", type=int, default=0, metavar="K", help="drop the K highest losses first")
     f.add_argument("--extrapolate", type=float, metavar="FRAC", help="hold out the top FRAC by compute")
     f.add_argument("--json", type=Path, help="write the fit as JSON")
+    f.add_argument(
+        "--isoflop-window",
+        type=_window,
+        default=WINDOW,
+        metavar="K|full",
+        help=f"approach 2: the parabola runs through the best size and K either side (default {WINDOW}); "
+        "full: through every size of the budget",
+    )
+    f.add_argument(
+        "--budget-col", metavar="COLUMN", help="column whose values group runs into IsoFLOP budgets"
+    )
+    f.add_argument(
+        "--all-runs",
+        action="store_true",
+        help="power law in flops: fit every run, not the frontier (the best run of each budget)",
+    )
 
     p = sub.add_parser("plot", help="figures (PNG and PDF) for a sweep directory or CSV")
     p.add_argument("path", type=Path, metavar="SWEEP_DIR|CSV")
@@ -56,6 +85,7 @@ def _columns(args: argparse.Namespace) -> dict:
 
 def _fit(args: argparse.Namespace) -> dict:
     from analysis import fit as fits
+    from analysis.isoflop import isoflop_groups
     from analysis.load import load_curves, load_results
 
     if args.bootstrap < 0:
@@ -64,21 +94,28 @@ def _fit(args: argparse.Namespace) -> dict:
     require = {"power": ("loss", args.x), "approach3": ("params", "tokens", "loss")}.get(
         law, ("params", "flops", "loss")
     )
-    results = load_results(args.path, **_columns(args), require=require)
+    results = load_results(args.path, **_columns(args), require=require, budget_col=args.budget_col)
     runs = results.runs
     if args.drop_worst:
         runs = runs.sort_values("loss").iloc[: len(runs) - args.drop_worst].reset_index(drop=True)
     print(f"{len(runs)} runs from {results.source} ({results.excluded} not completed, excluded)")
     if law == "power":
+        points, note = runs, None
+        several = args.x == "flops" and len(np.unique(isoflop_groups(runs))) < len(runs)
+        if several and not args.all_runs:  # an IsoFLOP table: the law of the best achievable loss
+            points = fits.frontier(runs)
+            note = fits.frontier_note(runs, points) + " (--all-runs fits every run)"
         fit = fits.fit_power(
-            runs[args.x], runs["loss"], args.x, not args.no_offset, args.bootstrap, args.seed, args.delta
+            points[args.x], points["loss"], args.x, not args.no_offset, args.bootstrap, args.seed, args.delta
         )
+        if note:
+            fit.extra["fitted_to"] = note
     elif law == "approach3":
         fit = fits.fit_chinchilla(
             runs["params"], runs["tokens"], runs["loss"], args.bootstrap, args.seed, args.delta
         )
     elif law == "approach2":
-        fit = fits.approach2(runs, args.bootstrap, args.seed)
+        fit = fits.approach2(runs, args.bootstrap, args.seed, args.isoflop_window)
     else:
         curves = runs
         if args.path.is_dir():
@@ -99,22 +136,62 @@ def _fit(args: argparse.Namespace) -> dict:
 
 
 def _print_fit(out: dict) -> None:
-    ci = out.get("ci", {})
-    print(f"law: {out['law']}  points: {out['n_points']}  objective: {out['objective']:.8g}")
+    objective = f"  objective: {out['objective']:.8g}" if np.isfinite(out["objective"]) else ""
+    print(f"law: {out['law']}  points: {out['n_points']}{objective}")
+    if "fitted_to" in out:
+        print(f"  fitted to {out['fitted_to']}")
+    boot = out.get("bootstrap")
+    if boot:
+        dropped = ", ".join(f"{n} dropped: {why}" for why, n in boot["dropped"].items()) or "none dropped"
+        print(f"  95% CI from {boot['kept']} of {boot['resamples']} bootstrap resamples ({dropped})")
+    ci, opened, kept = out.get("ci", {}), out.get("ci_open", {}), _kept(out)
     for k, v in out.items():
         if isinstance(v, float) and k not in ("objective",):
-            interval = f"  95% CI [{ci[k][0]:.5g}, {ci[k][1]:.5g}]" if k in ci else ""
+            interval = f"  95% CI {interval_text(ci[k], opened.get(k))} {kept}" if k in ci else ""
             print(f"  {k:>6} = {v:.6g}{interval}")
+    _print_isoflop(out)
     for row in out.get("compute_optimal", []):
         print(
             f"  C={row['C']:.3g}: N_opt={row['N_opt']:.3g}  D_opt={row['D_opt']:.3g}  "
             f"tokens/param={row['tokens_per_param']:.3g}"
         )
+    for warning in out.get("warnings", []):
+        print(f"  warning: {warning}")
     for row in out.get("extrapolation", []):
         print(
             f"  held out {row['law']}: C={row['flops']:.3g} loss={row['loss']:.4f} "
             f"rel_error={row['rel_error']:+.2%}"
         )
+
+
+def _kept(out: dict) -> str:
+    boot = out.get("bootstrap")
+    return f"({boot['kept']}/{boot['resamples']} resamples kept)" if boot else ""
+
+
+def interval_text(ci, opened=None) -> str:
+    """[lo, hi], with an edge on a bound or at the end of the sampled range shown open: [< lo, hi]."""
+    low, high = opened or (False, False)
+    return f"[{'< ' if low else ''}{ci[0]:.4g}, {'> ' if high else ''}{ci[1]:.4g}]"
+
+
+def _print_isoflop(out: dict) -> None:
+    if "isoflop" not in out:
+        return
+    window = out.get("window")
+    how = "every size" if window == "full" else f"the best size and up to {window} either side"
+    noise = out.get("noise")
+    level = f"; loss noise {noise['sigma_rel']:.2%} (pooled, {noise['dof']} dof)" if noise else ""
+    print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}):")
+    for p in out["isoflop"]:
+        ci = ""
+        if "N_star_ci" in p:
+            usable = f"usable in {p['usable_resamples']}/{out['bootstrap']['resamples']} resamples"
+            ci = f" 95% CI {interval_text(p['N_star_ci'], p['ci_open'])} ({usable})"
+        used = f"{len(p['points'])} sizes {min(p['points']):.3g}-{max(p['points']):.3g}, {p['runs']} runs"
+        print(f"    C={p['C']:.3g}: N*={p['N_star']:.4g}{ci}  loss*={p['loss_star']:.4g}  ({used})")
+    for e in out.get("excluded", []):
+        print(f"    C={e['C']:.3g}: excluded, {e['reason']}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 Every law is fitted in log space with a Huber loss summed over points, as in Hoffmann et al. 2022
 (Approach 3) and the replication of Besiroglu et al. 2024. The laws themselves and the `Fit` result
-live in `analysis.laws`; the IsoFLOP grouping and parabolas of approach 2 in `analysis.isoflop`.
+live in `analysis.laws`; the IsoFLOP grouping and approach 2 in `analysis.isoflop`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import pandas as pd
 
 from analysis import optimize
 from analysis.isoflop import (
+    approach2,
     best_of_each_budget,
     held_out_budgets,
-    isoflop_profiles,
-    isoflop_refusal,
-    parabolas,
-    stratified_weights,
-    vertices,
+    isoflop_groups,
 )
 from analysis.laws import (
     Fit,
+    allocation_fit,
     chinchilla_log_pred,
+    flag_unidentified,
     hoffmann_grid,
     power_grid,
     power_log_pred,
@@ -148,6 +147,7 @@ def fit_power(
         thetas, converged = _solve_resamples(log_pred, theta, logx, logy, w, delta)
         samples = _power_params(thetas[converged], offset, log_x0)
         fit.set_bootstrap(samples, bootstrap, {"did not converge": bootstrap - converged.sum()})
+    flag_unidentified(fit, float(loss.min()))
     return fit
 
 
@@ -186,6 +186,7 @@ def fit_chinchilla(
         thetas, converged = _solve_resamples(chinchilla_log_pred, theta, logx, logy, w, delta)
         samples = _chinchilla_params(thetas[converged])
         fit.set_bootstrap(samples, bootstrap, {"did not converge": bootstrap - converged.sum()})
+    flag_unidentified(fit, float(loss.min()))
     return fit
 
 
@@ -208,20 +209,6 @@ def compute_budgets(flops) -> np.ndarray:
     """Powers of ten at the smallest and largest budget, and one and two decades beyond."""
     c_min, c_max = float(np.min(flops)), float(np.max(flops))
     return np.unique(10.0 ** np.round(np.log10([c_min, c_max, 10 * c_max, 100 * c_max])))
-
-
-def _loglog_slope(C: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
-    """Least squares log Y = log k + s log C; returns (s, k)."""
-    s, logk = np.polyfit(np.log(C), np.log(Y), 1)
-    return float(s), float(np.exp(logk))
-
-
-def _allocation_fit(law: str, C: np.ndarray, N_opt: np.ndarray, n_points: int, extra: dict) -> Fit:
-    if len(C) < 2:
-        raise AnalysisError(f"{law}: need optima at 2 or more compute budgets, found {len(C)}")
-    a, k_n = _loglog_slope(C, N_opt)
-    b, k_d = _loglog_slope(C, tokens_from_compute(C, N_opt))
-    return Fit(law, {"a": a, "b": b, "k_n": k_n, "k_d": k_d}, float("nan"), n_points, extra=extra)
 
 
 # -- approach 1: the lower envelope of the learning curves ---------------------------------------
@@ -277,52 +264,7 @@ def approach1(curves: pd.DataFrame, n_budgets: int = 30) -> Fit:
             f"approach1: {len(C)} budgets reached by {MIN_RUNS_PER_BUDGET} or more runs, with "
             f"{len(np.unique(N_opt))} distinct optimal sizes; the exponent is not identified"
         )
-    return _allocation_fit("approach1", C, N_opt, len(curves), {"frontier": frontier})
-
-
-# -- approach 2: IsoFLOP profiles ----------------------------------------------------------------
-def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
-    """For each IsoFLOP budget, a parabola in log N gives N*(C); a power law through the N* values.
-
-    A budget is used only where its parabola has a minimum inside the sizes it sampled; a bootstrap
-    resample in which any budget's minimum fails that test is dropped and counted.
-    """
-    groups, excluded = isoflop_profiles(runs)
-    if len(groups) < 2:
-        raise isoflop_refusal(excluded, len(groups))
-    M = max(len(g) for g in groups)
-    pad = lambda v, fill: np.pad(v, (0, M - len(v)), constant_values=fill)  # noqa: E731
-    logN = np.stack([pad(np.log(g["params"].to_numpy(float)), 0.0) for g in groups])
-    loss = np.stack([pad(g["loss"].to_numpy(float), 0.0) for g in groups])
-    mask = np.stack([pad(np.ones(len(g)), 0.0) for g in groups])
-    C = np.array([g["flops"].median() for g in groups])
-    coef = parabolas(logN, loss, mask[None])
-    logN_star, _ = vertices(coef, logN, mask[None])
-    N_star = np.exp(logN_star[0])
-    isoflop = [
-        {
-            "C": float(c),
-            "N_star": float(n),
-            "loss_star": float(np.polyval(k, np.log(n))),
-            "coef": list(map(float, k)),
-        }
-        for c, n, k in zip(C, N_star, coef[0], strict=True)
-    ]
-    fit = _allocation_fit("approach2", C, N_star, len(runs), {"isoflop": isoflop, "excluded": excluded})
-    if bootstrap:
-        w = stratified_weights(groups, M, bootstrap, seed)
-        logN_b, failures = vertices(parabolas(logN, loss, w), logN, w)
-        dropped, ok = {}, np.ones(bootstrap, bool)
-        for reason, fails_RxG in failures.items():
-            dropped[reason] = int((ok & fails_RxG.any(axis=1)).sum())
-            ok &= ~fails_RxG.any(axis=1)
-        # Batched least squares of log N* on log C, and of log D* = log(C/6) - log N*.
-        Xc = np.stack([np.log(C), np.ones_like(C)], axis=1)
-        sol_n = np.linalg.lstsq(Xc, logN_b[ok].T, rcond=None)[0]
-        sol_d = np.linalg.lstsq(Xc, (np.log(C / 6)[None] - logN_b[ok]).T, rcond=None)[0]
-        samples = {"a": sol_n[0], "b": sol_d[0], "k_n": np.exp(sol_n[1]), "k_d": np.exp(sol_d[1])}
-        fit.set_bootstrap(samples, bootstrap, dropped)
-    return fit
+    return allocation_fit("approach1", C, N_opt, len(curves), {"frontier": frontier})
 
 
 # -- the loss-compute frontier -------------------------------------------------------------------
@@ -338,7 +280,18 @@ def fit_frontier(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0) -> Fit:
     edge = frontier(runs)
     if len(edge) < 3:
         raise AnalysisError(f"{len(edge)} runs on the loss-compute frontier; need 3 for a power law")
-    return fit_power(edge["flops"], edge["loss"], "flops", len(edge) >= 5, bootstrap, seed)
+    fit = fit_power(edge["flops"], edge["loss"], "flops", len(edge) >= 5, bootstrap, seed)
+    fit.extra["fitted_to"] = frontier_note(runs, edge)
+    return fit
+
+
+def frontier_note(runs: pd.DataFrame, edge: pd.DataFrame) -> str:
+    """What a frontier fit was fitted to, in one sentence."""
+    budgets = len(np.unique(isoflop_groups(runs)))
+    return (
+        f"the loss-compute frontier: the best run of each compute budget, {len(edge)} of {budgets} budgets "
+        f"(those that beat every cheaper one), from {len(runs)} runs"
+    )
 
 
 # -- extrapolation -------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
-from analysis.load import AnalysisError
+from analysis.load import AnalysisError, tokens_from_compute
 
 CI_LEVEL = 0.95
+JSON_EXTRA = ("bootstrap", "fitted_to", "window", "noise", "isoflop", "excluded", "frontier", "tuned")
 
 
 # -- the laws, in log space ------------------------------------------------------------------------
@@ -62,6 +63,8 @@ class Fit:
     samples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     x: str | None = None  # power law: the scale variable
     extra: dict = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one sentence each
+    ci_open: dict[str, tuple[bool, bool]] = dataclasses.field(default_factory=dict)  # edge on a bound
 
     def predict(self, x=None, N=None, D=None, params: dict | None = None) -> np.ndarray:
         p = self.params if params is None else params
@@ -80,8 +83,10 @@ class Fit:
         if self.x:
             out["x"] = self.x
         out["ci"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()}
-        if "bootstrap" in self.extra:
-            out["bootstrap"] = self.extra["bootstrap"]
+        if self.ci_open:
+            out["ci_open"] = {k: list(v) for k, v in self.ci_open.items()}
+        out |= {k: self.extra[k] for k in JSON_EXTRA if k in self.extra}
+        out["warnings"] = list(self.warnings)
         return out
 
     def set_bootstrap(self, samples: dict[str, np.ndarray], resamples: int, dropped: dict[str, int]) -> None:
@@ -90,6 +95,32 @@ class Fit:
         kept = len(next(iter(samples.values())))
         dropped = {reason: int(n) for reason, n in dropped.items() if n}
         self.extra["bootstrap"] = {"resamples": resamples, "kept": kept, "dropped": dropped}
+
+
+UNIDENTIFIED_DECADES = 2.0  # an interval of E wider than this many factors of ten does not pin E down
+DEGENERATE_E = 1e-3  # E below this share of the lowest loss: the fit has dropped the floor altogether
+
+
+def flag_unidentified(fit: Fit, lowest_loss: float) -> None:
+    """One warning per parameter the data do not pin down; an interval edge at E's bound (0) is open."""
+    if "E" not in fit.params:
+        return
+    E, floor = fit.params["E"], DEGENERATE_E * lowest_loss
+    if E < floor:
+        fit.warnings.append(
+            f"E = {E:.3g} is effectively zero (the lowest loss is {lowest_loss:.4g}): the fit degenerated "
+            "to a pure power law, so the irreducible loss is not identified by these points."
+        )
+    if "E" in fit.ci:
+        lo, hi = fit.ci["E"]
+        if lo < floor:
+            fit.ci_open["E"] = (True, False)
+        decades = np.log10(hi / lo) if lo > 0 else np.inf
+        if decades > UNIDENTIFIED_DECADES and E >= floor:
+            fit.warnings.append(
+                f"E is not identified: its 95% interval [{lo:.3g}, {hi:.3g}] spans {decades:.1f} orders "
+                "of magnitude."
+            )
 
 
 def _intervals(samples: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
@@ -110,3 +141,18 @@ def fit_summary_row(fit: Fit) -> dict:
         if k in fit.ci:
             out[f"{k}_lo"], out[f"{k}_hi"] = fit.ci[k]
     return out
+
+
+# -- compute-optimal allocations: N_opt = k_n C^a, D_opt = k_d C^b ---------------------------------
+def _loglog_slope(C: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+    """Least squares log Y = log k + s log C; returns (s, k)."""
+    s, logk = np.polyfit(np.log(C), np.log(Y), 1)
+    return float(s), float(np.exp(logk))
+
+
+def allocation_fit(law: str, C: np.ndarray, N_opt: np.ndarray, n_points: int, extra: dict) -> Fit:
+    if len(C) < 2:
+        raise AnalysisError(f"{law}: need optima at 2 or more compute budgets, found {len(C)}")
+    a, k_n = _loglog_slope(C, N_opt)
+    b, k_d = _loglog_slope(C, tokens_from_compute(C, N_opt))
+    return Fit(law, {"a": a, "b": b, "k_n": k_n, "k_d": k_d}, float("nan"), n_points, extra=extra)

@@ -73,11 +73,13 @@ def load_results(
     flops_col: str | None = None,
     loss_col: str | None = None,
     require: tuple[str, ...] = ("params", "loss"),
+    budget_col: str | None = None,
 ) -> Results:
     """Load a results table, map its columns to canonical names and validate what is required.
 
     Compute is 6ND: a mapped column, else `flops_6nd`, else 6 * params * tokens, else `flops`.
-    Missing `tokens` is derived as flops / (6 params).
+    Missing `tokens` is derived as flops / (6 params). `budget_col` becomes `flops_budget`, the label
+    that groups runs into IsoFLOP budgets. Errors name the file's column and line (the header is line 1).
     """
     csv = results_path(path)
     df = _read_csv(csv)
@@ -99,26 +101,51 @@ def load_results(
         out["flops"], sources["flops"] = df["flops"], "flops"
     if "tokens" not in out and {"flops", "params"} <= set(out):
         out["tokens"] = tokens_from_compute(out["flops"], out["params"])
+    if budget_col is not None:
+        if budget_col not in df.columns:
+            raise AnalysisError(
+                f"'{csv}': no column '{budget_col}' (given for --budget-col); has {list(df.columns)}"
+            )
+        out["flops_budget"], sources["flops_budget"] = df[budget_col], budget_col
     excluded = 0
     if "status" in out.columns:
         keep = out["status"] == "completed"
         excluded = int((~keep).sum())
-        out = out[keep].reset_index(drop=True)
+        out = out[keep]
     for canon in require:
         if canon not in out.columns:
             flag = f"--{canon}-col"
             raise AnalysisError(f"'{csv}': missing column '{canon}' (map one with {flag})")
         values = pd.to_numeric(out[canon], errors="coerce")
+        name = column_name(canon, sources)
         bad = values.isna() | ~np.isfinite(values)
         if bad.any():
             raise AnalysisError(
-                f"'{csv}': column '{canon}' has NaN or non-numeric values (row {int(bad.idxmax())})"
+                f"'{csv}' line {line(bad.idxmax())}: column {name} has NaN or non-numeric values"
             )
         if (values <= 0).any():
-            row = int((values <= 0).idxmax())
-            raise AnalysisError(f"'{csv}': column '{canon}' has non-positive value {values[row]} (row {row})")
+            row = (values <= 0).idxmax()
+            raise AnalysisError(
+                f"'{csv}' line {line(row)}: column {name} has non-positive value {values[row]}"
+            )
         out[canon] = values.astype(float)
-    return Results(out, excluded, csv, sources.get("flops", "none"))
+    if budget_col is not None and out["flops_budget"].nunique() < 2:
+        raise AnalysisError(
+            f"'{csv}' lines 2-{line(out.index.max())}: column '{budget_col}' (--budget-col) has one value, "
+            f"{out['flops_budget'].iloc[0]!r}; IsoFLOP fits need 2 or more budgets"
+        )
+    return Results(out.reset_index(drop=True), excluded, csv, sources.get("flops", "none"))
+
+
+def line(index) -> int:
+    """The file line of a row of the table read from a CSV: the header is line 1."""
+    return int(index) + 2
+
+
+def column_name(canon: str, sources: dict[str, str]) -> str:
+    """The table's own name for a canonical column, as errors quote it: 'Model Size' (params)."""
+    own = sources.get(canon, canon)
+    return f"'{own}'" if own == canon else f"'{own}' ({canon})"
 
 
 def load_fewshot(path: str | Path) -> pd.DataFrame:

@@ -164,8 +164,14 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
             [p["N_star"]], [p["loss_star"]], marker="*", s=120, color=colour, edgecolors="black", zorder=5
         )
     ax.scatter([], [], marker="*", s=120, color="white", edgecolors="black", label="fitted minimum")
+    excluded = fit.extra.get("excluded", [])
+    gone = _budget_index(runs, np.array([e["C"] for e in excluded])) if excluded else []
+    for i, e in enumerate(excluded):  # hollow, with the reason: a budget left out is shown, not hidden
+        group = runs[gone == i]
+        label = f"C = {e['C']:.2g}, excluded: {e['reason']}"
+        ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)
     ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7 if excluded else 8)
     return _save(fig, out_dir, name)
 
 

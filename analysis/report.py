@@ -69,13 +69,32 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _edge(value: float, open_: bool, sign: str) -> str:
+    return f"{sign} {fmt(value)}" if open_ else fmt(value)
+
+
 def fit_table(fit: Fit) -> Table:
-    """One row per fitted parameter: estimate and 95% bootstrap interval."""
+    """One row per fitted parameter: estimate and 95% bootstrap interval (an edge on a bound is open)."""
     rows = []
     for name, value in fit.params.items():
         lo, hi = fit.ci.get(name, (np.nan, np.nan))
-        rows.append([name, fmt(value), fmt(lo), fmt(hi)])
+        low, high = fit.ci_open.get(name, (False, False))
+        rows.append([name, fmt(value), _edge(lo, low, "<"), _edge(hi, high, ">")])
     return ["parameter", "estimate", "95% CI low", "95% CI high"], rows
+
+
+def isoflop_table(fit: Fit) -> Table:
+    """Approach 2's minimum per budget: N*, its interval, the loss there and the sizes used."""
+    rows = []
+    for p in fit.extra["isoflop"]:
+        lo, hi = p.get("N_star_ci", (np.nan, np.nan))
+        low, high = p.get("ci_open", (False, False))
+        usable = f"{p['usable_resamples']}" if "usable_resamples" in p else "—"
+        sizes = f"{len(p['points'])} ({fmt(min(p['points']))}–{fmt(max(p['points']))})"
+        rows.append([fmt(p["C"]), fmt(p["N_star"]), _edge(lo, low, "<"), _edge(hi, high, ">"),
+                     fmt(p["loss_star"]), sizes, usable])  # fmt: skip
+    header = ["C (FLOPs)", "N*", "95% CI low", "95% CI high", "loss at N*", "sizes used", "usable resamples"]
+    return header, rows
 
 
 def allocation_table(fits: dict[str, Fit], c_values: np.ndarray) -> Table:
@@ -130,10 +149,16 @@ def _laws(fits: dict[str, Fit]) -> list[tuple]:
         title = LAWS["power_no_offset" if key == "power" and "E" not in fit.params else key]
         summary = f"{fit.n_points} points, objective {fmt(fit.objective)}.{bootstrap_note(fit)}"
         blocks += [("h3", title), ("p", summary)]
+        if "fitted_to" in fit.extra:
+            blocks.append(("p", f"Fitted to {fit.extra['fitted_to']}."))
+        if fit.warnings:
+            blocks += [("p", "Warnings:"), ("list", list(fit.warnings))]
+        blocks.append(("table", fit_table(fit)))
+        if "isoflop" in fit.extra:
+            blocks += [("p", "IsoFLOP minima:"), ("table", isoflop_table(fit))]
         excluded = [f"C = {fmt(e['C'])}: {e['reason']}" for e in fit.extra.get("excluded", [])]
         if excluded:
             blocks += [("p", "IsoFLOP budgets excluded from the fit:"), ("list", excluded)]
-        blocks.append(("table", fit_table(fit)))
     return blocks
 
 

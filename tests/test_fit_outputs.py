@@ -1,0 +1,140 @@
+"""What `lmscale fit` says about its fits: per-budget IsoFLOP minima, excluded budgets and their reasons,
+resample counts, the frontier a power law in compute is fitted to, unidentified parameters, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import plots
+from analysis.cli import main
+from analysis.fit import fit_frontier
+from analysis.load import load_results
+from analysis.report import _laws
+from tests.test_isoflop_simulation import isoflop_grid
+
+
+@pytest.fixture
+def isoflop_csv(tmp_path):
+    """9 IsoFLOP budgets of 7 sizes; the largest budget keeps only sizes above its optimum."""
+    runs = isoflop_grid("wide", 0.005, seed=1)
+    top = runs["flops"] == runs["flops"].max()
+    runs = runs[~top | (runs["params"] > runs.loc[top, "params"].median())].assign(status="completed")
+    path = tmp_path / "isoflop.csv"
+    runs.to_csv(path, index=False)
+    return path
+
+
+def test_approach2_prints_and_writes_each_budgets_minimum_the_excluded_ones_and_resample_counts(
+    isoflop_csv, tmp_path, capsys
+):
+    out = tmp_path / "fit.json"
+    assert (
+        main(["fit", str(isoflop_csv), "--law", "approach2", "--bootstrap", "100", "--json", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "objective" not in text  # approach 2 has none, not nan
+    assert "95% CI from 100 of 100 bootstrap resamples (none dropped)" in text
+    assert "a = 0.4" in text and "(100/100 resamples kept)" in text
+    assert text.count("N*=") == 8 and text.count("usable in") == 8
+    result = json.loads(out.read_text())
+    (excluded,) = result["excluded"]
+    assert (
+        excluded["C"] == 1e22
+        and excluded["reason"] in ("no minimum (concave profile)",)
+        or (excluded["reason"].startswith("minimum outside the sampled sizes (beyond the smallest size"))
+    )
+    assert f"C=1e+22: excluded, {excluded['reason']}" in text
+    assert result["bootstrap"] == {"resamples": 100, "kept": 100, "dropped": {}}
+    assert len(result["isoflop"]) == 8 and result["window"] == 2
+    for p in result["isoflop"]:
+        lo, hi = p["N_star_ci"]
+        assert lo <= p["N_star"] <= hi and len(p["points"]) == 5 and p["loss_star"] > 0
+    assert result["warnings"] == []
+
+
+def test_approach2_full_window_uses_every_size(isoflop_csv, tmp_path):
+    out = tmp_path / "fit.json"
+    assert (
+        main(["fit", str(isoflop_csv), "--law", "approach2", "--isoflop-window", "full", "--json", str(out)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["window"] == "full" and {len(p["points"]) for p in result["isoflop"]} == {7}
+
+
+def test_isoflop_figure_draws_excluded_budgets_hollow_with_their_reason(isoflop_csv, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figures.append(fig) or [])
+    from analysis.fit import approach2
+
+    runs = load_results(isoflop_csv).runs
+    plots.plot_isoflop(runs, approach2(runs), tmp_path)
+    (ax,) = figures[0].axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("C = 1e+22, excluded: ") for label in labels)
+    hollow = [c for c in ax.collections if c.get_label().startswith("C = 1e+22")][0]
+    assert len(hollow.get_offsets()) == 3 and (hollow.get_facecolors()[:, 3] == 0).all()
+
+
+@pytest.mark.slow
+def test_power_in_flops_on_an_isoflop_table_fits_the_frontier_and_says_so(isoflop_csv, tmp_path, capsys):
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(isoflop_csv), "--law", "power", "--x", "flops", "--json", str(out)]) == 0
+    assert (
+        "fitted to the loss-compute frontier: the best run of each compute budget" in capsys.readouterr().out
+    )
+    result = json.loads(out.read_text())
+    assert result["n_points"] <= 9 and "--all-runs" in result["fitted_to"]
+    assert main(["fit", str(isoflop_csv), "--law", "power", "--all-runs", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_points"] == len(pd.read_csv(isoflop_csv))
+
+
+@pytest.mark.slow
+def test_report_warns_when_the_frontier_does_not_identify_E(tmp_path):
+    """A demo-sized sweep whose best losses still fall as a pure power law: E runs off to zero."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for C in np.geomspace(1e12, 1e15, 7):
+        for f in (0.5, 1.0, 2.0):
+            N = 0.1 * np.sqrt(C) * f
+            loss = 30 * C**-0.08 * (1 + 0.05 * np.log(f) ** 2) * np.exp(0.003 * rng.standard_normal())
+            rows.append({"params": N, "tokens": C / (6 * N), "loss": loss, "status": "completed"})
+    path = tmp_path / "demo.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    power = fit_frontier(load_results(path).runs, bootstrap=50)  # the fit analyse() gives the report
+    assert any(w.startswith("E ") and "not identified" in w for w in power.warnings), power.warnings
+    blocks = _laws({"power": power})
+    (warnings,) = [payload for kind, payload in blocks if kind == "list"]
+    assert warnings == power.warnings
+    assert power.ci_open.get("E", (False, False))[0]  # the lower edge sits on E's bound, 0
+
+
+@pytest.mark.parametrize(
+    "args, column",
+    [
+        (["--law", "approach2", "--budget-col", "budget"], "no column 'budget' (given for --budget-col)"),
+        (
+            ["--law", "approach2", "--budget-col", "run", "--loss-col", "Final Loss"],
+            "column 'run' (--budget-col) has one value",
+        ),
+        (["--law", "power", "--loss-col", "Final Loss"], "line 5: column 'Final Loss' (loss) has NaN"),
+    ],
+    ids=["missing-budget-col", "one-budget", "nan-in-mapped-column"],
+)
+def test_bad_input_names_the_users_column_and_line(tmp_path, capsys, args, column):
+    runs = isoflop_grid("centred", 0.005, seed=0).rename(columns={"loss": "Final Loss"}).assign(run="a")
+    if "NaN" in column:
+        runs.loc[3, "Final Loss"] = np.nan
+    path = tmp_path / "table.csv"
+    runs.to_csv(path, index=False)
+    assert main(["fit", str(path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert column in err and len(err.splitlines()) == 1
+
+
+def test_isoflop_window_must_be_a_count_or_full(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", str(tmp_path / "x.csv"), "--isoflop-window", "0"])
+    assert exit_.value.code == 2 and "--isoflop-window" in capsys.readouterr().err
