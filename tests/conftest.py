@@ -28,28 +28,37 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-def lmscale_env(devices: int = 1) -> dict:
+def lmscale_env(devices: int = 1, xla_cache: bool = True) -> dict:
+    """This process's environment for a fresh interpreter with `devices` CPU devices; `xla_cache=False`
+    leaves out the session's compilation cache, for a test that times compiles."""
     env = dict(os.environ)
+    if not xla_cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
 def run_cli(
-    *args: str, devices: int = 1, fresh: bool = False, cwd: Path | None = None, timeout: int = 300
+    *args: str,
+    devices: int = 1,
+    fresh: bool = False,
+    xla_cache: bool = True,
+    cwd: Path | None = None,
+    timeout: int = 300,
 ) -> subprocess.CompletedProcess:
     """`lmscale ARGS`, its exit status and output.
 
     It runs in this process, as `python -m lmscale` would, unless it needs a fresh interpreter: another
-    device count (XLA_FLAGS is read once, at JAX's start) or `fresh=True` (process-wide state, such as
-    `jax.distributed`). A fresh interpreter pays JAX's import and every compile again.
+    device count (XLA_FLAGS is read once, at JAX's start), `fresh=True` (process-wide state, such as
+    `jax.distributed`) or `xla_cache=False` (compiles timed without the session's compilation cache).
+    A fresh interpreter pays JAX's import and every compile again.
     """
     argv = [str(a) for a in args]
-    if devices != 1 or fresh:
+    if devices != 1 or fresh or not xla_cache:
         cmd = [sys.executable, "-m", "lmscale", *argv]
-        return subprocess.run(
-            cmd, env=lmscale_env(devices), capture_output=True, text=True, timeout=timeout, cwd=cwd
-        )
+        env = lmscale_env(devices, xla_cache)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     from lmscale.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()

@@ -19,7 +19,7 @@ VARIANTS = {
 
 
 def _model(**variant):
-    model = {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": 160, **variant}
+    model = {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": 32, **variant}
     cfg = config.from_dict({"model": model})
     params = Transformer(cfg.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
     return cfg.model, params
@@ -38,8 +38,9 @@ def test_a_position_sees_no_later_token(variant):
     assert np.abs(np.asarray(a[:, 12:] - b[:, 12:])).max() > 1e-3  # and the later positions do see them
 
 
-@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
-def test_a_cache_filled_in_chunks_matches_the_plain_forward_for_every_variant(variant):
+@pytest.mark.parametrize("variant", list(VARIANTS.values())[1:], ids=list(VARIANTS)[1:])
+def test_a_cache_filled_in_chunks_matches_the_plain_forward_in_the_other_variants(variant):
+    """The default (RoPE, scanned layers) is the test below; these are the other variants."""
     cfg, params = _model(**variant)
     model = Transformer(cfg)
     tokens = jnp.array(np.random.default_rng(3).integers(0, 256, (2, 15)), jnp.int32)

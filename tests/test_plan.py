@@ -27,7 +27,9 @@ sweep:
 def planned(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plan")
     (tmp / "pair.yaml").write_text(SPEC)
-    proc = run_cli("plan", tmp / "pair.yaml", "--csv", tmp / "plan.csv", cwd=tmp)
+    # Its time estimates include compiles, so the plan and the run it is checked against both compile
+    # from scratch, as a user's would, not from the test session's compilation cache.
+    proc = run_cli("plan", tmp / "pair.yaml", "--csv", tmp / "plan.csv", cwd=tmp, xla_cache=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, proc.stdout, pd.read_csv(tmp / "plan.csv")
 
@@ -61,7 +63,9 @@ def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
 def test_time_estimates_are_within_2x_of_the_measured_run_and_its_evaluation(planned):
     tmp, _, table = planned
     only_first = "sweep.sizes.shapes=[{n_layers: 1, d_model: 32, n_heads: 2}]"  # the plan's first row
-    proc = run_cli("sweep", tmp / "pair.yaml", "--out", tmp / "runs", "--no-progress", only_first)
+    proc = run_cli(
+        "sweep", tmp / "pair.yaml", "--out", tmp / "runs", "--no-progress", only_first, xla_cache=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads((tmp / "runs" / "pair" / "L1-D32-T10.2K-s0" / "summary.json").read_text())
     estimate = table.set_index("run_id").loc["L1-D32-T10.2K-s0"]
