@@ -8,6 +8,7 @@ the backward pass costs twice the forward pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from lmscale.config import Config, ModelConfig
 
@@ -64,3 +65,8 @@ def step_flops(cfg: Config) -> float:
 def flops_6nd(m: ModelConfig, tokens: float) -> float:
     """The 6ND approximation (Kaplan et al. 2020), with N the total parameter count."""
     return 6.0 * param_counts(m).total * tokens
+
+
+def params_for_6nd(compute: float, tokens_per_param: float) -> float:
+    """The N with C = 6ND at D = tokens_per_param * N: N = sqrt(C / (6 D/N)) (Hoffmann et al. 2022)."""
+    return math.sqrt(compute / (6.0 * tokens_per_param))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,7 @@ def _isoflop_targets(iso: IsoFlop) -> list[tuple[float, float]]:
     """(compute budget C, target total params N) pairs, geometrically spaced around N*(C)."""
     pairs = []
     for C in iso.budgets:
-        # C = 6 N D with D = tokens_per_param * N (Hoffmann et al. 2022)
-        optimum = math.sqrt(C / (6.0 * iso.tokens_per_param))
+        optimum = flops.params_for_6nd(C, iso.tokens_per_param)
         for k in range(iso.sizes):
             offset = 2.0 * k / (iso.sizes - 1) - 1.0 if iso.sizes > 1 else 0.0
             pairs.append((C, optimum * iso.spread**offset))
