@@ -11,10 +11,15 @@ from lmscale.config import ConfigError
 EPILOG = "Overrides are dotted config paths, e.g. train.seed=3 mesh.tensor=2 model.d_model=128."
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line with exit status 2, like every other bad input (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lmscale", description="Scaling-law experiments in JAX/Flax: train, measure, fit."
-    )
+    p = _Parser(prog="lmscale", description="Scaling-law experiments in JAX/Flax: train, measure, fit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
@@ -136,6 +141,9 @@ def _train(args: argparse.Namespace) -> int:
     import jax
 
     config.validate(cfg, jax.device_count())
+    from lmscale.sweep.plan import check_memory
+
+    check_memory(cfg, jax.devices())
     out = args.out or Path("runs") / args.config.stem
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' exists and is not a directory")
@@ -163,7 +171,13 @@ def _load_sweep(args: argparse.Namespace):
     sharding.initialize_distributed(sweep.cells[0].cfg.mesh.distributed)
     import jax
 
-    return grid.validate_cells(sweep, jax.device_count())
+    sweep = grid.validate_cells(sweep, jax.device_count())
+    if args.command == "sweep":  # plan shows each run's memory estimate; sweep must not start one that fails
+        from lmscale.sweep.plan import check_memory
+
+        for cell in sweep.cells:
+            check_memory(cell.cfg, jax.devices())
+    return sweep
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import bisect
 import collections
 import dataclasses
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -28,7 +29,7 @@ import pandas as pd
 
 from lmscale import flops, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer, retained_steps
-from lmscale.config import Config
+from lmscale.config import Config, ConfigError
 from lmscale.data.pipeline import make_source, prepare
 from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
@@ -90,6 +91,24 @@ def memory_bytes(cfg: Config, n_devices: int) -> int:
     layers = tokens * c * m.d_model * m.n_layers + per_layer if m.remat else per_layer * m.n_layers
     logits = 3 * tokens * m.vocab_size / tp * 4  # float32 logits, softmax and its gradient
     return int(state + layers + logits)
+
+
+def check_memory(cfg: Config, devices: list) -> None:
+    """ConfigError (one line, with the estimate) for a run that cannot fit in a device's memory, or on
+    CPU in host RAM shared by the process's devices: it fails before its run directory exists."""
+    need = memory_bytes(cfg, len(devices))
+    have = (devices[0].memory_stats() or {}).get("bytes_limit")
+    where = f"{devices[0].device_kind} memory"
+    if have is None:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
+        where = "host RAM" + (
+            f" / {jax.local_device_count()} devices" if jax.local_device_count() > 1 else ""
+        )
+    if need > have:
+        raise ConfigError(
+            f"model.d_model={cfg.model.d_model}, model.n_layers={cfg.model.n_layers}: the memory estimate "
+            f"is {need / 2**30:,.1f} GiB per device, more than the {have / 2**30:,.1f} GiB of {where}"
+        )
 
 
 @dataclasses.dataclass
