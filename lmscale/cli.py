@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         help="train one run (resumes from its latest checkpoint)",
         description="Train one model. Rerunning the same command resumes from the latest "
-        "checkpoint; a completed run is left as it is. SIGTERM checkpoints and exits.",
+        "checkpoint; a completed run is left as it is. SIGTERM checkpoints and exits. One process trains a "
+        "directory at a time (it holds DIR/.lock): a second exits 2 at once naming its pid and host.",
         epilog=EPILOG,
     )
     t.add_argument("config", type=Path, help="run config YAML, e.g. experiments/tiny.yaml")

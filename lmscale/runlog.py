@@ -1,9 +1,15 @@
-"""The files of a run directory: `metrics.jsonl`, `summary.json`, `config.yaml`, written safely."""
+"""The files of a run directory: `metrics.jsonl`, `summary.json`, `config.yaml`, written safely, and the
+lock (`.lock`) that keeps one process at a time training a run."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +17,8 @@ import yaml
 
 # The one atomic write of both packages; lmscale's callers keep calling it runlog.write_atomic.
 from analysis.atomic import write_atomic
+
+LOCK = ".lock"  # per run: held by the one process that trains it; it holds that process's pid and host
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -60,3 +68,34 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+@contextlib.contextmanager
+def flocked(path: Path, block: bool) -> Iterator[bool]:
+    """Hold an exclusive flock on `path` for the block; yields False if `block` is off and it is taken.
+
+    The holder writes its pid and host into the file (`holder` reads them back). The kernel drops the
+    lock when its holder dies, even by SIGKILL."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock at `path`, as its holder wrote it: `pid 123 on host`."""
+    try:
+        return Path(path).read_text().strip() or "another process"
+    except OSError:
+        return "another process"

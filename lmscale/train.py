@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
@@ -132,8 +133,12 @@ class StopRequested:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def train(cfg: Config, out: Path, progress: bool = True) -> dict:
-    """Train `cfg` into run directory `out`, resuming from its latest checkpoint. Returns the summary."""
+def train(cfg: Config, out: Path, progress: bool = True, lock: bool = True) -> dict:
+    """Train `cfg` into run directory `out`, resuming from its latest checkpoint. Returns the summary.
+
+    With `lock`, process 0 holds `out/.lock` while it trains (a sweep passes False: it holds it already);
+    a run another process holds is a ConfigError naming that process, raised before anything is written.
+    """
     out = Path(out)
     primary = jax.process_index() == 0
     if (out / "config.yaml").exists():
@@ -149,6 +154,26 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
         digest = np.frombuffer(bytes.fromhex(pipe.fingerprint[:16]), np.int32)
         multihost_utils.assert_equal(digest, "lmscale: hosts built different data pipelines")
     out.mkdir(parents=True, exist_ok=True)
+    taken = (
+        runlog.flocked(out / runlog.LOCK, block=False) if lock and primary else contextlib.nullcontext(True)
+    )
+    with taken as held:
+        if jax.process_count() > 1:  # every process stops if process 0 could not take the lock
+            from jax.experimental import multihost_utils
+
+            held = bool(np.all(multihost_utils.process_allgather(np.int32(held))))
+        if not held:
+            raise ConfigError(
+                f"run directory '{out}' is being trained by {runlog.holder(out / runlog.LOCK)}; "
+                "wait for it to finish, or train into another --out"
+            )
+        summary = results.read_summary(out) or {}  # the holder may have completed it while we prepared
+        if summary.get("status") == "completed":
+            return summary
+        return _train_locked(cfg, out, pipe, primary, progress)
+
+
+def _train_locked(cfg: Config, out: Path, pipe: Pipeline, primary: bool, progress: bool) -> dict:
     if primary:
         meta = results.run_metadata(cfg, environment(), pipe.metadata())
         runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": meta})

@@ -216,3 +216,52 @@ def test_the_loop_state_round_trips_through_a_checkpoints_extra_record():
     assert 5.0 <= again["wall_time_s"] <= 5.0 + time.perf_counter() - t_start
     fresh = LoopState(t_start)
     assert fresh.wall_before_s == fresh.train_time_s == 0.0 and math.isnan(fresh.last_loss)
+
+
+def _holder_pid(out, procs, timeout=120):
+    """The pid among `procs` that holds `out`'s lock, once one has taken it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = (out / ".lock").read_text() if (out / ".lock").exists() else ""
+        for p in procs:
+            if text.startswith(f"pid {p.pid} "):
+                return p
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    raise AssertionError("no process took the lock")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("staggered", [True, False], ids=["staggered", "together"])
+def test_two_trains_into_one_directory_one_trains_and_the_other_exits_2_at_once(
+    uninterrupted, tmp_path, staggered
+):
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "lmscale", "train", str(TINY), "--out", str(out), "--no-progress"]
+    cmd += _overrides()
+
+    def start():
+        return subprocess.Popen(cmd, env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    procs = [start()] if staggered else [start(), start()]
+    winner = _holder_pid(out, procs)
+    winner.send_signal(signal.SIGSTOP)  # hold it mid-run while the other tries
+    t0 = time.time()
+    if staggered:
+        procs.append(start())
+    (loser,) = [p for p in procs if p is not winner]
+    _, err = loser.communicate(timeout=120)
+    elapsed = time.time() - t0
+    winner.send_signal(signal.SIGCONT)
+    _, winner_err = winner.communicate(timeout=300)
+    assert winner.returncode == 0, winner_err.decode()[-2000:]
+    err = err.decode()
+    assert loser.returncode == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert str(out) in err and f"pid {winner.pid} on " in err
+    assert elapsed < 10
+    rows = _rows(out)
+    assert [r["step"] for r in rows if "split" not in r] == list(range(1, STEPS + 1)), "every step once"
+    assert [r["loss"] for r in rows if "split" not in r] == [
+        r["loss"] for r in _rows(uninterrupted) if "split" not in r
+    ]
