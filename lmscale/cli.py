@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", type=Path, help="run config YAML, e.g. experiments/tiny.yaml")
     t.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument(
+        "--restart-from-scratch",
+        action="store_true",
+        help="if every checkpoint fails verification (each is set aside, never deleted), train again from "
+        "step 0 instead of exiting 2",
+    )
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     b = sub.add_parser(
@@ -150,7 +156,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out '{out}' exists and is not a directory")
     from lmscale.train import train
 
-    summary = train(cfg, out, progress=not args.no_progress)
+    summary = train(cfg, out, progress=not args.no_progress, restart_from_scratch=args.restart_from_scratch)
     status = summary["status"]
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import lmscale
 from lmscale import flops, peak, results, runlog, sharding
-from lmscale.checkpoint import Checkpointer
+from lmscale.checkpoint import SET_ASIDE, CheckpointCorrupt, Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
 from lmscale.data.pipeline import Pipeline, prepare, process_rows
 from lmscale.step_fns import StepFns, build
@@ -133,11 +133,15 @@ class StopRequested:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def train(cfg: Config, out: Path, progress: bool = True, lock: bool = True) -> dict:
+def train(
+    cfg: Config, out: Path, progress: bool = True, lock: bool = True, restart_from_scratch: bool = False
+) -> dict:
     """Train `cfg` into run directory `out`, resuming from its latest checkpoint. Returns the summary.
 
     With `lock`, process 0 holds `out/.lock` while it trains (a sweep passes False: it holds it already);
     a run another process holds is a ConfigError naming that process, raised before anything is written.
+    Checkpoints that fail to restore or verify are set aside; if none is left, the run starts again from
+    step 0 only with `restart_from_scratch`, and is otherwise a ConfigError naming the directory.
     """
     out = Path(out)
     primary = jax.process_index() == 0
@@ -170,10 +174,12 @@ def train(cfg: Config, out: Path, progress: bool = True, lock: bool = True) -> d
         summary = results.read_summary(out) or {}  # the holder may have completed it while we prepared
         if summary.get("status") == "completed":
             return summary
-        return _train_locked(cfg, out, pipe, primary, progress)
+        return _train_locked(cfg, out, pipe, primary, progress, restart_from_scratch)
 
 
-def _train_locked(cfg: Config, out: Path, pipe: Pipeline, primary: bool, progress: bool) -> dict:
+def _train_locked(
+    cfg: Config, out: Path, pipe: Pipeline, primary: bool, progress: bool, restart_from_scratch: bool
+) -> dict:
     if primary:
         meta = results.run_metadata(cfg, environment(), pipe.metadata())
         runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": meta})
@@ -186,7 +192,7 @@ def _train_locked(cfg: Config, out: Path, pipe: Pipeline, primary: bool, progres
     # The batch rows this host's pipeline reads must be the ones its devices hold
     rows = process_rows(cfg.train.batch_size, jax.process_index(), jax.process_count())
     sharding.check_process_rows(steps.batch_sharding, cfg.train.batch_size, rows)
-    loop = _Loop(cfg, out, steps, pipe, primary, progress, t_start)
+    loop = _Loop(cfg, out, steps, pipe, primary, progress, t_start, restart_from_scratch)
     try:
         with StopRequested(sync_every=cfg.train.log_every) as stop:
             summary = loop.run(stop)
@@ -205,6 +211,7 @@ class _Loop:
         primary: bool,
         progress: bool,
         t_start: float,
+        restart_from_scratch: bool = False,
     ):
         self.cfg, self.out, self.steps, self.pipe, self.primary = cfg, out, steps, pipe, primary
         self.total = cfg.steps
@@ -217,6 +224,9 @@ class _Loop:
         self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)
         val = pipe.source("val", cfg.train.batch_size, cfg.train.seed, pi, pc)
         self.val_batches = [steps.put_batch(next(val)) for _ in range(cfg.train.eval_batches)]
+        # The fixed batch whose loss each checkpoint records and each restore reproduces.
+        self.probe = self.val_batches[0] if self.val_batches else steps.put_batch(next(val))
+        self.restart_from_scratch = restart_from_scratch
         self.progress = progress
         # Set by run(): the restored (or fresh) train state and loop state, the log and the bar.
         self.state: Any = None
@@ -231,17 +241,35 @@ class _Loop:
 
     # -- state ---------------------------------------------------------------------------------
     def _start(self) -> tuple[Any, int, LoopState]:
-        step = self.ckpt.latest_step()
-        if step is None:
+        had = bool(self.ckpt.all_steps())
+        found = self.ckpt.restore_newest(self.steps.abstract_state, self._check, self.out)
+        if found is None:
+            if had and not self.restart_from_scratch:
+                raise ConfigError(
+                    f"no usable checkpoint left in '{self.out / 'checkpoints'}' (set aside in "
+                    f"'{self.out / SET_ASIDE}'); rerun with --restart-from-scratch to train from step 0"
+                )
             return self.steps.init(self.cfg.train.seed), 0, self.so_far
-        state, extra = self.ckpt.restore(step, self.steps.abstract_state)
+        step, state, extra = found
         so_far = LoopState.from_extra(extra, self.so_far.t_start)
         self.source.restore(so_far.data)
         return state, step, so_far
 
+    def _probe_loss(self, params: Any) -> float:
+        return float(jax.device_get(self.steps.eval_loss(params, self.probe)))
+
+    def _check(self, state: Any, extra: dict) -> None:
+        """A restored checkpoint must hold a loop state, and its parameters must score the saved loss on
+        the fixed batch: that catches a checkpoint written wrong, which its digest cannot."""
+        LoopState.from_extra(extra, 0.0)  # an emptied extra record fails here
+        saved = extra["verify"]["probe_loss"] if "verify" in extra else None  # older checkpoints: none
+        loss = self._probe_loss(state.params) if saved is not None else None
+        if saved is not None and not math.isclose(loss, saved, rel_tol=1e-5):
+            raise CheckpointCorrupt(f"loss {loss:.6g} on the fixed validation batch, saved as {saved:.6g}")
+
     def _save(self, step: int) -> None:
         self.so_far.data = self.source.state()
-        self.ckpt.save(step, self.state, self.so_far.to_extra())
+        self.ckpt.save(step, self.state, self.so_far.to_extra(), self._probe_loss(self.state.params))
 
     # -- at a step -----------------------------------------------------------------------------
     def _record(self, step: int, metrics: dict) -> None:

@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,3 +266,70 @@ def test_two_trains_into_one_directory_one_trains_and_the_other_exits_2_at_once(
     assert [r["loss"] for r in rows if "split" not in r] == [
         r["loss"] for r in _rows(uninterrupted) if "split" not in r
     ]
+
+
+def _flip(step_dir):
+    blob = max((step_dir / "state").rglob("d/*"), key=lambda f: f.stat().st_size)  # the arrays' bytes
+    data = bytearray(blob.read_bytes())
+    data[1000:1400] = bytes(b ^ 0xFF for b in data[1000:1400])
+    blob.write_bytes(bytes(data))
+
+
+def _truncate(step_dir):
+    blob = max((step_dir / "state").rglob("d/*"), key=lambda f: f.stat().st_size)
+    blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+
+
+def _empty_extra(step_dir):
+    (step_dir / "extra" / "metadata").write_text("")
+
+
+def _interrupted_copy(uninterrupted, out):
+    """The finished run as a kill right after its last save leaves it: `running`, every checkpoint kept."""
+    shutil.copytree(uninterrupted, out)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps(summary | {"status": "running"}))
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, _empty_extra, shutil.rmtree], ids=lambda f: f.__name__)
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_resumes_bitwise(
+    uninterrupted, tmp_path, damage
+):
+    out = tmp_path / "damaged"
+    _interrupted_copy(uninterrupted, out)
+    damage(out / "checkpoints" / str(STEPS))
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    notices = proc.stderr.strip().splitlines()
+    if damage is shutil.rmtree:  # a deleted checkpoint is simply not there
+        assert notices == []
+    else:
+        assert len(notices) == 1 and f"checkpoint {STEPS} of '{out}' is unusable" in notices[0]
+        assert [p.name.split("-")[0] for p in (out / checkpoint.SET_ASIDE).iterdir()] == [str(STEPS)]
+    _, params_a = _final_params(uninterrupted)
+    step_b, params_b = _final_params(out)
+    assert step_b == STEPS
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
+
+
+def test_with_no_usable_checkpoint_only_restart_from_scratch_trains_again(uninterrupted, tmp_path):
+    out = tmp_path / "ruined"
+    _interrupted_copy(uninterrupted, out)
+    kept = sorted(p for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    for step_dir in kept:
+        _empty_extra(step_dir)
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == len(kept) + 1 and "--restart-from-scratch" in lines[-1] and str(out) in lines[-1]
+    assert len(list((out / checkpoint.SET_ASIDE).iterdir())) == len(kept)  # moved, never deleted
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", "--restart-from-scratch", *_overrides())
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    _, params_a = _final_params(uninterrupted)
+    _, params_b = _final_params(out)
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
