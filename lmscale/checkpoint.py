@@ -8,6 +8,7 @@ on disk is never trusted. One that fails is set aside (renamed, never deleted) a
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -116,6 +117,14 @@ class Checkpointer:
                     file=sys.stderr,
                 )
         return None
+
+    def remove_partial(self) -> None:
+        """Delete the temporary directories of saves that never committed (a kill or a full disk mid-save):
+        they are no checkpoint, and Orbax would count them against `keep`. Only for the run's one writer,
+        with no save in flight."""
+        for tmp in Path(self.manager.directory).glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.manager.reload()
 
     def set_aside(self, step: int) -> Path:
         """Move checkpoint `step` out of the manager's sight (never deleted); returns where it went."""

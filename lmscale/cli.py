@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmscale import runlog
 from lmscale.config import ConfigError
 
 EPILOG = "Overrides are dotted config paths, e.g. train.seed=3 mesh.tensor=2 model.d_model=128."
@@ -139,9 +140,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmscale import config
+    from lmscale import config, runlog
 
     cfg = config.load(args.config, args.overrides)
+    out = args.out or Path("runs") / args.config.stem
+    runlog.check_writable(out, "--out", directory=True)
     from lmscale import sharding  # jax is imported only once the config has parsed
 
     sharding.initialize_distributed(cfg.mesh.distributed)
@@ -151,12 +154,21 @@ def _train(args: argparse.Namespace) -> int:
     from lmscale.sweep.plan import check_memory
 
     check_memory(cfg, jax.devices())
-    out = args.out or Path("runs") / args.config.stem
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' exists and is not a directory")
-    from lmscale.train import train
+    from absl import logging as absl_logging
 
-    summary = train(cfg, out, progress=not args.no_progress, restart_from_scratch=args.restart_from_scratch)
+    from lmscale.train import RunFailed, train
+
+    # Orbax logs a failed background save's traceback from each of its threads; the run's error.log
+    # keeps one, and stderr gets one line.
+    absl_logging.set_verbosity(absl_logging.FATAL)
+
+    try:
+        summary = train(
+            cfg, out, progress=not args.no_progress, restart_from_scratch=args.restart_from_scratch
+        )
+    except RunFailed as e:
+        print(f"lmscale train: error: {e}", file=sys.stderr)
+        return 1
     status = summary["status"]
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(
@@ -188,6 +200,8 @@ def _load_sweep(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.csv is not None:
+        runlog.check_writable(args.csv, "--csv", directory=False)
     sweep = _load_sweep(args)
     from lmscale.sweep import plan
 
@@ -195,8 +209,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out '{args.out}' exists and is not a directory")
+    runlog.check_writable(args.out, "--out", directory=True)
     sweep = _load_sweep(args)
     from lmscale.fewshot import evaluate
     from lmscale.sweep.runner import EVAL_FAILED, assigned, run_sweep
@@ -216,6 +229,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from lmscale import bench
 
+    if args.json is not None:
+        runlog.check_writable(args.json, "--json", directory=False)
     return bench.main(args)
 
 
@@ -259,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         ](args)
     except ConfigError as e:
         print(f"lmscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or vanished output before the work began
+        print(f"lmscale {args.command}: error: {runlog.one_line(e)}", file=sys.stderr)
         return 2
 
 

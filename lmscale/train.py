@@ -6,9 +6,9 @@ import contextlib
 import dataclasses
 import math
 import platform
-import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from lmscale import flops, peak, results, runlog, sharding
 from lmscale.checkpoint import SET_ASIDE, CheckpointCorrupt, Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
 from lmscale.data.pipeline import Pipeline, prepare, process_rows
+from lmscale.preempt import StopRequested
 from lmscale.step_fns import StepFns, build
 
 
@@ -99,40 +100,6 @@ def _check_same_config(path: Path, cfg: Config) -> None:
                 )
 
 
-class StopRequested:
-    """SIGTERM (preemption, `scancel`, `kill`) asks the loop to checkpoint and exit at the next step.
-
-    With several processes the signal reaches each at its own moment, but all must stop after the same
-    step: one saving (a collective) while another runs the next step would hang both. Their flags are
-    therefore combined every `sync_every` steps (the logged steps, where the loop waits on the step's
-    metrics anyway), and every process stops at the first such step after any of them was asked to.
-    """
-
-    def __init__(self, sync_every: int = 1):
-        self.requested = False
-        self.sync_every = sync_every
-
-    def now(self, step: int) -> bool:
-        """Whether to checkpoint and stop after `step`: the same answer in every process."""
-        if jax.process_count() == 1:
-            return self.requested
-        if step % self.sync_every:
-            return False
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 def train(
     cfg: Config, out: Path, progress: bool = True, lock: bool = True, restart_from_scratch: bool = False
 ) -> dict:
@@ -196,9 +163,18 @@ def _train_locked(
     try:
         with StopRequested(sync_every=cfg.train.log_every) as stop:
             summary = loop.run(stop)
+    except Exception as e:
+        failed = loop.failed(e)
+        if isinstance(e, ConfigError):  # e.g. no usable checkpoint: bad input, exit status 2
+            raise
+        raise failed from e
     finally:
         loop.close()
     return summary
+
+
+class RunFailed(Exception):
+    """A run that raised mid-run, already marked `failed` in its summary.json; the message is one line."""
 
 
 class _Loop:
@@ -235,12 +211,14 @@ class _Loop:
         self.bar: tqdm | None = None
         self.compile_s: float | None = None
         self.done = 0  # the last step whose metrics are in
-        self.diverged = False
+        self.diverged = ""  # the first non-finite step and loss, once there is one
         # Step time: since the last step's metrics arrived, summed over the steps of the logged window.
         self.t_last, self.window_s, self.window_steps = t_start, 0.0, 0
 
     # -- state ---------------------------------------------------------------------------------
     def _start(self) -> tuple[Any, int, LoopState]:
+        if self.primary:  # this process holds the run's lock: no other save is in flight
+            self.ckpt.remove_partial()
         had = bool(self.ckpt.all_steps())
         found = self.ckpt.restore_newest(self.steps.abstract_state, self._check, self.out)
         if found is None:
@@ -274,6 +252,8 @@ class _Loop:
     # -- at a step -----------------------------------------------------------------------------
     def _record(self, step: int, metrics: dict) -> None:
         """Metrics of a finished step: divergence check, progress bar, and a row when due."""
+        if self.diverged:  # the step after the first non-finite one: neither logged nor counted
+            return
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
         now = time.perf_counter()
         seconds, self.t_last = now - self.t_last, now
@@ -283,7 +263,7 @@ class _Loop:
         self.so_far.last_loss = m["loss"]
         self.done = step
         if not math.isfinite(m["loss"]):
-            self.diverged = True
+            self.diverged = f"non-finite loss {m['loss']} at step {step}"
         if self.bar is not None:
             # refresh=False: the bar redraws at tqdm's own pace (mininterval), not at every step.
             self.bar.set_postfix(
@@ -370,7 +350,7 @@ class _Loop:
         self.ckpt.close()
         return self._write_summary(status)
 
-    def _write_summary(self, status: str) -> dict:
+    def _write_summary(self, status: str, error: str | None = None) -> dict:
         summary = results.run_summary(
             self.cfg,
             status,
@@ -386,9 +366,26 @@ class _Loop:
             data_epochs=self.source.epochs,
             data_fingerprint=self.pipe.fingerprint,
         )
+        if error or self.diverged:
+            summary["error"] = error or self.diverged
         if self.primary:
+            if self.diverged and not error:
+                runlog.write_atomic(self.out / "error.log", f"diverged: {self.diverged}\n")
             runlog.write_json(self.out / "summary.json", summary)
         return summary
+
+    def failed(self, error: Exception) -> RunFailed:
+        """A run that raised: shut the checkpointer down, drop its partial save, and mark the run failed
+        with the error (its traceback in error.log), so no `running` summary is left behind."""
+        message = runlog.one_line(error)
+        with contextlib.suppress(Exception):  # the save that failed raises again here
+            self.ckpt.close()
+        if self.primary:
+            with contextlib.suppress(Exception):  # with the disk still full, the summary says running
+                self.ckpt.remove_partial()
+                runlog.write_atomic(self.out / "error.log", traceback.format_exc())
+                self._write_summary("failed", message)
+        return RunFailed(f"{message} (the run in '{self.out}' is marked failed; see its error.log)")
 
     def close(self) -> None:
         if self.log is not None:

@@ -1,5 +1,6 @@
 """A run's files, its resume after SIGKILL or SIGTERM, and how it stops."""
 
+import contextlib
 import json
 import math
 import random
@@ -204,6 +205,8 @@ def test_nan_loss_stops_the_run_as_diverged(tmp_path):
     assert summary["status"] == "diverged"
     assert summary["steps"] < STEPS
     assert _rows(out)[-1]["loss"] is None  # NaN is written as null, keeping the file valid JSON
+    assert [r["loss"] for r in _rows(out)].count(None) == 1  # the first non-finite step, once
+    assert f"at step {summary['steps']}" in summary["error"] and (out / "error.log").exists()
 
 
 def test_the_loop_state_round_trips_through_a_checkpoints_extra_record():
@@ -333,3 +336,46 @@ def test_with_no_usable_checkpoint_only_restart_from_scratch_trains_again(uninte
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
+
+
+@contextlib.contextmanager
+def _tmpfs(path, options):
+    """A small tmpfs at `path` (skips the test where this process may not mount one)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()[:200]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_mid_save_fails_in_one_line_and_the_rerun_resumes_bitwise(uninterrupted, tmp_path):
+    with _tmpfs(tmp_path / "disk", "size=700k") as disk:  # room for the step-5 checkpoint, not step 10's
+        out = disk / "run"
+        proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert len(lines) == 1 and "No space left on device" in lines[0] and str(out) in lines[0]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # space freed
+        proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        _, params_a = _final_params(uninterrupted)
+        _, params_b = _final_params(out)
+        for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "plan"])
+def test_a_read_only_output_fails_before_any_work_in_one_line(tmp_path, command):
+    with _tmpfs(tmp_path / "ro", "size=64k,ro") as ro:
+        target = {"train": ["--out", ro / "run"], "sweep": ["--out", ro], "plan": ["--csv", ro / "p.csv"]}
+        config = TINY if command == "train" else TINY.parent / "cpu_demo.yaml"
+        proc = run_cli(command, config, *target[command])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert len(lines) == 1 and "is not writable" in lines[0] and str(ro) in lines[0]

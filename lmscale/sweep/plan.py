@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lmscale import flops, peak, runlog, sharding
-from lmscale.checkpoint import Checkpointer, retained_steps
+from lmscale.checkpoint import Checkpointer, digest, retained_steps
 from lmscale.config import Config, ConfigError
 from lmscale.data.pipeline import make_source, prepare
 from lmscale.fewshot import evaluate, tasks
@@ -97,13 +97,10 @@ def check_memory(cfg: Config, devices: list) -> None:
     """ConfigError (one line, with the estimate) for a run that cannot fit in a device's memory, or on
     CPU in host RAM shared by the process's devices: it fails before its run directory exists."""
     need = memory_bytes(cfg, len(devices))
-    have = (devices[0].memory_stats() or {}).get("bytes_limit")
-    where = f"{devices[0].device_kind} memory"
-    if have is None:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
-        where = "host RAM" + (
-            f" / {jax.local_device_count()} devices" if jax.local_device_count() > 1 else ""
-        )
+    have, where = (devices[0].memory_stats() or {}).get("bytes_limit"), f"{devices[0].device_kind} memory"
+    if have is None:  # CPU: the simulated devices share the host's RAM
+        local = jax.local_device_count()
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local, f"host RAM / {local}"
     if need > have:
         raise ConfigError(
             f"model.d_model={cfg.model.d_model}, model.n_layers={cfg.model.n_layers}: the memory estimate "
@@ -154,6 +151,7 @@ def run_costs(steps: StepFns, state) -> RunCosts:
     t2 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lmscale-plan-") as tmp:
         ckpt = Checkpointer(Path(tmp) / "checkpoints", keep=2, async_save=True)
+        digest(state)  # compiled once per run (at its first save), not per save
         t3 = time.perf_counter()
         ckpt.save(1, state, {"data": {}})
         ckpt.close()
