@@ -6,27 +6,40 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmscale import runlog
 from lmscale.config import ConfigError
 
 EPILOG = "Overrides are dotted config paths, e.g. train.seed=3 mesh.tensor=2 model.d_model=128."
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line with exit status 2, like every other bad input (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lmscale", description="Scaling-law experiments in JAX/Flax: train, measure, fit."
-    )
+    p = _Parser(prog="lmscale", description="Scaling-law experiments in JAX/Flax: train, measure, fit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
         "train",
         help="train one run (resumes from its latest checkpoint)",
         description="Train one model. Rerunning the same command resumes from the latest "
-        "checkpoint; a completed run is left as it is. SIGTERM checkpoints and exits.",
+        "checkpoint; a completed run is left as it is. SIGTERM checkpoints and exits. One process trains a "
+        "directory at a time (it holds DIR/.lock): a second exits 2 at once naming its pid and host.",
         epilog=EPILOG,
     )
     t.add_argument("config", type=Path, help="run config YAML, e.g. experiments/tiny.yaml")
     t.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument(
+        "--restart-from-scratch",
+        action="store_true",
+        help="if every checkpoint fails verification (each is set aside, never deleted), train again from "
+        "step 0 instead of exiting 2",
+    )
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     b = sub.add_parser(
@@ -127,21 +140,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmscale import config
+    from lmscale import config, runlog
 
     cfg = config.load(args.config, args.overrides)
+    out = args.out or Path("runs") / args.config.stem
+    runlog.check_writable(out, "--out", directory=True)
     from lmscale import sharding  # jax is imported only once the config has parsed
 
     sharding.initialize_distributed(cfg.mesh.distributed)
     import jax
 
     config.validate(cfg, jax.device_count())
-    out = args.out or Path("runs") / args.config.stem
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' exists and is not a directory")
-    from lmscale.train import train
+    from lmscale.sweep.plan import check_memory
 
-    summary = train(cfg, out, progress=not args.no_progress)
+    check_memory(cfg, jax.devices())
+    from absl import logging as absl_logging
+
+    from lmscale.train import RunFailed, train
+
+    # Orbax logs a failed background save's traceback from each of its threads; the run's error.log
+    # keeps one, and stderr gets one line.
+    absl_logging.set_verbosity(absl_logging.FATAL)
+
+    try:
+        summary = train(
+            cfg, out, progress=not args.no_progress, restart_from_scratch=args.restart_from_scratch
+        )
+    except RunFailed as e:
+        print(f"lmscale train: error: {e}", file=sys.stderr)
+        return 1
     status = summary["status"]
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
     print(
@@ -163,10 +190,18 @@ def _load_sweep(args: argparse.Namespace):
     sharding.initialize_distributed(sweep.cells[0].cfg.mesh.distributed)
     import jax
 
-    return grid.validate_cells(sweep, jax.device_count())
+    sweep = grid.validate_cells(sweep, jax.device_count())
+    if args.command == "sweep":  # plan shows each run's memory estimate; sweep must not start one that fails
+        from lmscale.sweep.plan import check_memory
+
+        for cell in sweep.cells:
+            check_memory(cell.cfg, jax.devices())
+    return sweep
 
 
 def _plan(args: argparse.Namespace) -> int:
+    if args.csv is not None:
+        runlog.check_writable(args.csv, "--csv", directory=False)
     sweep = _load_sweep(args)
     from lmscale.sweep import plan
 
@@ -174,8 +209,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out '{args.out}' exists and is not a directory")
+    runlog.check_writable(args.out, "--out", directory=True)
     sweep = _load_sweep(args)
     from lmscale.fewshot import evaluate
     from lmscale.sweep.runner import EVAL_FAILED, assigned, run_sweep
@@ -195,6 +229,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from lmscale import bench
 
+    if args.json is not None:
+        runlog.check_writable(args.json, "--json", directory=False)
     return bench.main(args)
 
 
@@ -238,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         ](args)
     except ConfigError as e:
         print(f"lmscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or vanished output before the work began
+        print(f"lmscale {args.command}: error: {runlog.one_line(e)}", file=sys.stderr)
         return 2
 
 

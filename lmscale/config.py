@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from lmscale import yaml_loader
+
 
 class ConfigError(ValueError):
     """A bad config value; the message names the key and is one line."""
@@ -34,6 +36,7 @@ NonNegInt = Annotated[int, Check(lambda n: n >= 0, "expected an integer >= 0")]
 PosFloat = Annotated[float, Check(lambda x: 0 < x < math.inf, "must be a positive number")]
 NonNegFloat = Annotated[float, Check(lambda x: 0 <= x < math.inf, "must be a finite number >= 0")]
 FiniteFloat = Annotated[float, Check(math.isfinite, "must be a finite number")]
+OpenUnit = Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")]  # Adam's betas
 
 # Logical axis -> mesh axes. Order matters: a mesh axis is used at most once per array, so `batch`
 # claims `fsdp` for activations first and `embed` only picks it up on parameters (the FSDP split).
@@ -60,12 +63,12 @@ class ModelConfig:
     d_ff: NonNegInt = 0  # 0: 4*d_model for gelu, 8/3*d_model rounded up to a multiple of 64 for swiglu
     mlp: Literal["gelu", "swiglu"] = "gelu"
     pos_emb: Literal["rope", "learned", "sinusoidal"] = "rope"
-    rope_theta: float = 10_000.0
+    rope_theta: PosFloat = 10_000.0
     tie_embeddings: bool = True
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params are always float32
     remat: bool = False
     scan_layers: bool = True
-    norm_eps: float = 1e-6
+    norm_eps: PosFloat = 1e-6
 
     @property
     def head_dim(self) -> int:
@@ -88,11 +91,11 @@ class TrainConfig:
     lr: PosFloat = 3e-3  # peak learning rate
     warmup_frac: Annotated[float, Check(lambda x: 0 <= x < 1, "must be in [0, 1)")] = 0.05
     final_lr_frac: Annotated[float, Check(lambda x: 0 <= x <= 1, "must be in [0, 1]")] = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global-norm clip; 0 disables
+    weight_decay: NonNegFloat = 0.1
+    b1: OpenUnit = 0.9
+    b2: OpenUnit = 0.95
+    eps: PosFloat = 1e-8
+    grad_clip: NonNegFloat = 1.0  # global-norm clip; 0 disables
     grad_accum: PosInt = 1
     log_every: PosInt = 10
     eval_every: PosInt = 100
@@ -247,7 +250,9 @@ def _coerce(key: str, value: Any, typ: Any, kind: str) -> Any:
             number = None if isinstance(value, bool) else float(value)
         except (TypeError, ValueError):
             number = None
-        if typ is float and number is not None:
+        if typ is float and number is not None:  # every float key is finite: NaN or Inf never trains
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}={value!r}: must be a finite number")
             return number
         if number is None or not number.is_integer():
             raise ConfigError(f"{key}={value!r}: expected {'a number' if typ is float else 'an integer'}")
@@ -312,13 +317,6 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def yaml_problem(error: yaml.YAMLError) -> str:
-    """A YAML error as one line: what is wrong and where (`line 2, column 5`)."""
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    mark = getattr(error, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     """Parse `a.b=value` strings; values are read as YAML scalars (`3`, `1e-3`, `true`, `[a, b]`)."""
     parsed = []
@@ -327,29 +325,33 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value")
         try:
-            value = yaml.safe_load(text) if text else ""
+            value = yaml_loader.safe_load(text) if text else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': the value is not valid YAML: {yaml_problem(e)}") from None
+            raise ConfigError(
+                f"override '{item}': the value is not valid YAML: {yaml_loader.problem(e)}"
+            ) from None
         parsed.append((key.strip(), value))
     return parsed
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The parsed file, {} when it is empty; ConfigError naming the file when it cannot be read."""
+    """The parsed file; ConfigError naming the file when it is empty, repeats a key or cannot be read."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file '{path}' does not exist")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' is not a file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml_loader.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {yaml_problem(e)}") from None
+        raise ConfigError(f"config file '{path}' is not valid YAML: {yaml_loader.problem(e)}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file '{path}' is not UTF-8 text (byte offset {e.start})") from None
     except OSError as e:
         raise ConfigError(f"config file '{path}' cannot be read: {e.strerror}") from None
-    return {} if raw is None else raw
+    if raw is None:
+        raise ConfigError(f"config file '{path}' is empty")
+    return raw
 
 
 def from_dict(raw: dict, overrides: list[str] = ()) -> Config:

@@ -1,9 +1,16 @@
-"""The files of a run directory: `metrics.jsonl`, `summary.json`, `config.yaml`, written safely."""
+"""The files of a run directory: `metrics.jsonl`, `summary.json`, `config.yaml`, written safely, and the
+lock (`.lock`) that keeps one process at a time training a run."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
+import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +18,9 @@ import yaml
 
 # The one atomic write of both packages; lmscale's callers keep calling it runlog.write_atomic.
 from analysis.atomic import write_atomic
+from lmscale.config import ConfigError
+
+LOCK = ".lock"  # per run: held by the one process that trains it; it holds that process's pid and host
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -60,3 +70,67 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+@contextlib.contextmanager
+def flocked(path: Path, block: bool) -> Iterator[bool]:
+    """Hold an exclusive flock on `path` for the block; yields False if `block` is off and it is taken.
+
+    The holder writes its pid and host into the file (`holder` reads them back). The kernel drops the
+    lock when its holder dies, even by SIGKILL."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock at `path`, as its holder wrote it: `pid 123 on host`."""
+    try:
+        return Path(path).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def check_writable(path: Path, what: str, directory: bool) -> None:
+    """ConfigError (one line) unless `path` can be written, as a directory (made if missing) or a file:
+    checked before any work, so a bad output fails at once rather than after a run."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise ConfigError(
+            f"{what} '{path}' " + ("exists and is not a directory" if directory else "is a directory")
+        )
+    base = path if path.exists() and directory else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{what} '{path}': '{base}' is not a directory")
+    if not os.access(base, os.W_OK):
+        raise ConfigError(f"{what} '{path}': '{base}' is not writable")
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: an OSError in its chain as `PATH: cause` (a full disk, a read-only or
+    missing directory), anything else as its type and first line."""
+    e: BaseException | None = error
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        e = e.__cause__ or e.__context__
+    text = str(error).strip()
+    # Orbax writes through tensorstore, whose errors carry the file and errno in their text
+    failed = re.search(r'Failed writing: "([^"]+)".*os_error_code=.(\d+)', text)
+    if failed:
+        return f"{failed[1]}: {os.strerror(int(failed[2]))}"
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

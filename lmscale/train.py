@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
-import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from tqdm.auto import tqdm
 
 import lmscale
 from lmscale import flops, peak, results, runlog, sharding
-from lmscale.checkpoint import Checkpointer
+from lmscale.checkpoint import SET_ASIDE, CheckpointCorrupt, Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
 from lmscale.data.pipeline import Pipeline, prepare, process_rows
+from lmscale.preempt import StopRequested
 from lmscale.step_fns import StepFns, build
 
 
@@ -98,42 +100,16 @@ def _check_same_config(path: Path, cfg: Config) -> None:
                 )
 
 
-class StopRequested:
-    """SIGTERM (preemption, `scancel`, `kill`) asks the loop to checkpoint and exit at the next step.
+def train(
+    cfg: Config, out: Path, progress: bool = True, lock: bool = True, restart_from_scratch: bool = False
+) -> dict:
+    """Train `cfg` into run directory `out`, resuming from its latest checkpoint. Returns the summary.
 
-    With several processes the signal reaches each at its own moment, but all must stop after the same
-    step: one saving (a collective) while another runs the next step would hang both. Their flags are
-    therefore combined every `sync_every` steps (the logged steps, where the loop waits on the step's
-    metrics anyway), and every process stops at the first such step after any of them was asked to.
+    With `lock`, process 0 holds `out/.lock` while it trains (a sweep passes False: it holds it already);
+    a run another process holds is a ConfigError naming that process, raised before anything is written.
+    Checkpoints that fail to restore or verify are set aside; if none is left, the run starts again from
+    step 0 only with `restart_from_scratch`, and is otherwise a ConfigError naming the directory.
     """
-
-    def __init__(self, sync_every: int = 1):
-        self.requested = False
-        self.sync_every = sync_every
-
-    def now(self, step: int) -> bool:
-        """Whether to checkpoint and stop after `step`: the same answer in every process."""
-        if jax.process_count() == 1:
-            return self.requested
-        if step % self.sync_every:
-            return False
-        from jax.experimental import multihost_utils
-
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
-def train(cfg: Config, out: Path, progress: bool = True) -> dict:
-    """Train `cfg` into run directory `out`, resuming from its latest checkpoint. Returns the summary."""
     out = Path(out)
     primary = jax.process_index() == 0
     if (out / "config.yaml").exists():
@@ -149,6 +125,28 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
         digest = np.frombuffer(bytes.fromhex(pipe.fingerprint[:16]), np.int32)
         multihost_utils.assert_equal(digest, "lmscale: hosts built different data pipelines")
     out.mkdir(parents=True, exist_ok=True)
+    taken = (
+        runlog.flocked(out / runlog.LOCK, block=False) if lock and primary else contextlib.nullcontext(True)
+    )
+    with taken as held:
+        if jax.process_count() > 1:  # every process stops if process 0 could not take the lock
+            from jax.experimental import multihost_utils
+
+            held = bool(np.all(multihost_utils.process_allgather(np.int32(held))))
+        if not held:
+            raise ConfigError(
+                f"run directory '{out}' is being trained by {runlog.holder(out / runlog.LOCK)}; "
+                "wait for it to finish, or train into another --out"
+            )
+        summary = results.read_summary(out) or {}  # the holder may have completed it while we prepared
+        if summary.get("status") == "completed":
+            return summary
+        return _train_locked(cfg, out, pipe, primary, progress, restart_from_scratch)
+
+
+def _train_locked(
+    cfg: Config, out: Path, pipe: Pipeline, primary: bool, progress: bool, restart_from_scratch: bool
+) -> dict:
     if primary:
         meta = results.run_metadata(cfg, environment(), pipe.metadata())
         runlog.write_yaml(out / "config.yaml", cfg.to_dict() | {"meta": meta})
@@ -161,13 +159,22 @@ def train(cfg: Config, out: Path, progress: bool = True) -> dict:
     # The batch rows this host's pipeline reads must be the ones its devices hold
     rows = process_rows(cfg.train.batch_size, jax.process_index(), jax.process_count())
     sharding.check_process_rows(steps.batch_sharding, cfg.train.batch_size, rows)
-    loop = _Loop(cfg, out, steps, pipe, primary, progress, t_start)
+    loop = _Loop(cfg, out, steps, pipe, primary, progress, t_start, restart_from_scratch)
     try:
         with StopRequested(sync_every=cfg.train.log_every) as stop:
             summary = loop.run(stop)
+    except Exception as e:
+        failed = loop.failed(e)
+        if isinstance(e, ConfigError):  # e.g. no usable checkpoint: bad input, exit status 2
+            raise
+        raise failed from e
     finally:
         loop.close()
     return summary
+
+
+class RunFailed(Exception):
+    """A run that raised mid-run, already marked `failed` in its summary.json; the message is one line."""
 
 
 class _Loop:
@@ -180,6 +187,7 @@ class _Loop:
         primary: bool,
         progress: bool,
         t_start: float,
+        restart_from_scratch: bool = False,
     ):
         self.cfg, self.out, self.steps, self.pipe, self.primary = cfg, out, steps, pipe, primary
         self.total = cfg.steps
@@ -192,6 +200,9 @@ class _Loop:
         self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)
         val = pipe.source("val", cfg.train.batch_size, cfg.train.seed, pi, pc)
         self.val_batches = [steps.put_batch(next(val)) for _ in range(cfg.train.eval_batches)]
+        # The fixed batch whose loss each checkpoint records and each restore reproduces.
+        self.probe = self.val_batches[0] if self.val_batches else steps.put_batch(next(val))
+        self.restart_from_scratch = restart_from_scratch
         self.progress = progress
         # Set by run(): the restored (or fresh) train state and loop state, the log and the bar.
         self.state: Any = None
@@ -200,27 +211,49 @@ class _Loop:
         self.bar: tqdm | None = None
         self.compile_s: float | None = None
         self.done = 0  # the last step whose metrics are in
-        self.diverged = False
+        self.diverged = ""  # the first non-finite step and loss, once there is one
         # Step time: since the last step's metrics arrived, summed over the steps of the logged window.
         self.t_last, self.window_s, self.window_steps = t_start, 0.0, 0
 
     # -- state ---------------------------------------------------------------------------------
     def _start(self) -> tuple[Any, int, LoopState]:
-        step = self.ckpt.latest_step()
-        if step is None:
+        if self.primary:  # this process holds the run's lock: no other save is in flight
+            self.ckpt.remove_partial()
+        had = bool(self.ckpt.all_steps())
+        found = self.ckpt.restore_newest(self.steps.abstract_state, self._check, self.out)
+        if found is None:
+            if had and not self.restart_from_scratch:
+                raise ConfigError(
+                    f"no usable checkpoint left in '{self.out / 'checkpoints'}' (set aside in "
+                    f"'{self.out / SET_ASIDE}'); rerun with --restart-from-scratch to train from step 0"
+                )
             return self.steps.init(self.cfg.train.seed), 0, self.so_far
-        state, extra = self.ckpt.restore(step, self.steps.abstract_state)
+        step, state, extra = found
         so_far = LoopState.from_extra(extra, self.so_far.t_start)
         self.source.restore(so_far.data)
         return state, step, so_far
 
+    def _probe_loss(self, params: Any) -> float:
+        return float(jax.device_get(self.steps.eval_loss(params, self.probe)))
+
+    def _check(self, state: Any, extra: dict) -> None:
+        """A restored checkpoint must hold a loop state, and its parameters must score the saved loss on
+        the fixed batch: that catches a checkpoint written wrong, which its digest cannot."""
+        LoopState.from_extra(extra, 0.0)  # an emptied extra record fails here
+        saved = extra["verify"]["probe_loss"] if "verify" in extra else None  # older checkpoints: none
+        loss = self._probe_loss(state.params) if saved is not None else None
+        if saved is not None and not math.isclose(loss, saved, rel_tol=1e-5):
+            raise CheckpointCorrupt(f"loss {loss:.6g} on the fixed validation batch, saved as {saved:.6g}")
+
     def _save(self, step: int) -> None:
         self.so_far.data = self.source.state()
-        self.ckpt.save(step, self.state, self.so_far.to_extra())
+        self.ckpt.save(step, self.state, self.so_far.to_extra(), self._probe_loss(self.state.params))
 
     # -- at a step -----------------------------------------------------------------------------
     def _record(self, step: int, metrics: dict) -> None:
         """Metrics of a finished step: divergence check, progress bar, and a row when due."""
+        if self.diverged:  # the step after the first non-finite one: neither logged nor counted
+            return
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
         now = time.perf_counter()
         seconds, self.t_last = now - self.t_last, now
@@ -230,7 +263,7 @@ class _Loop:
         self.so_far.last_loss = m["loss"]
         self.done = step
         if not math.isfinite(m["loss"]):
-            self.diverged = True
+            self.diverged = f"non-finite loss {m['loss']} at step {step}"
         if self.bar is not None:
             # refresh=False: the bar redraws at tqdm's own pace (mininterval), not at every step.
             self.bar.set_postfix(
@@ -317,7 +350,7 @@ class _Loop:
         self.ckpt.close()
         return self._write_summary(status)
 
-    def _write_summary(self, status: str) -> dict:
+    def _write_summary(self, status: str, error: str | None = None) -> dict:
         summary = results.run_summary(
             self.cfg,
             status,
@@ -333,9 +366,26 @@ class _Loop:
             data_epochs=self.source.epochs,
             data_fingerprint=self.pipe.fingerprint,
         )
+        if error or self.diverged:
+            summary["error"] = error or self.diverged
         if self.primary:
+            if self.diverged and not error:
+                runlog.write_atomic(self.out / "error.log", f"diverged: {self.diverged}\n")
             runlog.write_json(self.out / "summary.json", summary)
         return summary
+
+    def failed(self, error: Exception) -> RunFailed:
+        """A run that raised: shut the checkpointer down, drop its partial save, and mark the run failed
+        with the error (its traceback in error.log), so no `running` summary is left behind."""
+        message = runlog.one_line(error)
+        with contextlib.suppress(Exception):  # the save that failed raises again here
+            self.ckpt.close()
+        if self.primary:
+            with contextlib.suppress(Exception):  # with the disk still full, the summary says running
+                self.ckpt.remove_partial()
+                runlog.write_atomic(self.out / "error.log", traceback.format_exc())
+                self._write_summary("failed", message)
+        return RunFailed(f"{message} (the run in '{self.out}' is marked failed; see its error.log)")
 
     def close(self) -> None:
         if self.log is not None:

@@ -225,7 +225,7 @@ def test_bad_worker_numbers_exit_2(spec, tmp_path):
 
 
 def _fake_train(fail=(), diverge=(), calls=None):
-    def train(cfg, run_dir, progress=True):
+    def train(cfg, run_dir, progress=True, lock=True):
         done = (
             json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
         )

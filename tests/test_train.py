@@ -1,8 +1,10 @@
 """A run's files, its resume after SIGKILL or SIGTERM, and how it stops."""
 
+import contextlib
 import json
 import math
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +205,8 @@ def test_nan_loss_stops_the_run_as_diverged(tmp_path):
     assert summary["status"] == "diverged"
     assert summary["steps"] < STEPS
     assert _rows(out)[-1]["loss"] is None  # NaN is written as null, keeping the file valid JSON
+    assert [r["loss"] for r in _rows(out)].count(None) == 1  # the first non-finite step, once
+    assert f"at step {summary['steps']}" in summary["error"] and (out / "error.log").exists()
 
 
 def test_the_loop_state_round_trips_through_a_checkpoints_extra_record():
@@ -216,3 +220,162 @@ def test_the_loop_state_round_trips_through_a_checkpoints_extra_record():
     assert 5.0 <= again["wall_time_s"] <= 5.0 + time.perf_counter() - t_start
     fresh = LoopState(t_start)
     assert fresh.wall_before_s == fresh.train_time_s == 0.0 and math.isnan(fresh.last_loss)
+
+
+def _holder_pid(out, procs, timeout=120):
+    """The pid among `procs` that holds `out`'s lock, once one has taken it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = (out / ".lock").read_text() if (out / ".lock").exists() else ""
+        for p in procs:
+            if text.startswith(f"pid {p.pid} "):
+                return p
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    raise AssertionError("no process took the lock")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("staggered", [True, False], ids=["staggered", "together"])
+def test_two_trains_into_one_directory_one_trains_and_the_other_exits_2_at_once(
+    uninterrupted, tmp_path, staggered
+):
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "lmscale", "train", str(TINY), "--out", str(out), "--no-progress"]
+    cmd += _overrides()
+
+    def start():
+        return subprocess.Popen(cmd, env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    procs = [start()] if staggered else [start(), start()]
+    winner = _holder_pid(out, procs)
+    winner.send_signal(signal.SIGSTOP)  # hold it mid-run while the other tries
+    t0 = time.time()
+    if staggered:
+        procs.append(start())
+    (loser,) = [p for p in procs if p is not winner]
+    _, err = loser.communicate(timeout=120)
+    elapsed = time.time() - t0
+    winner.send_signal(signal.SIGCONT)
+    _, winner_err = winner.communicate(timeout=300)
+    assert winner.returncode == 0, winner_err.decode()[-2000:]
+    err = err.decode()
+    assert loser.returncode == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert str(out) in err and f"pid {winner.pid} on " in err
+    assert elapsed < 10
+    rows = _rows(out)
+    assert [r["step"] for r in rows if "split" not in r] == list(range(1, STEPS + 1)), "every step once"
+    assert [r["loss"] for r in rows if "split" not in r] == [
+        r["loss"] for r in _rows(uninterrupted) if "split" not in r
+    ]
+
+
+def _flip(step_dir):
+    blob = max((step_dir / "state").rglob("d/*"), key=lambda f: f.stat().st_size)  # the arrays' bytes
+    data = bytearray(blob.read_bytes())
+    data[1000:1400] = bytes(b ^ 0xFF for b in data[1000:1400])
+    blob.write_bytes(bytes(data))
+
+
+def _truncate(step_dir):
+    blob = max((step_dir / "state").rglob("d/*"), key=lambda f: f.stat().st_size)
+    blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+
+
+def _empty_extra(step_dir):
+    (step_dir / "extra" / "metadata").write_text("")
+
+
+def _interrupted_copy(uninterrupted, out):
+    """The finished run as a kill right after its last save leaves it: `running`, every checkpoint kept."""
+    shutil.copytree(uninterrupted, out)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps(summary | {"status": "running"}))
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, _empty_extra, shutil.rmtree], ids=lambda f: f.__name__)
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_resumes_bitwise(
+    uninterrupted, tmp_path, damage
+):
+    out = tmp_path / "damaged"
+    _interrupted_copy(uninterrupted, out)
+    damage(out / "checkpoints" / str(STEPS))
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    notices = proc.stderr.strip().splitlines()
+    if damage is shutil.rmtree:  # a deleted checkpoint is simply not there
+        assert notices == []
+    else:
+        assert len(notices) == 1 and f"checkpoint {STEPS} of '{out}' is unusable" in notices[0]
+        assert [p.name.split("-")[0] for p in (out / checkpoint.SET_ASIDE).iterdir()] == [str(STEPS)]
+    _, params_a = _final_params(uninterrupted)
+    step_b, params_b = _final_params(out)
+    assert step_b == STEPS
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
+
+
+def test_with_no_usable_checkpoint_only_restart_from_scratch_trains_again(uninterrupted, tmp_path):
+    out = tmp_path / "ruined"
+    _interrupted_copy(uninterrupted, out)
+    kept = sorted(p for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    for step_dir in kept:
+        _empty_extra(step_dir)
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == len(kept) + 1 and "--restart-from-scratch" in lines[-1] and str(out) in lines[-1]
+    assert len(list((out / checkpoint.SET_ASIDE).iterdir())) == len(kept)  # moved, never deleted
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", "--restart-from-scratch", *_overrides())
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    _, params_a = _final_params(uninterrupted)
+    _, params_b = _final_params(out)
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
+
+
+@contextlib.contextmanager
+def _tmpfs(path, options):
+    """A small tmpfs at `path` (skips the test where this process may not mount one)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()[:200]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_mid_save_fails_in_one_line_and_the_rerun_resumes_bitwise(uninterrupted, tmp_path):
+    with _tmpfs(tmp_path / "disk", "size=700k") as disk:  # room for the step-5 checkpoint, not step 10's
+        out = disk / "run"
+        proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert len(lines) == 1 and "No space left on device" in lines[0] and str(out) in lines[0]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # space freed
+        proc = run_cli("train", TINY, "--out", out, "--no-progress", *_overrides())
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        _, params_a = _final_params(uninterrupted)
+        _, params_b = _final_params(out)
+        for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "plan"])
+def test_a_read_only_output_fails_before_any_work_in_one_line(tmp_path, command):
+    with _tmpfs(tmp_path / "ro", "size=64k,ro") as ro:
+        target = {"train": ["--out", ro / "run"], "sweep": ["--out", ro], "plan": ["--csv", ro / "p.csv"]}
+        config = TINY if command == "train" else TINY.parent / "cpu_demo.yaml"
+        proc = run_cli(command, config, *target[command])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert len(lines) == 1 and "is not writable" in lines[0] and str(ro) in lines[0]

@@ -15,6 +15,7 @@ import bisect
 import collections
 import dataclasses
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -27,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from lmscale import flops, peak, runlog, sharding
-from lmscale.checkpoint import Checkpointer, retained_steps
-from lmscale.config import Config
+from lmscale.checkpoint import Checkpointer, digest, retained_steps
+from lmscale.config import Config, ConfigError
 from lmscale.data.pipeline import make_source, prepare
 from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
@@ -92,6 +93,21 @@ def memory_bytes(cfg: Config, n_devices: int) -> int:
     return int(state + layers + logits)
 
 
+def check_memory(cfg: Config, devices: list) -> None:
+    """ConfigError (one line, with the estimate) for a run that cannot fit in a device's memory, or on
+    CPU in host RAM shared by the process's devices: it fails before its run directory exists."""
+    need = memory_bytes(cfg, len(devices))
+    have, where = (devices[0].memory_stats() or {}).get("bytes_limit"), f"{devices[0].device_kind} memory"
+    if have is None:  # CPU: the simulated devices share the host's RAM
+        local = jax.local_device_count()
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local, f"host RAM / {local}"
+    if need > have:
+        raise ConfigError(
+            f"model.d_model={cfg.model.d_model}, model.n_layers={cfg.model.n_layers}: the memory estimate "
+            f"is {need / 2**30:,.1f} GiB per device, more than the {have / 2**30:,.1f} GiB of {where}"
+        )
+
+
 @dataclasses.dataclass
 class EvalTiming:
     """The few-shot evaluation of one run (`sweep.eval`) on one shape."""
@@ -135,6 +151,7 @@ def run_costs(steps: StepFns, state) -> RunCosts:
     t2 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lmscale-plan-") as tmp:
         ckpt = Checkpointer(Path(tmp) / "checkpoints", keep=2, async_save=True)
+        digest(state)  # compiled once per run (at its first save), not per save
         t3 = time.perf_counter()
         ckpt.save(1, state, {"data": {}})
         ckpt.close()

@@ -9,14 +9,13 @@ and the next process to take it resumes the run from its checkpoint.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -24,9 +23,9 @@ from tqdm.auto import tqdm
 
 from lmscale import results, runlog
 from lmscale.config import ConfigError
+from lmscale.runlog import LOCK, flocked
 from lmscale.sweep.grid import Cell, Sweep
 
-LOCK = ".lock"  # per run: held while a process trains it
 TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
 ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run: pid, host, worker, time
 # run_sweep's status of a completed run whose evaluation failed; its summary.json stays `completed`
@@ -46,24 +45,6 @@ def assigned(cells: list[Cell], worker: int, num_workers: int) -> list[Cell]:
     if not 0 <= worker < num_workers:
         raise ConfigError(f"--worker={worker}: must be in [0, {num_workers}) for --num-workers={num_workers}")
     return cells[worker::num_workers]
-
-
-@contextlib.contextmanager
-def flocked(path: Path, block: bool) -> Iterator[bool]:
-    """Hold an exclusive flock on `path` for the block; yields False if `block` is off and it is taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def write_tables(sweep_dir: Path) -> pd.DataFrame:
@@ -183,7 +164,7 @@ class Runner:
             with (run_dir / ATTEMPTS).open("a") as f:
                 f.write(json.dumps(attempt) + "\n")
         try:
-            return train(cell.cfg, run_dir, progress=self.progress)
+            return train(cell.cfg, run_dir, progress=self.progress, lock=False)  # _visit holds it
         except ConfigError:
             raise  # the run directory holds another config, or the spec is bad: stop, exit status 2
         except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep carries on
