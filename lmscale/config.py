@@ -131,6 +131,7 @@ class CheckpointConfig:
     every_steps: PosInt = 100
     keep: PosInt = 2
     keep_period: NonNegInt = 0  # also keep checkpoints at multiples of this step (0: none), to evaluate later
+    keep_steps: list = dataclasses.field(default_factory=list)  # also save and keep these (branch points)
     async_save: bool = True
 
 
