@@ -35,6 +35,7 @@ from lmscale.fewshot.decode import bucket
 from lmscale.fewshot.requests import Request, build_requests
 from lmscale.flops import step_flops
 from lmscale.step_fns import StepFns, build
+from lmscale.sweep import cooldown
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
@@ -254,11 +255,17 @@ def calibrate(
     return timings, costs, evals
 
 
-def estimate_s(cfg: Config, timing: Timing, costs: RunCosts) -> float:
-    """One run's wall time as `summary.json` measures it: setup, compiles, steps, evals and saves."""
-    n, t = cfg.steps, cfg.train
-    evals = (n // t.eval_every + (n % t.eval_every > 0)) if t.eval_batches else 0
-    saves = n // cfg.checkpoint.every_steps + (n % cfg.checkpoint.every_steps > 0)
+def _due(start: int, end: int, every: int) -> int:
+    """Steps in (start, end] that are multiples of `every`, plus the last if it is not one."""
+    return end // every - start // every + (end % every > 0)
+
+
+def estimate_s(cfg: Config, timing: Timing, costs: RunCosts, start: int = 0) -> float:
+    """One run's wall time as `summary.json` measures it: setup, compiles, steps, evals and saves;
+    a cooldown branch trains from its trunk's step `start`."""
+    n, t = cfg.steps - start, cfg.train
+    evals = _due(start, cfg.steps, t.eval_every) if t.eval_batches else 0
+    saves = _due(start, cfg.steps, cfg.checkpoint.every_steps) + len(cfg.checkpoint.keep_steps)
     eval_s = evals * (t.eval_batches * EVAL_COST * timing.step_s) + (costs.eval_compile_s if evals else 0.0)
     return (
         timing.setup_s
@@ -300,21 +307,26 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
             "tokens": cell.cfg.steps * cell.cfg.train.batch_size * m.seq_len,
             "steps": cell.cfg.steps,
             "flops": cell.flops,
+            "role": cell.role,
+            "flops_spent": cell.flops_spent,
             "memory_bytes": memory_bytes(cell.cfg, n_devices),
             "lr": cell.cfg.train.lr,
         }
         if timings:
             timing = timings[shape_key(cell.cfg)]
-            row["time_s"] = estimate_s(cell.cfg, timing, costs) + (costs.process_s if i == 0 else 0.0)
+            start = cell.branch_step
+            row["time_s"] = estimate_s(cell.cfg, timing, costs, start) + (costs.process_s if i == 0 else 0.0)
             row["timed"] = timing.measured
-            if sweep.eval is not None:
+            if sweep.eval is not None and cell.role == "trunk":  # trunks are not evaluated
+                row["eval_s"] = 0.0
+            elif sweep.eval is not None:
                 key = shape_key(cell.cfg)
                 row["eval_s"] = (
                     eval_estimate_s(cell.cfg, evals[key], sweep.eval) if key in evals else math.nan
                 )
         rows.append(row)
     df = pd.DataFrame(rows)
-    totals = {"runs": len(df), "flops": df["flops"].sum()}
+    totals = {"runs": len(df), **cooldown.costs(df)}
     if timings:
         totals |= {
             "time_s": df["time_s"].sum() + (df["eval_s"].sum() if "eval_s" in df else 0.0),
@@ -347,6 +359,8 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
             "lr": df["lr"].map(lambda x: f"{x:.3g}"),
         }
     )
+    if (df["role"] != "run").any():  # a cooldown sweep: what each run adds (a branch starts on its trunk)
+        shown["spent"] = df["flops_spent"].map(lambda x: f"{x:.2e}")
     if "time_s" in df:
         shown["time"] = [
             _duration(s) + ("" if timed or math.isnan(s) else "*")
@@ -356,6 +370,7 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
         shown["eval"] = df["eval_s"].map(_duration)
     lines = [shown.to_string(index=False)]
     total = f"total: {totals['runs']} runs, {totals['flops']:.2e} FLOPs"
+    total = cooldown.total_line(totals) or total
     if "time_s" in totals:
         total += f", about {_duration(totals['time_s'])} on {device}"
         if df["time_s"].isna().any():

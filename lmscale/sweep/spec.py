@@ -8,10 +8,11 @@ Importing this module imports no JAX, so `lmscale sweep` and `lmscale plan` reje
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from lmscale import config
 from lmscale.config import (
+    Check,
     Config,
     ConfigError,
     FiniteFloat,
@@ -93,12 +94,23 @@ class IsoFlop:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cooldowns:
+    """`sweep.tokens.cooldowns`: several budgets per size, served by one constant-lr trunk (WSD branches)."""
+
+    per_param: tuple[PosFloat, ...] | None = None  # tokens = each x total params, increasing
+    budgets: tuple[PosFloat, ...] | None = None  # or absolute token budgets, increasing
+    # each branch decays over the last decay_frac of its budget (train.decay_frac of its WSD schedule)
+    decay_frac: Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")] = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
 class Tokens:
-    """`sweep.tokens`: one of fixed budgets, tokens per parameter, or IsoFLOP budgets."""
+    """`sweep.tokens`: one of fixed budgets, tokens per parameter, IsoFLOP budgets or cooldowns."""
 
     fixed: tuple[PosFloat, ...] | None = None
     per_param: tuple[PosFloat, ...] | None = None
     isoflop: IsoFlop | None = None
+    cooldowns: Cooldowns | None = None
 
     def given(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
@@ -150,6 +162,8 @@ class SweepSpec:
             taken |= {f"model.{f.name}": "sweep.sizes" for f in dataclasses.fields(Shape)}
         if tokens.given():
             taken["train.tokens"] = "sweep.tokens"
+        if tokens.cooldowns:
+            taken |= dict.fromkeys(("train.schedule", "train.decay_frac"), "sweep.tokens.cooldowns")
         if self.seeds is not None:
             taken["train.seed"] = "sweep.seeds"
         if self.lr is not None:
@@ -210,11 +224,23 @@ def read(section: Any, overrides: list[tuple[str, Any]] = ()) -> SweepSpec:
             "sweep.sizes: an IsoFLOP sweep picks its sizes around each budget's optimum; "
             "give only the shape rule"
         )
+    if tokens.cooldowns:
+        _check_cooldowns(tokens.cooldowns)
     if spec.lr and spec.lr.rule == "width" and spec.lr.base_width is None:
         raise ConfigError("sweep.lr.base_width: required by the width rule (the d_model that gets lr = base)")
     if spec.eval is not None:
         _check_eval(spec.eval)
     return spec
+
+
+def _check_cooldowns(spec: Cooldowns) -> None:
+    given = [name for name in ("per_param", "budgets") if getattr(spec, name) is not None]
+    if len(given) != 1:
+        raise ConfigError("sweep.tokens.cooldowns: give one of per_param and budgets")
+    values = getattr(spec, given[0])
+    if any(b <= a for a, b in zip(values[:-1], values[1:], strict=True)):
+        shown = ", ".join(f"{x:g}" for x in values)
+        raise ConfigError(f"sweep.tokens.cooldowns.{given[0]}=[{shown}]: budgets must increase")
 
 
 def _check_eval(spec: EvalSpec) -> None:
