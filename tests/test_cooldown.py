@@ -301,3 +301,43 @@ def test_seeding_a_branch_links_the_trunk_checkpoint_and_keeps_the_rows_a_scratc
     cooldown.seed(cell, trunk, branch)  # seeded once: its own checkpoints are never replaced
     assert cooldown.started(branch)
 
+
+def _chinchilla(N, D):
+    return 1.69 + 406.4 / N**0.34 + 410.7 / D**0.28  # Hoffmann et al. 2022, eq. 10
+
+
+def test_approaches_1_2_and_3_fit_a_cooldown_sweep_and_leave_its_trunks_out(tmp_path):
+    from analysis.sweep import analyse
+
+    sweep_dir = tmp_path / "cool"
+    sizes, budgets = (
+        [2e6 * 2**i for i in range(5)],
+        [4e7 * 2**j for j in range(5)],
+    )  # 2x apart: IsoFLOP diagonals
+    for i, N in enumerate(sizes):
+        trunk = f"N{i}-trunk"
+        run = {"status": "completed", "params": N, "steps": 800, "tokens": 0.8 * budgets[-1]}
+        run |= {"flops_6nd": 6 * N * 0.8 * budgets[-1], "final_loss": 0.5, "final_val_loss": 0.5}
+        (sweep_dir / trunk).mkdir(parents=True)
+        runlog.write_json(
+            sweep_dir / trunk / "summary.json", run | {"role": "trunk"}
+        )  # mid-schedule: far off
+        for j, D in enumerate(budgets):
+            loss = _chinchilla(N, D)
+            branch = {
+                "status": "completed",
+                "params": N,
+                "steps": 100 * 2**j,
+                "tokens": D,
+                "flops_6nd": 6 * N * D,
+            }
+            branch |= {"final_loss": loss, "final_val_loss": loss, "role": "branch", "trunk": trunk}
+            (sweep_dir / f"N{i}-D{j}").mkdir()
+            runlog.write_json(sweep_dir / f"N{i}-D{j}" / "summary.json", branch | {"branch_step": 80 * 2**j})
+    runner.write_tables(sweep_dir)
+    found = analyse(sweep_dir, bootstrap=0)
+    assert {"approach1", "approach2", "chinchilla"} <= set(found.fits), found.missing
+    assert len(found.results.runs) == 25 and found.results.excluded == 5  # the trunks
+    assert len(found.curves) == 25 and set(found.curves["run_id"]) == {f"N{i}-trunk" for i in range(5)}
+    assert found.fits["chinchilla"].params["alpha"] == pytest.approx(0.34, abs=0.01)
+    assert all(point["loss"] > 1.69 for point in found.fits["approach1"].extra["frontier"])  # no trunk point
