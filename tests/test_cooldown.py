@@ -3,7 +3,6 @@ branches each train once whatever the processes, kills and failures; bad specs f
 
 import json
 import random
-import subprocess
 import threading
 import time
 
@@ -12,8 +11,14 @@ import pytest
 
 from lmscale import results, runlog
 from lmscale.sweep import cooldown, grid, plan, runner
-from tests.conftest import lmscale_env, run_cli
-from tests.test_sweep import _assert_each_step_logged_once, _attempts, _results, _sweep_cmd
+from tests.conftest import run_cli
+from tests.test_sweep import (
+    _assert_each_step_logged_once,
+    _attempts,
+    _results,
+    kill_sweep_when,
+    run_together,
+)
 
 # One size, two budgets: 10 and 20 steps, branching from a 16-step trunk at steps 8 and 16.
 SPEC = """
@@ -25,23 +30,13 @@ sweep:
   tokens: {cooldowns: {budgets: [2560, 5120]}}
   eval: {tasks: [add2], shots: [0], examples: 4}
 """
+NAME = "cool"
 TRUNK, BRANCHES = "L1-D32-trunk-s0", ["L1-D32-T2.56K-s0", "L1-D32-T5.12K-s0"]
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spec") / "cool.yaml"
-    path.write_text(SPEC)
-    return path
-
-
-@pytest.fixture(scope="module")
-def straight(spec, tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
-    t0 = time.perf_counter()
-    proc = run_cli("sweep", spec, "--out", out, "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "cool", time.perf_counter() - t0
+def _rows_logged(sweep_dir):
+    runs = [d for d in sweep_dir.glob("*") if d.is_dir()]
+    return sum(len(runlog.read_jsonl(d / "metrics.jsonl")) for d in runs)
 
 
 def _losses(run_dir):
@@ -88,24 +83,9 @@ def test_three_sigkills_of_a_cooldown_sweep_lose_nothing_and_train_no_trunk_twic
     sweep_dir, _ = straight
     rng = random.Random(1)
     # Kill once the sweep has logged a random number of rows: during the trunk, a branch, or between.
-    total = sum(len(runlog.read_jsonl(d / "metrics.jsonl")) for d in sweep_dir.iterdir() if d.is_dir())
+    total = _rows_logged(sweep_dir)
     for target in sorted(rng.sample(range(2, total - 2), 3)):
-        proc = subprocess.Popen(
-            _sweep_cmd(spec, tmp_path),
-            env=lmscale_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            runs = [d for d in (tmp_path / "cool").glob("*") if d.is_dir()]
-            if sum(len(runlog.read_jsonl(d / "metrics.jsonl")) for d in runs) >= target:
-                break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0, 0.3))
-        assert proc.poll() is None, "the sweep finished before it could be killed"
-        proc.kill()
-        proc.wait()
+        kill_sweep_when(spec, tmp_path, lambda target=target: _rows_logged(tmp_path / "cool") >= target)
     proc = run_cli("sweep", spec, "--out", tmp_path, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     killed, clean = _results(tmp_path / "cool"), _results(sweep_dir)
@@ -121,15 +101,7 @@ def test_three_sigkills_of_a_cooldown_sweep_lose_nothing_and_train_no_trunk_twic
 
 @pytest.mark.slow  # ~40 s: two fresh sweep processes; the threaded test below covers the logic
 def test_two_concurrent_processes_train_every_trunk_and_branch_exactly_once(spec, tmp_path):
-    procs = [
-        subprocess.Popen(
-            _sweep_cmd(spec, tmp_path), env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    run_together(spec, tmp_path)
     for run_id in [TRUNK, *BRANCHES]:
         assert len(_attempts(tmp_path / "cool" / run_id)) == 1, run_id
         _assert_each_step_logged_once(tmp_path / "cool" / run_id)
@@ -306,10 +278,9 @@ def _chinchilla(N, D):
     return 1.69 + 406.4 / N**0.34 + 410.7 / D**0.28  # Hoffmann et al. 2022, eq. 10
 
 
-def test_approaches_1_2_and_3_fit_a_cooldown_sweep_and_leave_its_trunks_out(tmp_path):
-    from analysis.sweep import analyse
-
-    sweep_dir = tmp_path / "cool"
+def _fake_cooldown_results(sweep_dir):
+    """Five sizes and five budgets, 2x apart (so IsoFLOP diagonals), losses from Chinchilla's law; each
+    size's trunk with a loss far below every branch, as no finished schedule would have."""
     sizes, budgets = (
         [2e6 * 2**i for i in range(5)],
         [4e7 * 2**j for j in range(5)],
@@ -335,9 +306,26 @@ def test_approaches_1_2_and_3_fit_a_cooldown_sweep_and_leave_its_trunks_out(tmp_
             (sweep_dir / f"N{i}-D{j}").mkdir()
             runlog.write_json(sweep_dir / f"N{i}-D{j}" / "summary.json", branch | {"branch_step": 80 * 2**j})
     runner.write_tables(sweep_dir)
-    found = analyse(sweep_dir, bootstrap=0)
+
+
+def test_analysis_leaves_trunks_out_and_draws_each_sizes_curve_through_its_branch_end_points(tmp_path):
+    from analysis.load import load_curves, load_results
+
+    _fake_cooldown_results(tmp_path / "cool")
+    loaded = load_results(tmp_path / "cool")
+    assert len(loaded.runs) == 25 and loaded.excluded == 5 and (loaded.runs["role"] == "branch").all()
+    curves = load_curves(tmp_path / "cool")
+    assert len(curves) == 25 and set(curves["run_id"]) == {f"N{i}-trunk" for i in range(5)}
+    assert curves["loss"].min() > 1.69  # end points of finished schedules, no trunk point
+
+
+@pytest.mark.slow  # ~15 s: every fit compiles
+def test_approaches_1_2_and_3_fit_a_cooldown_sweep_and_leave_its_trunks_out(tmp_path):
+    from analysis.sweep import analyse
+
+    _fake_cooldown_results(tmp_path / "cool")
+    found = analyse(tmp_path / "cool", bootstrap=0)
     assert {"approach1", "approach2", "chinchilla"} <= set(found.fits), found.missing
     assert len(found.results.runs) == 25 and found.results.excluded == 5  # the trunks
-    assert len(found.curves) == 25 and set(found.curves["run_id"]) == {f"N{i}-trunk" for i in range(5)}
     assert found.fits["chinchilla"].params["alpha"] == pytest.approx(0.34, abs=0.01)
     assert all(point["loss"] > 1.69 for point in found.fits["approach1"].extra["frontier"])  # no trunk point
