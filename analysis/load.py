@@ -46,7 +46,7 @@ FEWSHOT_COLUMNS = ("run_id", "params", "flops", "tokens", "task", "shots", "metr
 @dataclasses.dataclass
 class Results:
     runs: pd.DataFrame  # one row per completed run, canonical columns present
-    excluded: int  # runs dropped because their status was not `completed`
+    excluded: int  # runs dropped: status not `completed`, or a cooldown sweep's trunk (`role: trunk`)
     source: Path
     flops_source: str  # the column `flops` came from, SIX_ND where it was derived, or "none"
 
@@ -111,6 +111,10 @@ def load_results(
     if "status" in out.columns:
         keep = out["status"] == "completed"
         excluded = int((~keep).sum())
+        out = out[keep]
+    if "role" in out.columns:  # a cooldown trunk's loss is mid-schedule (constant lr): no data point
+        keep = out["role"] != "trunk"
+        excluded += int((~keep).sum())
         out = out[keep]
     for canon in require:
         if canon not in out.columns:
@@ -177,12 +181,19 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
 
     `flops` is 6 * params * tokens, the convention of results.csv's `flops_6nd` (metrics.jsonl logs the
     detailed count), so that the envelope of the curves and the final points share one compute axis.
+    A cooldown sweep's curve of a size is its branches' end points, under the trunk's run id: every
+    point there has finished its schedule, where the trunk's own points (constant lr) have not.
     """
     sweep_dir = Path(sweep_dir)
     frames = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
-        if summary.get("status") != "completed":
+        if summary.get("status") != "completed" or summary.get("role") == "trunk":
+            continue
+        if summary.get("trunk"):  # a cooldown branch
+            N, D = summary["params"], summary["tokens"]
+            end = {"run_id": summary["trunk"], "params": N, "step": summary["steps"], "tokens": D}
+            frames.append(pd.DataFrame([end | {"flops": six_nd(N, D), "loss": summary["final_loss"]}]))
             continue
         metrics = summary_path.parent / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]

@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from lmscale.config import CheckpointConfig, ConfigError
 
 SET_ASIDE = "checkpoints_set_aside"  # beside checkpoints/: checkpoints that failed verification
 
@@ -49,24 +52,35 @@ def digest(state: Any) -> list[int]:
     return [int(np.asarray(d.addressable_data(0))) for d in _digest(state)]
 
 
-def retained_steps(steps: int, every: int, keep: int, keep_period: int = 0) -> list[int]:
-    """The checkpoints an uninterrupted run of `steps` steps keeps: it saves every `every` steps and at
-    the last, and keeps the newest `keep` saves plus every multiple of `keep_period`."""
-    saves = sorted({*range(every, steps + 1, every), steps})
-    return sorted({*saves[-keep:], *(s for s in saves if keep_period and s % keep_period == 0)})
+def check(c: CheckpointConfig) -> None:
+    """ConfigError (one line) for a retention policy that cannot be kept."""
+    if c.keep_period % c.every_steps:
+        raise ConfigError(
+            f"checkpoint.keep_period={c.keep_period}: must be 0 or a multiple of "
+            f"checkpoint.every_steps={c.every_steps}"
+        )
+
+
+def retained_steps(steps: int, every: int, keep: int, keep_period: int = 0, keep_steps=()) -> list[int]:
+    """The checkpoints an uninterrupted run of `steps` steps keeps: it saves every `every` steps, at the
+    last and at `keep_steps`, and keeps the newest `keep` saves, every multiple of `keep_period` and
+    `keep_steps`."""
+    saves = sorted({*range(every, steps + 1, every), steps, *(s for s in keep_steps if s <= steps)})
+    kept = (s for s in saves if (keep_period and s % keep_period == 0) or s in keep_steps)
+    return sorted({*saves[-keep:], *kept})
 
 
 class Checkpointer:
-    """Keep-last-k, plus every `keep_period` steps; atomic (Orbax writes to a temporary directory and
-    renames on commit)."""
+    """Keep-last-k, plus every `keep_period` steps and the `keep_steps`; atomic (Orbax writes to a
+    temporary directory and renames on commit)."""
 
-    def __init__(self, directory: Path, keep: int, async_save: bool, keep_period: int = 0):
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            keep_period=keep_period or None,
-            enable_async_checkpointing=async_save,
-            create=True,
-        )
+    def __init__(self, directory: Path, keep: int, async_save: bool, keep_period: int = 0, keep_steps=()):
+        keeping = {"max_to_keep": keep, "keep_period": keep_period or None}
+        if keep_steps:  # Orbax takes explicit steps only as a policy, which replaces the two options
+            policies = [pp.LatestN(keep), pp.CustomSteps(list(keep_steps))]
+            policies += [pp.EveryNSteps(keep_period)] if keep_period else []
+            keeping = {"preservation_policy": pp.AnyPreservationPolicy(policies)}
+        options = ocp.CheckpointManagerOptions(**keeping, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def latest_step(self) -> int | None:

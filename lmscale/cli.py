@@ -151,7 +151,7 @@ def _train(args: argparse.Namespace) -> int:
     import jax
 
     config.validate(cfg, jax.device_count())
-    from lmscale.sweep.plan import check_memory
+    from lmscale.memory import check_memory
 
     check_memory(cfg, jax.devices())
     from absl import logging as absl_logging
@@ -192,7 +192,7 @@ def _load_sweep(args: argparse.Namespace):
 
     sweep = grid.validate_cells(sweep, jax.device_count())
     if args.command == "sweep":  # plan shows each run's memory estimate; sweep must not start one that fails
-        from lmscale.sweep.plan import check_memory
+        from lmscale.memory import check_memory
 
         for cell in sweep.cells:
             check_memory(cell.cfg, jax.devices())

@@ -1,8 +1,7 @@
 """Typed run config and its loader: YAML plus dotted `key=value` overrides into typed sections.
 
 Choices are `Literal` types and bounds `Annotated` checks, so one loader (which also reads the sweep
-spec) rejects every bad key or value; `validate` adds what needs several keys, the data or the devices.
-"""
+spec) rejects every bad key or value; `validate` adds what needs several keys, the data or the devices."""
 
 from __future__ import annotations
 
@@ -35,7 +34,6 @@ PosInt = Annotated[int, Check(lambda n: n >= 1, "expected an integer >= 1")]
 NonNegInt = Annotated[int, Check(lambda n: n >= 0, "expected an integer >= 0")]
 PosFloat = Annotated[float, Check(lambda x: 0 < x < math.inf, "must be a positive number")]
 NonNegFloat = Annotated[float, Check(lambda x: 0 <= x < math.inf, "must be a finite number >= 0")]
-FiniteFloat = Annotated[float, Check(math.isfinite, "must be a finite number")]
 OpenUnit = Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")]  # Adam's betas
 
 # Logical axis -> mesh axes. Order matters: a mesh axis is used at most once per array, so `batch`
@@ -89,7 +87,11 @@ class TrainConfig:
     tokens: PosInt = 1_000_000  # token budget; steps = tokens // (batch_size * seq_len)
     seed: NonNegInt = 0
     lr: PosFloat = 3e-3  # peak learning rate
-    warmup_frac: Annotated[float, Check(lambda x: 0 <= x < 1, "must be in [0, 1)")] = 0.05
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # lmscale/schedule.py
+    warmup_frac: Annotated[float, Check(lambda x: 0 <= x < 1, "must be in [0, 1)")] = 0.05  # cosine
+    warmup_steps: NonNegInt = 100  # wsd and constant: the same warmup for every budget
+    decay_frac: Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")] = 0.2  # wsd's decay
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"  # wsd
     final_lr_frac: Annotated[float, Check(lambda x: 0 <= x <= 1, "must be in [0, 1]")] = 0.1
     weight_decay: NonNegFloat = 0.1
     b1: OpenUnit = 0.9
@@ -131,6 +133,7 @@ class CheckpointConfig:
     every_steps: PosInt = 100
     keep: PosInt = 2
     keep_period: NonNegInt = 0  # also keep checkpoints at multiples of this step (0: none), to evaluate later
+    keep_steps: list = dataclasses.field(default_factory=list)  # also save and keep these (branch points)
     async_save: bool = True
 
 
@@ -212,7 +215,7 @@ class Config:
 
 # -- the loader: YAML mappings into typed sections, for the run config and the sweep spec alike ----
 
-# How an unknown key and a value that is not a mapping read, per kind of section.
+# How an unknown key and a value that is not a mapping read, per `kind` of section (build's argument).
 _WORDING = {
     "config": ("unknown config key '{key}'", "{key}: expected a mapping, got {value!r}"),
     "sweep": (
@@ -282,10 +285,7 @@ def _coerce(key: str, value: Any, typ: Any, kind: str) -> Any:
 
 
 def build(cls: type, raw: Any, prefix: str = "", kind: str = "config") -> Any:
-    """A typed section from a YAML mapping; ConfigError (one line, naming the key) for anything else.
-
-    `kind` picks the wording of its errors: `config` for the run config, `sweep` for the sweep spec.
-    """
+    """A typed section from a YAML mapping; ConfigError (one line, naming the key) for anything else."""
     hints, fields = typing.get_type_hints(cls, include_extras=True), dataclasses.fields(cls)
     words = {"key": prefix.rstrip(".") or "config", "value": raw, "known": ", ".join(f.name for f in fields)}
     unknown_key, not_mapping = _WORDING[kind]
@@ -377,15 +377,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
 def validate(cfg: Config, n_devices: int) -> Config:
     """Raise ConfigError (one line, naming the key) for what the types alone cannot rule out: keys that
     must agree with each other, the data sources and the mesh."""
-    from lmscale import sharding  # imports JAX: validation runs once the CLI has parsed the config
+    from lmscale import checkpoint, schedule, sharding  # JAX: validation runs once the CLI has parsed
     from lmscale.data import corpora
 
     m, t = cfg.model, cfg.train
-    period, every = cfg.checkpoint.keep_period, cfg.checkpoint.every_steps
-    if period % every:
-        raise ConfigError(
-            f"checkpoint.keep_period={period}: must be 0 or a multiple of checkpoint.every_steps={every}"
-        )
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
     if m.pos_emb == "rope" and m.head_dim % 2:
@@ -395,6 +390,8 @@ def validate(cfg: Config, n_devices: int) -> Config:
             f"train.tokens={t.tokens} is less than one batch "
             f"({t.batch_size} x {m.seq_len} = {t.batch_size * m.seq_len} tokens)"
         )
+    schedule.check(t, cfg.steps)
+    checkpoint.check(cfg.checkpoint)
     corpora.check_data(cfg)
     sharding.check_mesh(cfg, n_devices)
     return cfg

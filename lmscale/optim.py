@@ -1,4 +1,4 @@
-"""AdamW with warmup and cosine decay over the run's own budget, global-norm clipping."""
+"""AdamW on the run's learning-rate schedule (lmscale.schedule), global-norm clipping."""
 
 from __future__ import annotations
 
@@ -6,22 +6,7 @@ import jax
 import optax
 
 from lmscale.config import TrainConfig
-
-
-def schedule(t: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup, then cosine decay to `final_lr_frac` of peak at exactly `total_steps`.
-
-    The decay length is the run's own budget: Hoffmann et al. 2022 show that a cosine cycle longer
-    than the run overestimates its loss and biases the fitted exponents.
-    """
-    warmup = int(t.warmup_frac * total_steps)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=t.lr,
-        warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1),
-        end_value=t.lr * t.final_lr_frac,
-    )
+from lmscale.schedule import schedule
 
 
 def _decay_mask(params):

@@ -195,7 +195,7 @@ class _Loop:
         self.flops_per_step = flops.step_flops(cfg)
         self.peak, self.peak_source = peak.peak_flops()
         c = cfg.checkpoint
-        self.ckpt = Checkpointer(out / "checkpoints", c.keep, c.async_save, c.keep_period)
+        self.ckpt = Checkpointer(out / "checkpoints", c.keep, c.async_save, c.keep_period, c.keep_steps)
         pi, pc = jax.process_index(), jax.process_count()
         self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)
         val = pipe.source("val", cfg.train.batch_size, cfg.train.seed, pi, pc)
@@ -330,7 +330,7 @@ class _Loop:
             pending = (step, metrics)
             # Evaluation and checkpoint run at a synchronised step, after its metrics are in.
             evaluate = self._due(step, self.cfg.train.eval_every)
-            save = self._due(step, self.cfg.checkpoint.every_steps)
+            save = self._due(step, self.cfg.checkpoint.every_steps) or step in self.cfg.checkpoint.keep_steps
             stopping = stop.now(step)
             if not (evaluate or save or stopping or self.diverged):
                 continue

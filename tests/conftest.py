@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,21 @@ def tiny_overrides() -> list[str]:
         "train.eval_batches=2",
         "checkpoint.every_steps=5",
     ]
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory, request):
+    """The test module's sweep SPEC, written as `<its NAME>.yaml`."""
+    path = tmp_path_factory.mktemp("spec") / f"{request.module.NAME}.yaml"
+    path.write_text(request.module.SPEC)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(spec, tmp_path_factory):
+    """An uninterrupted sweep of the module's SPEC: its directory and wall time."""
+    out = tmp_path_factory.mktemp("straight")
+    t0 = time.perf_counter()
+    proc = run_cli("sweep", spec, "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / spec.stem, time.perf_counter() - t0

@@ -1,7 +1,8 @@
 import pytest
 
-from lmscale.config import TrainConfig
+from lmscale.config import ConfigError, TrainConfig
 from lmscale.optim import schedule
+from lmscale.schedule import check, decay_start, warmup
 
 
 def test_schedule_warms_up_then_ends_at_a_tenth_of_peak_on_the_last_step():
@@ -20,3 +21,38 @@ def test_schedule_stretches_with_the_budget():
     short, long = schedule(t, 100), schedule(t, 1000)
     assert float(short(100)) == pytest.approx(float(long(1000)))
     assert float(short(55)) == pytest.approx(float(long(550)), rel=1e-5)
+
+
+def _wsd(**kw) -> TrainConfig:
+    return TrainConfig(**{"lr": 1e-3, "schedule": "wsd", "warmup_steps": 10, "decay_frac": 0.2} | kw)
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
+def test_wsd_warms_up_holds_the_peak_then_decays_over_the_last_fifth_to_the_final_fraction(shape):
+    lr = schedule(_wsd(decay_shape=shape), total_steps=100)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(5e-4)
+    assert [float(lr(s)) for s in range(10, 81)] == [pytest.approx(1e-3, rel=1e-7)] * 71  # stable stage
+    decay = [float(lr(s)) for s in range(80, 101)]
+    assert all(a > b for a, b in zip(decay[:-1], decay[1:], strict=True))
+    assert decay[-1] == pytest.approx(1e-4)  # final_lr_frac of peak, exactly at the run's own budget
+    left = {"linear": 0.5, "cosine": 0.5, "1-sqrt": 1 - 0.5**0.5}[shape]  # of the way down, halfway
+    assert float(lr(90)) == pytest.approx(1e-4 + 9e-4 * left, rel=1e-5)
+
+
+def test_before_its_decay_a_wsd_schedule_is_the_same_for_every_budget_and_equals_constant():
+    """What makes a cooldown branch exact: a trunk at constant lr is every budget's run up to its decay."""
+    trunk = schedule(_wsd(schedule="constant"), total_steps=10)  # the budget does not matter
+    for total in (50, 100, 400):
+        lr = schedule(_wsd(), total)
+        start = decay_start(_wsd(), total)
+        assert start == total - round(0.2 * total)
+        assert [float(lr(s)) for s in range(start)] == [float(trunk(s)) for s in range(start)]  # bitwise
+        assert float(lr(start + 1)) < 1e-3
+
+
+def test_cosine_keeps_its_warmup_fraction_and_wsd_checks_it_has_room():
+    assert warmup(TrainConfig(warmup_frac=0.1), 200) == 20 and warmup(_wsd(), 200) == 10
+    check(_wsd(), 12)  # 10 warmup steps, then 2 decaying: the decay starts where the warmup ends
+    with pytest.raises(ConfigError, match="train.schedule=wsd: no room for warmup plus decay in 11 steps"):
+        check(_wsd(), 11)
+    check(TrainConfig(), 1)  # cosine: any budget

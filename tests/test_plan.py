@@ -7,7 +7,7 @@ import jax
 import pandas as pd
 import pytest
 
-from lmscale import config, flops, sharding
+from lmscale import config, flops, memory, sharding
 from lmscale.step_fns import build
 from lmscale.sweep import plan
 from tests.conftest import run_cli
@@ -100,7 +100,7 @@ def test_memory_estimate_is_within_2x_of_what_xla_allocates():
         + mem.output_size_in_bytes
         - mem.alias_size_in_bytes
     )
-    assert 0.5 < plan.memory_bytes(cfg, jax.device_count()) / xla < 2.0
+    assert 0.5 < memory.memory_bytes(cfg, jax.device_count()) / xla < 2.0
 
 
 def test_step_times_between_timed_shapes_are_interpolated_in_log_log():

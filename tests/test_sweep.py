@@ -27,24 +27,31 @@ sweep:
              {n_layers: 3, d_model: 32, n_heads: 2}]
   eval: {tasks: [add2, reverse], shots: [0, 1], examples: 8}
 """
+NAME = "mini"
 RUN_IDS = {"L1-D32-T5.12K-s0", "L2-D32-T5.12K-s0", "L3-D32-T5.12K-s0"}
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spec") / "mini.yaml"
-    path.write_text(SPEC)
-    return path
+def kill_sweep_when(spec, out, ready) -> None:
+    """Start a sweep process, SIGKILL it once `ready()` is true, and check it had not finished first."""
+    proc = subprocess.Popen(
+        _sweep_cmd(spec, out), env=lmscale_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    proc.kill()
+    proc.wait()
 
 
-@pytest.fixture(scope="module")
-def straight(spec, tmp_path_factory):
-    """An uninterrupted sweep: its directory and wall time."""
-    out = tmp_path_factory.mktemp("straight")
-    t0 = time.perf_counter()
-    proc = run_cli("sweep", spec, "--out", out, "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "mini", time.perf_counter() - t0
+def run_together(spec, out, n: int = 2) -> list[subprocess.Popen]:
+    """`n` sweep processes on one sweep at once, each checked to exit 0."""
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [subprocess.Popen(_sweep_cmd(spec, out), env=lmscale_env(), **pipes) for _ in range(n)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    return procs
 
 
 def _sweep_cmd(spec, out, *args):
@@ -119,16 +126,8 @@ def test_three_sigkills_at_random_moments_lose_nothing(spec, straight, tmp_path)
     sweep_dir, duration = straight
     rng = random.Random(0)
     for _ in range(3):
-        proc = subprocess.Popen(
-            _sweep_cmd(spec, tmp_path),
-            env=lmscale_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.1, 0.4) * duration)
-        assert proc.poll() is None, "the sweep finished before it could be killed"
-        proc.kill()
-        proc.wait()
+        kill_at = time.time() + rng.uniform(0.1, 0.4) * duration
+        kill_sweep_when(spec, tmp_path, lambda kill_at=kill_at: time.time() >= kill_at)
     proc = run_cli("sweep", spec, "--out", tmp_path, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     killed, clean = _results(tmp_path / "mini"), _results(sweep_dir)
@@ -144,15 +143,7 @@ def test_three_sigkills_at_random_moments_lose_nothing(spec, straight, tmp_path)
 
 
 def test_two_concurrent_sweeps_train_every_cell_exactly_once(spec, tmp_path):
-    procs = [
-        subprocess.Popen(
-            _sweep_cmd(spec, tmp_path), env=lmscale_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
+    procs = run_together(spec, tmp_path)
     sweep_dir = tmp_path / "mini"
     attempts = {run_id: _attempts(sweep_dir / run_id) for run_id in RUN_IDS}
     assert all(len(a) == 1 for a in attempts.values()), attempts

@@ -29,11 +29,19 @@ class Cell:
     run_id: str
     cfg: Config
     coords: dict  # dotted axis key -> value, plus `flops_budget` for IsoFLOP cells
+    role: str = "run"  # or, in a cooldown sweep (lmscale.sweep.cooldown), `trunk` or `branch`
+    trunk: str | None = None  # a branch's trunk run id
+    branch_step: int = 0  # the trunk step a branch starts from
 
     @property
     def flops(self) -> float:
-        """Detailed training FLOPs of the whole run (what the trainer logs)."""
+        """Detailed training FLOPs of the whole run (what the trainer logs), from step 0."""
         return self.cfg.steps * flops.step_flops(self.cfg)
+
+    @property
+    def flops_spent(self) -> float:
+        """What training the cell adds: a branch starts from its trunk's step `branch_step`."""
+        return (self.cfg.steps - self.branch_step) * flops.step_flops(self.cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +165,11 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
         size_list = [{"shape": s} for s in sizes.shapes or ()] + [{"params": n} for n in sizes.params or ()]
         budget_list = [{"fixed": x} for x in tokens.fixed or ()]
         budget_list += [{"per_param": x} for x in tokens.per_param or ()]
+        if tokens.cooldowns:  # a WSD branch per budget; trunks are attached once the cells are named
+            c = tokens.cooldowns
+            for form, values in (("fixed", c.budgets), ("per_param", c.per_param)):
+                key = "sweep.tokens.cooldowns." + ("budgets" if form == "fixed" else form)
+                budget_list += [{form: x, "key": key, "decay": c.decay_frac} for x in values or ()]
         pairs = list(itertools.product(size_list or [{}], budget_list or [{}]))
 
     cells = []
@@ -173,7 +186,12 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
         raise ConfigError(f"sweep '{name}': the grid is empty")
     cells = _name(cells, axis_keys)
     _check_eval_fits(spec.eval, cells)
-    return Sweep(name, sorted(cells, key=lambda c: (c.flops, c.run_id)), spec.eval)
+    from lmscale.sweep import cooldown
+
+    if tokens.cooldowns:
+        cells = cooldown.attach_trunks(cells)
+    ordered = sorted(cells, key=lambda c: (c.flops, c.run_id))
+    return Sweep(name, [c for unit in cooldown.groups(ordered) for c in unit], spec.eval)
 
 
 def _cell(
@@ -190,10 +208,10 @@ def _cell(
     cfg = dataclasses.replace(cfg, model=model)
     coords = dict(coords)
     if "fixed" in budget:
-        tokens = _round_tokens(budget["fixed"], cfg, "sweep.tokens.fixed")
+        tokens = _round_tokens(budget["fixed"], cfg, budget.get("key", "sweep.tokens.fixed"))
     elif "per_param" in budget:
         tokens = budget["per_param"] * flops.param_counts(model).total
-        tokens = _round_tokens(tokens, cfg, "sweep.tokens.per_param")
+        tokens = _round_tokens(tokens, cfg, budget.get("key", "sweep.tokens.per_param"))
     elif "flops_budget" in budget:
         C = budget["flops_budget"]
         tokens = _round_tokens(C / flops.flops_6nd(model, 1), cfg, f"sweep.tokens.isoflop.budgets={C:.3g}")
@@ -201,6 +219,8 @@ def _cell(
     else:
         tokens = cfg.train.tokens
     train = dataclasses.replace(cfg.train, tokens=tokens)
+    if "decay" in budget:
+        train = dataclasses.replace(train, schedule="wsd", decay_frac=budget["decay"])
     cfg = dataclasses.replace(cfg, train=train)
     if lr is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(train, lr=lr.peak(cfg)))

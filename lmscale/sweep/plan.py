@@ -15,7 +15,6 @@ import bisect
 import collections
 import dataclasses
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -27,15 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from lmscale import flops, peak, runlog, sharding
+from lmscale import flops, memory, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer, digest, retained_steps
-from lmscale.config import Config, ConfigError
+from lmscale.config import Config
 from lmscale.data.pipeline import make_source, prepare
 from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
 from lmscale.fewshot.requests import Request, build_requests
 from lmscale.flops import step_flops
 from lmscale.step_fns import StepFns, build
+from lmscale.sweep import cooldown
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
@@ -73,39 +73,6 @@ def shape_key(cfg: Config) -> tuple:
         t.grad_accum,
         tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(cfg.mesh).items())),
     )
-
-
-def memory_bytes(cfg: Config, n_devices: int) -> int:
-    """Per-device estimate: float32 params, grads and two Adam moments, plus the activations and their
-    gradients alive at the backward pass's peak (coefficients fitted to XLA's CPU memory analysis)."""
-    m, t = cfg.model, cfg.train
-    shape = cfg.mesh.shape(n_devices)
-    dp, tp = shape["data"] * shape["fsdp"], shape["tensor"]
-    state = 16 * flops.param_counts(m).total / (shape["fsdp"] * tp)
-    tokens = t.batch_size // t.grad_accum / dp * m.seq_len  # per device per micro-batch
-    c = 2 if m.compute_dtype == "bfloat16" else 4
-    mlp = (3 if m.mlp == "swiglu" else 2) * m.ff_dim
-    # Per token per layer: residual-stream tensors (~21 of width D), the MLP's hidden activations, and
-    # the attention scores and probabilities (heads x seq_len), the last two split by tensor parallelism.
-    per_layer = tokens * c * (21 * m.d_model + (2.5 * mlp + 3.5 * m.n_heads * m.seq_len) / tp)
-    layers = tokens * c * m.d_model * m.n_layers + per_layer if m.remat else per_layer * m.n_layers
-    logits = 3 * tokens * m.vocab_size / tp * 4  # float32 logits, softmax and its gradient
-    return int(state + layers + logits)
-
-
-def check_memory(cfg: Config, devices: list) -> None:
-    """ConfigError (one line, with the estimate) for a run that cannot fit in a device's memory, or on
-    CPU in host RAM shared by the process's devices: it fails before its run directory exists."""
-    need = memory_bytes(cfg, len(devices))
-    have, where = (devices[0].memory_stats() or {}).get("bytes_limit"), f"{devices[0].device_kind} memory"
-    if have is None:  # CPU: the simulated devices share the host's RAM
-        local = jax.local_device_count()
-        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local, f"host RAM / {local}"
-    if need > have:
-        raise ConfigError(
-            f"model.d_model={cfg.model.d_model}, model.n_layers={cfg.model.n_layers}: the memory estimate "
-            f"is {need / 2**30:,.1f} GiB per device, more than the {have / 2**30:,.1f} GiB of {where}"
-        )
 
 
 @dataclasses.dataclass
@@ -271,11 +238,17 @@ def calibrate(
     return timings, costs, evals
 
 
-def estimate_s(cfg: Config, timing: Timing, costs: RunCosts) -> float:
-    """One run's wall time as `summary.json` measures it: setup, compiles, steps, evals and saves."""
-    n, t = cfg.steps, cfg.train
-    evals = (n // t.eval_every + (n % t.eval_every > 0)) if t.eval_batches else 0
-    saves = n // cfg.checkpoint.every_steps + (n % cfg.checkpoint.every_steps > 0)
+def _due(start: int, end: int, every: int) -> int:
+    """Steps in (start, end] that are multiples of `every`, plus the last if it is not one."""
+    return end // every - start // every + (end % every > 0)
+
+
+def estimate_s(cfg: Config, timing: Timing, costs: RunCosts, start: int = 0) -> float:
+    """One run's wall time as `summary.json` measures it: setup, compiles, steps, evals and saves;
+    a cooldown branch trains from its trunk's step `start`."""
+    n, t = cfg.steps - start, cfg.train
+    evals = _due(start, cfg.steps, t.eval_every) if t.eval_batches else 0
+    saves = _due(start, cfg.steps, cfg.checkpoint.every_steps) + len(cfg.checkpoint.keep_steps)
     eval_s = evals * (t.eval_batches * EVAL_COST * timing.step_s) + (costs.eval_compile_s if evals else 0.0)
     return (
         timing.setup_s
@@ -317,21 +290,26 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
             "tokens": cell.cfg.steps * cell.cfg.train.batch_size * m.seq_len,
             "steps": cell.cfg.steps,
             "flops": cell.flops,
-            "memory_bytes": memory_bytes(cell.cfg, n_devices),
+            "role": cell.role,
+            "flops_spent": cell.flops_spent,
+            "memory_bytes": memory.memory_bytes(cell.cfg, n_devices),
             "lr": cell.cfg.train.lr,
         }
         if timings:
             timing = timings[shape_key(cell.cfg)]
-            row["time_s"] = estimate_s(cell.cfg, timing, costs) + (costs.process_s if i == 0 else 0.0)
+            start = cell.branch_step
+            row["time_s"] = estimate_s(cell.cfg, timing, costs, start) + (costs.process_s if i == 0 else 0.0)
             row["timed"] = timing.measured
-            if sweep.eval is not None:
+            if sweep.eval is not None and cell.role == "trunk":  # trunks are not evaluated
+                row["eval_s"] = 0.0
+            elif sweep.eval is not None:
                 key = shape_key(cell.cfg)
                 row["eval_s"] = (
                     eval_estimate_s(cell.cfg, evals[key], sweep.eval) if key in evals else math.nan
                 )
         rows.append(row)
     df = pd.DataFrame(rows)
-    totals = {"runs": len(df), "flops": df["flops"].sum()}
+    totals = {"runs": len(df), **cooldown.costs(df)}
     if timings:
         totals |= {
             "time_s": df["time_s"].sum() + (df["eval_s"].sum() if "eval_s" in df else 0.0),
@@ -364,6 +342,8 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
             "lr": df["lr"].map(lambda x: f"{x:.3g}"),
         }
     )
+    if (df["role"] != "run").any():  # a cooldown sweep: what each run adds (a branch starts on its trunk)
+        shown["spent"] = df["flops_spent"].map(lambda x: f"{x:.2e}")
     if "time_s" in df:
         shown["time"] = [
             _duration(s) + ("" if timed or math.isnan(s) else "*")
@@ -373,6 +353,7 @@ def render(df: pd.DataFrame, totals: dict, device: str) -> str:
         shown["eval"] = df["eval_s"].map(_duration)
     lines = [shown.to_string(index=False)]
     total = f"total: {totals['runs']} runs, {totals['flops']:.2e} FLOPs"
+    total = cooldown.total_line(totals) or total
     if "time_s" in totals:
         total += f", about {_duration(totals['time_s'])} on {device}"
         if df["time_s"].isna().any():

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from lmscale import results, runlog
 from lmscale.config import ConfigError
 from lmscale.runlog import LOCK, flocked
+from lmscale.sweep import cooldown
 from lmscale.sweep.grid import Cell, Sweep
 
 TABLES_LOCK = ".tables.lock"  # per sweep: one process at a time rescans the runs and rewrites the tables
@@ -31,6 +32,7 @@ ATTEMPTS = "attempts.jsonl"  # one row per process that started training the run
 # run_sweep's status of a completed run whose evaluation failed; its summary.json stays `completed`
 # (its loss counts in every fit) with the failure under `error`, and a rerun evaluates it again.
 EVAL_FAILED = "evaluation failed"
+POLL_S = 0.5  # how often a process waiting on other processes' runs looks again
 
 # Work on a run after its training completes, e.g. few-shot evaluation. A hook takes the cell, its run
 # directory and its summary and returns the summary to keep; it runs at every visit to a completed cell
@@ -39,12 +41,13 @@ AfterTrain = Callable[[Cell, Path, dict], dict]
 
 
 def assigned(cells: list[Cell], worker: int, num_workers: int) -> list[Cell]:
-    """Worker `worker`'s share: round-robin over the cheapest-first list, so shares cost about the same."""
+    """Worker `worker`'s share: round-robin over the cheapest-first list, so shares cost about the same;
+    a cooldown trunk and its branches are one unit, so no share waits on another's trunk."""
     if num_workers < 1:
         raise ConfigError(f"--num-workers={num_workers}: must be positive")
     if not 0 <= worker < num_workers:
         raise ConfigError(f"--worker={worker}: must be in [0, {num_workers}) for --num-workers={num_workers}")
-    return cells[worker::num_workers]
+    return [c for unit in cooldown.groups(cells)[worker::num_workers] for c in unit]
 
 
 def write_tables(sweep_dir: Path) -> pd.DataFrame:
@@ -87,10 +90,9 @@ class Runner:
         )
         try:
             waiting = [c for c in cells if not self._visit(c, block=False, bar=bar)]
-            for cell in waiting:  # locked by another process: wait for it, then finish it if it died
-                if self.stopped:
-                    break
-                self._visit(cell, block=True, bar=bar)
+            while waiting and not self.stopped:  # locked by another process, or a branch whose point is
+                time.sleep(POLL_S)  # not trained yet: wait for it, then finish it if its holder died
+                waiting = [c for c in waiting if not self._visit(c, block=False, bar=bar)]
         finally:
             bar.close()
             if self.primary:
@@ -102,6 +104,8 @@ class Runner:
         if self.stopped:
             return True
         run_dir = self.sweep_dir / cell.run_id
+        if cell.trunk and self._branch_waits(cell, run_dir):
+            return False
         run_dir.mkdir(exist_ok=True)
         lock = flocked(run_dir / LOCK, block) if self.locking else contextlib.nullcontext(True)
         with lock as held:
@@ -118,16 +122,35 @@ class Runner:
         )
         return True
 
+    def _branch_waits(self, cell: Cell, run_dir: Path) -> bool:
+        """A branch waits until its trunk has its branch point, or has stopped short of it for good."""
+        trunk_dir = self.sweep_dir / cell.trunk
+        if cooldown.started(run_dir) or cooldown.branch_point(trunk_dir, cell.branch_step).is_dir():
+            return False
+        if cooldown.blocked(cell, trunk_dir) is None:
+            return True
+        if not self.locking:
+            return False
+        with flocked(trunk_dir / LOCK, block=False) as free:  # held: being retried or resumed
+            return not free
+
     def _run_cell(self, cell: Cell, run_dir: Path) -> str:
         """One cell: train it unless finished, then the after-training hooks on a completed run.
 
         Returns the run's status, or EVAL_FAILED for a completed run whose hooks failed."""
         summary = results.read_summary(run_dir) or {}
+        reason = cooldown.blocked(cell, self.sweep_dir / cell.trunk) if cell.trunk else None
+        if reason and not cooldown.started(run_dir):  # its trunk diverged or failed before the branch point
+            summary = cooldown.record(cell, results.failed_summary(cell.cfg, run_dir, reason))
+            if self.primary:
+                runlog.write_json(run_dir / "summary.json", summary)
+            print(f"lmscale sweep: {cell.run_id}: {reason}", file=sys.stderr)
+            return summary["status"]
         # A diverged run would diverge again, so it is final; train() returns a completed run's summary
         # at once, after checking that its directory holds this cell's config.
         if summary.get("status") != "diverged":
             summary = self._train(cell, run_dir, record=summary.get("status") != "completed")
-        if summary.get("status") == "completed" and self.after_train:
+        if summary.get("status") == "completed" and self.after_train and cell.role != cooldown.TRUNK:
             try:
                 for hook in self.after_train:
                     summary = hook(cell, run_dir, summary)
@@ -164,11 +187,18 @@ class Runner:
             with (run_dir / ATTEMPTS).open("a") as f:
                 f.write(json.dumps(attempt) + "\n")
         try:
-            return train(cell.cfg, run_dir, progress=self.progress, lock=False)  # _visit holds it
+            if cell.trunk and self.primary:
+                cooldown.seed(cell, self.sweep_dir / cell.trunk, run_dir)
+            summary = train(cell.cfg, run_dir, progress=self.progress, lock=False)  # _visit holds it
         except ConfigError:
             raise  # the run directory holds another config, or the spec is bad: stop, exit status 2
         except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep carries on
-            return self._fail(cell, run_dir, e, "training")
+            summary = self._fail(cell, run_dir, e, "training")
+        if cell.role != "run":
+            summary = cooldown.record(cell, summary)
+            if self.primary:
+                runlog.write_json(run_dir / "summary.json", summary)
+        return summary
 
     def _fail(self, cell: Cell, run_dir: Path, error: Exception, stage: str) -> dict:
         summary = results.failed_summary(cell.cfg, run_dir, self._report(cell, run_dir, error, stage))

@@ -8,13 +8,13 @@ Importing this module imports no JAX, so `lmscale sweep` and `lmscale plan` reje
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from lmscale import config
 from lmscale.config import (
+    Check,
     Config,
     ConfigError,
-    FiniteFloat,
     ModelConfig,
     NonNegFloat,
     NonNegInt,
@@ -55,7 +55,7 @@ class Sizes:
     n_heads: PosInt | None = None
     d_model_multiple: PosInt | None = None  # None: head_dim, or 16
     d_ff_multiple: NonNegFloat | None = None  # d_ff = this * d_model; None or 0: the model's default
-    aspect_weight: FiniteFloat | None = None  # None: 0.25
+    aspect_weight: float | None = None  # None: 0.25
 
     def rule(self, isoflop: bool) -> SizeRule | None:
         """The shape rule when parameter counts need one (`params`, or an IsoFLOP sweep), else None."""
@@ -93,12 +93,23 @@ class IsoFlop:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cooldowns:
+    """`sweep.tokens.cooldowns`: several budgets per size, served by one constant-lr trunk (WSD branches)."""
+
+    per_param: tuple[PosFloat, ...] | None = None  # tokens = each x total params, increasing
+    budgets: tuple[PosFloat, ...] | None = None  # or absolute token budgets, increasing
+    # each branch decays over the last decay_frac of its budget (train.decay_frac of its WSD schedule)
+    decay_frac: Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")] = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
 class Tokens:
-    """`sweep.tokens`: one of fixed budgets, tokens per parameter, or IsoFLOP budgets."""
+    """`sweep.tokens`: one of fixed budgets, tokens per parameter, IsoFLOP budgets or cooldowns."""
 
     fixed: tuple[PosFloat, ...] | None = None
     per_param: tuple[PosFloat, ...] | None = None
     isoflop: IsoFlop | None = None
+    cooldowns: Cooldowns | None = None
 
     def given(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
@@ -111,7 +122,7 @@ class Lr:
     rule: Literal["constant", "width"] = "constant"  # width: lr = base * (base_width / d_model) ^ exponent
     base: PosFloat | None = None  # None: the base config's train.lr
     base_width: PosFloat | None = None  # the d_model that gets lr = base; required by the width rule
-    exponent: FiniteFloat = 1.0
+    exponent: float = 1.0
 
     def peak(self, cfg: Config) -> float:
         base = cfg.train.lr if self.base is None else self.base
@@ -150,6 +161,8 @@ class SweepSpec:
             taken |= {f"model.{f.name}": "sweep.sizes" for f in dataclasses.fields(Shape)}
         if tokens.given():
             taken["train.tokens"] = "sweep.tokens"
+        if tokens.cooldowns:
+            taken |= dict.fromkeys(("train.schedule", "train.decay_frac"), "sweep.tokens.cooldowns")
         if self.seeds is not None:
             taken["train.seed"] = "sweep.seeds"
         if self.lr is not None:
@@ -210,11 +223,23 @@ def read(section: Any, overrides: list[tuple[str, Any]] = ()) -> SweepSpec:
             "sweep.sizes: an IsoFLOP sweep picks its sizes around each budget's optimum; "
             "give only the shape rule"
         )
+    if tokens.cooldowns:
+        _check_cooldowns(tokens.cooldowns)
     if spec.lr and spec.lr.rule == "width" and spec.lr.base_width is None:
         raise ConfigError("sweep.lr.base_width: required by the width rule (the d_model that gets lr = base)")
     if spec.eval is not None:
         _check_eval(spec.eval)
     return spec
+
+
+def _check_cooldowns(spec: Cooldowns) -> None:
+    given = [name for name in ("per_param", "budgets") if getattr(spec, name) is not None]
+    if len(given) != 1:
+        raise ConfigError("sweep.tokens.cooldowns: give one of per_param and budgets")
+    values = getattr(spec, given[0])
+    if any(b <= a for a, b in zip(values[:-1], values[1:], strict=True)):
+        shown = ", ".join(f"{x:g}" for x in values)
+        raise ConfigError(f"sweep.tokens.cooldowns.{given[0]}=[{shown}]: budgets must increase")
 
 
 def _check_eval(spec: EvalSpec) -> None:

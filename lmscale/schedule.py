@@ -1,0 +1,91 @@
+"""Learning-rate schedules, all ending exactly at the run's own budget: cosine, warmup-stable-decay
+(WSD) and constant.
+
+The step arithmetic (`warmup`, `decay_start`, `check`) is plain Python, read by the sweep planner and the
+config checks before JAX is imported; `schedule` builds the optax schedule and imports optax itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lmscale.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    import optax
+
+
+def warmup(t: TrainConfig, total_steps: int) -> int:
+    """Warmup steps: a fraction of the budget for cosine; a fixed count under WSD and constant, so that
+    every budget of one shape shares its warmup and its constant stage."""
+    return int(t.warmup_frac * total_steps) if t.schedule == "cosine" else t.warmup_steps
+
+
+def decay_start(t: TrainConfig, total_steps: int) -> int:
+    """The first step of WSD's decay: the last `decay_frac` of the run (at least one step) decays.
+
+    Before it the WSD schedule does not depend on the budget: a constant-lr trunk's checkpoint at this
+    step is exactly a from-scratch WSD run's state there, which is what a cooldown branch restores."""
+    return total_steps - max(1, round(t.decay_frac * total_steps))
+
+
+def check(t: TrainConfig, total_steps: int) -> None:
+    """A WSD run must fit its warmup and its decay, with a step of the stable stage to branch from."""
+    if t.schedule != "wsd":
+        return
+    start = decay_start(t, total_steps)
+    if start < max(t.warmup_steps, 1):
+        raise ConfigError(
+            f"train.schedule=wsd: no room for warmup plus decay in {total_steps} steps "
+            f"(train.warmup_steps={t.warmup_steps}, train.decay_frac={t.decay_frac:g}: "
+            f"{total_steps - start} decay steps)"
+        )
+
+
+def _decay(t: TrainConfig, steps: int) -> optax.Schedule:
+    """From peak to `final_lr_frac` of peak over `steps`, in the shape `t.decay_shape`."""
+    import jax.numpy as jnp
+    import optax
+
+    end = t.lr * t.final_lr_frac
+    if t.decay_shape == "linear":
+        return optax.linear_schedule(t.lr, end, steps)
+    if t.decay_shape == "cosine":
+        return optax.cosine_decay_schedule(t.lr, steps, alpha=t.final_lr_frac)
+
+    def one_minus_sqrt(count):  # Hägele et al. 2024, eq. 3: 1 - sqrt(progress), their best cooldown
+        progress = jnp.clip(count / steps, 0.0, 1.0)
+        return end + (t.lr - end) * (1.0 - jnp.sqrt(progress))
+
+    return one_minus_sqrt
+
+
+def schedule(t: TrainConfig, total_steps: int) -> optax.Schedule:
+    """The learning rate at each update of a run of `total_steps` steps.
+
+    cosine: linear warmup over `warmup_frac` of the steps, then cosine decay to `final_lr_frac` of peak at
+    exactly `total_steps`. The decay length is the run's own budget: Hoffmann et al. 2022 show that a
+    cosine cycle longer than the run overestimates its loss and biases the fitted exponents.
+    wsd: linear warmup over `warmup_steps`, constant peak, then the last `decay_frac` of the run decays to
+    `final_lr_frac` of peak (Hägele et al. 2024: it matches cosine at the same budget).
+    constant: linear warmup over `warmup_steps`, then peak to the end (a cooldown sweep's trunk).
+    """
+    import optax
+
+    steps = warmup(t, total_steps)
+    if t.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=t.lr,
+            warmup_steps=steps,
+            decay_steps=max(total_steps, steps + 1),
+            end_value=t.lr * t.final_lr_frac,
+        )
+    parts = [optax.linear_schedule(0.0, t.lr, steps), optax.constant_schedule(t.lr)]
+    if t.schedule == "constant":
+        return optax.join_schedules(parts, [steps])
+    start = decay_start(t, total_steps)
+    return optax.join_schedules([*parts, _decay(t, total_steps - start)], [steps, start])
+
+
+__all__ = ["warmup", "decay_start", "check", "schedule"]
