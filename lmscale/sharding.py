@@ -39,13 +39,15 @@ def initialize_distributed(setting: str) -> bool:
     """Call `jax.distributed.initialize()` once per process when running on several hosts.
 
     Must run before anything touches a device. `auto` initializes only under a multi-host launch,
-    so single-host runs never wait on a coordinator.
+    so single-host runs never wait on a coordinator; lmscale.launch names the variables it reads.
     """
     if setting == "false" or (setting == "auto" and not _is_multihost_launch()):
         return False
     if not jax.distributed.is_initialized():
+        from lmscale import launch  # the environment it reads (JAX_NUM_PROCESSES, ...) and bounded waits
+
         try:
-            jax.distributed.initialize()
+            launch.initialize(setting)
         except (ValueError, RuntimeError) as e:  # no coordinator found: not a multi-host launch
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(
