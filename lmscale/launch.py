@@ -70,6 +70,12 @@ def initialize(setting: str) -> None:
             heartbeat_timeout_seconds=heartbeat_s,
             shutdown_timeout_seconds=heartbeat_s,
         )
+    except (ValueError, RuntimeError) as e:  # no coordinator found: not a multi-host launch
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"mesh.distributed={setting}: jax.distributed.initialize() failed ({reason}); launch one "
+            "process per host, or use mesh.distributed=auto on a single machine"
+        ) from None
     finally:
         watchdog.cancel()
     if num is not None and jax.process_count() > 1:

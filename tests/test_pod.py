@@ -147,3 +147,113 @@ def test_two_processes_of_two_devices_match_one_of_four_at_every_step(tmp_path, 
     assert meta["devices"]["count"] == 4 and meta["devices"]["processes"] == 2
     # process 1 trained too, but wrote nothing: only process 0 logs and summarises
     assert "completed" in (tmp_path / "logs" / "process-1.log").read_text()
+
+
+def _bad_start(tmp_path, port: int, processes: list[int], index: int) -> subprocess.Popen:
+    """`lmscale train` as process `index` of a run that says it has `processes[index]` processes."""
+    env = lmscale_env(1) | {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": str(processes[index]),
+        "JAX_PROCESS_ID": str(index),
+        "LMSCALE_INIT_TIMEOUT_S": "10",
+    }
+    cmd = [sys.executable, "-m", "lmscale", "train", str(TINY), "--out", str(tmp_path / "run"), *TWENTY_STEPS]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
+    try:
+        errors = [p.communicate(timeout=timeout)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
+    finally:
+        for p in procs:
+            _kill(p.pid)
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_reach_the_coordinator_exits_2_with_one_line_within_60_s(tmp_path):
+    from lmscale.launch import free_port
+
+    t0 = time.perf_counter()
+    [(code, err)] = _finish([_bad_start(tmp_path, free_port(), [2, 2], 1)], 60)
+    assert time.perf_counter() - t0 < 60
+    assert code == 2 and len(_errors(err)) == 1, err
+    assert "process 1 of 2 did not meet every process at the coordinator 127.0.0.1:" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_processes_launched_with_different_process_counts_exit_2_with_one_line_each(tmp_path):
+    from lmscale.launch import free_port
+
+    port, t0 = free_port(), time.perf_counter()
+    finished = _finish([_bad_start(tmp_path, port, [2, 3], i) for i in (0, 1)], 60)
+    assert time.perf_counter() - t0 < 60
+    for code, err in finished:
+        assert code == 2 and len(_errors(err)) == 1, err
+        assert "JAX_NUM_PROCESSES: the processes were launched with [2, 3], but 2 joined" in err
+
+
+LONG = [*TWENTY_STEPS[:5], "train.tokens=51200", *TWENTY_STEPS[6:]]  # 200 steps
+
+
+def _wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_after_the_same_step_and_the_rerun_continues(tmp_path, launch):
+    args = ("train", TINY, "--out", "run", "--no-progress", *LONG)
+    first = launch(tmp_path, *args)
+    _wait_for(lambda: len(_train_rows(tmp_path / "run")) >= 10)
+    os.kill(first.child(1), signal.SIGTERM)
+    stopped = first.wait(120)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    step = json.loads((tmp_path / "run" / "summary.json").read_text())["steps"]
+    assert 10 <= step < 200
+    for output in (stopped.stdout, (tmp_path / "logs" / "process-1.log").read_text()):
+        assert f"running: run  step {step} " in output  # each process stopped after this step
+        assert "stopped by SIGTERM after a checkpoint" in output
+    assert step in [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    rerun = launch(tmp_path, *args).wait()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [r["step"] for r in _train_rows(tmp_path / "run")] == list(range(1, 201))
+
+
+def _final_digest(run_dir) -> list[int]:
+    """The digest of the final checkpoint's state: equal digests, bitwise equal parameters."""
+    return json.loads((run_dir / "checkpoints" / "200" / "extra" / "metadata").read_text())["verify"][
+        "digest"
+    ]
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_ends_the_other_and_the_same_launch_resumes_bitwise(tmp_path, launch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    args = ("train", TINY, "--out", "run", "--no-progress", *LONG)
+    straight = launch(tmp_path / "a", *args).wait()
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = launch(tmp_path / "b", *args)
+    _wait_for(lambda: (tmp_path / "b" / "run" / "checkpoints" / "10" / "commit_success.txt").exists())
+    os.kill(killed.child(1), signal.SIGKILL)
+    t0 = time.perf_counter()
+    ended = killed.wait(90)
+    assert time.perf_counter() - t0 < 60
+    assert ended.returncode != 0
+    assert "lmscale launch: process 1 was killed by SIGKILL" in ended.stderr
+    assert json.loads((tmp_path / "b" / "run" / "summary.json").read_text())["steps"] < 200
+
+    rerun = launch(tmp_path / "b", *args).wait()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    a, b = _train_rows(tmp_path / "a" / "run"), _train_rows(tmp_path / "b" / "run")
+    assert [r["step"] for r in b] == list(range(1, 201))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert _final_digest(tmp_path / "a" / "run") == _final_digest(tmp_path / "b" / "run")
