@@ -14,6 +14,7 @@ import yaml
 
 from lmscale import runlog
 from tests.conftest import TINY, lmscale_env, run_cli
+from tests.test_sweep import SPEC as SWEEP  # three cells of 20 steps, each evaluated
 
 TWENTY_STEPS = [
     "model.n_layers=2",
@@ -257,3 +258,53 @@ def test_sigkill_of_one_process_ends_the_other_and_the_same_launch_resumes_bitwi
     assert [r["step"] for r in b] == list(range(1, 201))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert _final_digest(tmp_path / "a" / "run") == _final_digest(tmp_path / "b" / "run")
+
+
+@pytest.fixture(scope="module")
+def pod_sweep(tmp_path_factory):
+    """The 3-cell sweep run by 2 processes x 2 devices (each run evaluated across both): its directory."""
+    tmp = tmp_path_factory.mktemp("pod")
+    (tmp / "mini.yaml").write_text(SWEEP)
+    run = Launch(tmp, "sweep", "mini.yaml", "--out", "out", "--no-progress")
+    done = run.wait(600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "out" / "mini"
+
+
+@pytest.mark.slow
+def test_a_pod_sweep_trains_each_cell_once_with_the_losses_of_one_process(tmp_path, pod_sweep):
+    import pandas as pd
+
+    (tmp_path / "mini.yaml").write_text(SWEEP)
+    one = run_cli("sweep", tmp_path / "mini.yaml", "--out", tmp_path, "--no-progress", devices=4)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = pd.read_csv(tmp_path / "mini" / "results.csv").set_index("run_id").sort_index()
+    b = pd.read_csv(pod_sweep / "results.csv").set_index("run_id").sort_index()
+    assert list(a.index) == list(b.index) and len(b) == 3 and set(b["status"]) == {"completed"}
+    for key in ("final_loss", "final_val_loss"):
+        assert ((a[key] - b[key]).abs() <= 1e-5 * a[key].abs()).all(), (a[key], b[key])
+    for run_id in b.index:  # every process walked every cell; process 0 alone recorded the attempt
+        assert len(runlog.read_jsonl(pod_sweep / run_id / "attempts.jsonl")) == 1
+
+
+@pytest.mark.slow
+def test_eval_across_processes_equals_one_process_on_the_same_checkpoint(tmp_path, pod_sweep, launch):
+    import shutil
+
+    args = ("--tasks", "add2,reverse", "--shots", "0,1", "--examples", "8")
+    for name in ("one", "two"):
+        shutil.copytree(pod_sweep / "L2-D32-T5.12K-s0", tmp_path / name)
+        (tmp_path / name / "fewshot.jsonl").unlink()
+    one = run_cli("eval", tmp_path / "one", *args)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(tmp_path, "eval", tmp_path / "two", *args).wait()
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [runlog.read_jsonl(tmp_path / name / "fewshot.jsonl") for name in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == 2 * 2 * 8
+    for a, b in zip(*rows, strict=True):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert abs(value - b[key]) <= 1e-5 * max(abs(value), 1.0), (key, a, b)
+            else:
+                assert value == b[key], (key, a, b)
