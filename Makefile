@@ -1,7 +1,7 @@
 PYTHON ?= python3
 OUT ?= runs
 
-.PHONY: install demo test test-slow bench lint format
+.PHONY: install demo test test-slow bench gpu-check lint format
 
 install: .make/installed  ## install lmscale and its dev tools into the current Python
 
@@ -21,6 +21,13 @@ test-slow: install  ## the long tests only
 
 bench: install  ## training throughput and MFU, as JSON
 	$(PYTHON) -m lmscale bench --json $(OUT)/bench.json
+
+gpu-check: install  ## on a GPU or TPU host: bench, then a short gpu_single.yaml run; tokens/s and MFU vs the peak
+	$(PYTHON) -m lmscale bench --no-fit --no-eval --json $(OUT)/gpu-check/bench.json
+	$(PYTHON) -m lmscale sweep experiments/gpu_single.yaml --out $(OUT)/gpu-check --no-progress \
+	  'sweep.sizes.params=[3.0e+7]' sweep.tokens.per_param=1 data.synthetic.documents=50000
+	$(PYTHON) -c "import pandas as pd; r = pd.read_csv('$(OUT)/gpu-check/gpu_single/results.csv'); \
+	  print(r[['run_id', 'tokens_per_s', 'mfu', 'peak_source']].to_string(index=False))"
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmscale import runlog
+from lmscale import launch, runlog  # launch imports no JAX: it only starts processes
 from lmscale.config import ConfigError
 
 EPILOG = "Overrides are dotted config paths, e.g. train.seed=3 mesh.tensor=2 model.d_model=128."
@@ -136,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     from analysis.cli import add_commands  # the reading side: fit, plot, report
 
     add_commands(sub)
+    launch.add_command(sub)
     return p
 
 
@@ -269,9 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     try:
-        return {"train": _train, "plan": _plan, "sweep": _sweep, "bench": _bench, "eval": _eval}[
-            args.command
-        ](args)
+        commands = {"train": _train, "plan": _plan, "sweep": _sweep, "bench": _bench, "eval": _eval}
+        return (commands | {"launch": launch.run})[args.command](args)
     except ConfigError as e:
         print(f"lmscale {args.command}: error: {e}", file=sys.stderr)
         return 2

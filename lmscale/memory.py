@@ -27,13 +27,13 @@ def memory_bytes(cfg: Config, n_devices: int) -> int:
 
 
 def check_memory(cfg: Config, devices: list) -> None:
-    """ConfigError (one line, with the estimate) for a run that cannot fit in a device's memory, or on
-    CPU in host RAM shared by the process's devices: it fails before its run directory exists."""
-    need = memory_bytes(cfg, len(devices))
-    have, where = (devices[0].memory_stats() or {}).get("bytes_limit"), f"{devices[0].device_kind} memory"
-    if have is None:  # CPU: the simulated devices share the host's RAM
-        import jax
+    """ConfigError (one line, with the estimate) before a run too big for a device (on CPU, RAM / devices)."""
+    import jax
 
+    need = memory_bytes(cfg, len(devices))
+    mem = jax.local_devices()[0].memory_stats()  # another process's devices report nothing here
+    have, where = (mem or {}).get("bytes_limit"), f"{devices[0].device_kind} memory"
+    if have is None:  # CPU: the simulated devices share the host's RAM
         local = jax.local_device_count()
         have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local, f"host RAM / {local}"
     if need > have:

@@ -39,19 +39,14 @@ def initialize_distributed(setting: str) -> bool:
     """Call `jax.distributed.initialize()` once per process when running on several hosts.
 
     Must run before anything touches a device. `auto` initializes only under a multi-host launch,
-    so single-host runs never wait on a coordinator.
+    so single-host runs never wait on a coordinator; lmscale.launch names the variables it reads.
     """
     if setting == "false" or (setting == "auto" and not _is_multihost_launch()):
         return False
     if not jax.distributed.is_initialized():
-        try:
-            jax.distributed.initialize()
-        except (ValueError, RuntimeError) as e:  # no coordinator found: not a multi-host launch
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(
-                f"mesh.distributed={setting}: jax.distributed.initialize() failed ({reason}); launch one "
-                "process per host, or use mesh.distributed=auto on a single machine"
-            ) from None
+        from lmscale import launch  # the environment it reads (JAX_NUM_PROCESSES, ...) and bounded waits
+
+        launch.initialize(setting)
     return True
 
 
