@@ -78,7 +78,11 @@ def _tuned_columns(results: Results, point: np.ndarray, given: Sequence[str] | N
     if given is None:
         return [c for c in AUTO if c in runs.columns and _varies(runs[c], point)]
     for col in given:
-        if col not in runs.columns or col in CANONICAL:
+        if col in CANONICAL:
+            raise AnalysisError(
+                f"'{csv}': column '{col}' (--tuned-over) is a scale or the loss, not a setting"
+            )
+        if col not in runs.columns:
             raise AnalysisError(
                 f"'{csv}': no column '{col}' (given for --tuned-over); has {list(runs.columns)}"
             )
@@ -89,7 +93,7 @@ def _tuned_columns(results: Results, point: np.ndarray, given: Sequence[str] | N
                 f"'{csv}' lines {lines.min()}-{lines.max()}: column '{col}' (--tuned-over) takes one value "
                 "at each params and tokens; runs that differ in it are needed to tune over it"
             )
-    return list(given)
+    return list(dict.fromkeys(given))
 
 
 def _lines(results: Results) -> np.ndarray:

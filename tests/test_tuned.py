@@ -152,10 +152,17 @@ def test_an_optimum_at_the_edge_of_the_grid_is_left_out_and_warned_about(tmp_pat
     [
         (None, ["--tuned-over", "warmup"], "no column 'warmup' (given for --tuned-over)"),
         (None, ["--tuned-over", "seq_len"], "lines 2-10: column 'seq_len' (--tuned-over) takes one value"),
+        (None, ["--tuned-over", "lr,tokens"], "column 'tokens' (--tuned-over) is a scale or the loss"),
         ("n_heads", [], "line 6: column 'n_heads' is 7 here and 2 on line 5, at the same params and tokens"),
         ("n_heads", ["--tuned-over", "train.lr"], "line 6: column 'n_heads' is 7 here and 2 on line 5"),
     ],
-    ids=["missing-column", "constant-column", "untuned-column-differs", "untuned-beside-given"],
+    ids=[
+        "missing-column",
+        "constant-column",
+        "scale-column",
+        "untuned-column-differs",
+        "untuned-beside-given",
+    ],
 )
 def test_bad_tuned_over_exits_2_naming_the_column_and_line(tmp_path, capsys, change, args, message):
     table = lr_sweep(tmp_path)
