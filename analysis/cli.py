@@ -24,6 +24,13 @@ def _window(value: str) -> int | None:
     return int(value)
 
 
+def _names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"'{value}': name one or more columns, comma-separated")
+    return names
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register fit, plot and report on a subparser group (shared by both command lines)."""
     f = sub.add_parser(
@@ -77,6 +84,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     for parser in (f, p, r):
         for col in ("params", "tokens", "flops", "loss"):
             parser.add_argument(f"--{col}-col", metavar="COLUMN", help=f"column holding {col}")
+        parser.add_argument(
+            "--tuned-over",
+            type=_names,
+            metavar="COL[,COL]",
+            help="columns tuned at each (params, tokens): only the best setting there enters a law, and "
+            "its optimum is fitted against N and C (default: lr and batch_size where runs differ in them)",
+        )
 
 
 def _columns(args: argparse.Namespace) -> dict:
@@ -87,6 +101,7 @@ def _fit(args: argparse.Namespace) -> dict:
     from analysis import fit as fits
     from analysis.isoflop import isoflop_groups
     from analysis.load import load_curves, load_results
+    from analysis.tuned import tune
 
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap={args.bootstrap}: must be zero or positive")
@@ -95,10 +110,11 @@ def _fit(args: argparse.Namespace) -> dict:
         law, ("params", "flops", "loss")
     )
     results = load_results(args.path, **_columns(args), require=require, budget_col=args.budget_col)
-    runs = results.runs
+    tuned = tune(results, args.tuned_over)
+    runs = results.runs if tuned is None else tuned.runs
+    print(f"{len(results.runs)} runs from {results.source} ({results.excluded} not completed, excluded)")
     if args.drop_worst:
         runs = runs.sort_values("loss").iloc[: len(runs) - args.drop_worst].reset_index(drop=True)
-    print(f"{len(runs)} runs from {results.source} ({results.excluded} not completed, excluded)")
     if law == "power":
         points, note = runs, None
         several = args.x == "flops" and len(np.unique(isoflop_groups(runs))) < len(runs)
@@ -124,6 +140,9 @@ def _fit(args: argparse.Namespace) -> dict:
             except AnalysisError:
                 pass  # no learning curves: approach1 refuses the final points with its reason
         fit = fits.approach1(curves)
+    if tuned is not None:
+        fit.extra["tuned"] = tuned.to_json()
+        fit.warnings += tuned.warnings
     out = fit.to_json() | {"excluded_runs": results.excluded}
     if law != "power":
         C = fits.compute_budgets(runs["flops"])
@@ -150,6 +169,7 @@ def _print_fit(out: dict) -> None:
             interval = f"  95% CI {interval_text(ci[k], opened.get(k))} {kept}" if k in ci else ""
             print(f"  {k:>6} = {v:.6g}{interval}")
     _print_isoflop(out)
+    _print_tuned(out)
     for row in out.get("compute_optimal", []):
         print(
             f"  C={row['C']:.3g}: N_opt={row['N_opt']:.3g}  D_opt={row['D_opt']:.3g}  "
@@ -194,6 +214,30 @@ def _print_isoflop(out: dict) -> None:
         print(f"    C={e['C']:.3g}: excluded, {e['reason']}")
 
 
+def _print_tuned(out: dict) -> None:
+    if "tuned" not in out:
+        return
+    tuned = out["tuned"]
+    print(f"  tuned: {tuned['note']}")
+    for u in tuned["used"]:
+        setting = "  ".join(
+            f"{c}={u[c]:.4g}" if isinstance(u[c], float) else f"{c}={u[c]}" for c in tuned["over"]
+        )
+        runs = ", ".join(u.get("runs") or [f"line {n}" for n in u["lines"]])
+        point = f"N={u['params']:.3g} D={u['tokens']:.3g}" if "tokens" in u else f"N={u['params']:.3g}"
+        print(f"    {point}: {setting}  loss={u['loss']:.4g}  (best of {u['settings']}; {runs})")
+    for col, opt in tuned["optima"].items():
+        for x, name in (("params", "N"), ("flops", "C")):
+            law = opt.get(f"vs_{x}")
+            if law is None:
+                continue
+            ci = law.get("ci")
+            interval = f"  95% CI {interval_text(ci['a'])} ({law['dof']} dof)" if ci else ""
+            print(
+                f"  {col}_opt = {law['k']:.4g} {name}^{law['a']:.4g}{interval}  from {law['points']} optima"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed fit/plot/report command; AnalysisError becomes a one-line error and status 2."""
     try:
@@ -207,14 +251,20 @@ def run(args: argparse.Namespace) -> int:
             from analysis import plots
 
             base = args.path if args.path.is_dir() else args.path.parent
-            for path in plots.plot_all(args.path, args.out or base / "figures", columns=_columns(args)):
+            out = args.out or base / "figures"
+            for path in plots.plot_all(args.path, out, columns=_columns(args), tuned_over=args.tuned_over):
                 print(path)
         elif args.command == "report":
             from analysis import report
 
             if not args.path.is_dir():
                 raise AnalysisError(f"'{args.path}' is not a sweep directory")
-            written = report.write_report(args.path, args.out or args.path / "report", columns=_columns(args))
+            written = report.write_report(
+                args.path,
+                args.out or args.path / "report",
+                columns=_columns(args),
+                tuned_over=args.tuned_over,
+            )
             for path in written.values():
                 print(path)
     except AnalysisError as e:

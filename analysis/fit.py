@@ -21,7 +21,7 @@ from analysis.laws import (
     Fit,
     allocation_fit,
     chinchilla_log_pred,
-    flag_unidentified,
+    flag_bounds,
     hoffmann_grid,
     power_grid,
     power_log_pred,
@@ -147,7 +147,7 @@ def fit_power(
         thetas, converged = _solve_resamples(log_pred, theta, logx, logy, w, delta)
         samples = _power_params(thetas[converged], offset, log_x0)
         fit.set_bootstrap(samples, bootstrap, {"did not converge": bootstrap - converged.sum()})
-    flag_unidentified(fit, float(loss.min()))
+    flag_bounds(fit, float(loss.min()))
     return fit
 
 
@@ -186,7 +186,7 @@ def fit_chinchilla(
         thetas, converged = _solve_resamples(chinchilla_log_pred, theta, logx, logy, w, delta)
         samples = _chinchilla_params(thetas[converged])
         fit.set_bootstrap(samples, bootstrap, {"did not converge": bootstrap - converged.sum()})
-    flag_unidentified(fit, float(loss.min()))
+    flag_bounds(fit, float(loss.min()))
     return fit
 
 

@@ -14,19 +14,24 @@ from analysis.laws import Fit, allocation_fit
 from analysis.load import AnalysisError
 
 
+def clusters(values: np.ndarray, tolerance: float) -> np.ndarray:
+    """A label per value: in increasing order, a value more than `tolerance` (relative) above the first
+    value of the current cluster starts a new one; the label is that first value."""
+    values = np.asarray(values, float)
+    labels = np.empty(len(values))
+    start = None
+    for i in np.argsort(values):
+        if start is None or values[i] > start * (1 + tolerance):
+            start = values[i]
+        labels[i] = start
+    return labels
+
+
 def isoflop_groups(runs: pd.DataFrame, tolerance: float = 0.25) -> np.ndarray:
     """Group label per run: a `flops_budget` column if present, else runs within 25% in compute."""
     if "flops_budget" in runs.columns:
         return runs["flops_budget"].to_numpy()
-    order = np.argsort(runs["flops"].to_numpy())
-    labels = np.empty(len(runs))
-    start = None
-    for i in order:
-        f = runs["flops"].iloc[i]
-        if start is None or f > start * (1 + tolerance):
-            start = f
-        labels[i] = start
-    return labels
+    return clusters(runs["flops"].to_numpy(), tolerance)
 
 
 def best_of_each_budget(runs: pd.DataFrame) -> pd.DataFrame:

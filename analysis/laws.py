@@ -98,25 +98,53 @@ class Fit:
 
 
 UNIDENTIFIED_DECADES = 2.0  # an interval of E wider than this many factors of ten does not pin E down
-DEGENERATE_E = 1e-3  # E below this share of the lowest loss: the fit has dropped the floor altogether
+# The optimiser has no box: E, A and B are fitted as logs (so they stay positive) and the exponents are
+# free. The bounds are the law's own: L = E + A x^-alpha > E at every point, so E lies between 0 and the
+# lowest loss, and a law that falls with scale has exponents above 0. A value within BOUND_TOLERANCE of
+# one (a share of the lowest loss for E, the Huber delta in log units; absolute for an exponent) is on it.
+BOUND_TOLERANCE = 1e-3
 
 
-def flag_unidentified(fit: Fit, lowest_loss: float) -> None:
-    """One warning per parameter the data do not pin down; an interval edge at E's bound (0) is open."""
-    if "E" not in fit.params:
-        return
-    E, floor = fit.params["E"], DEGENERATE_E * lowest_loss
-    if E < floor:
-        fit.warnings.append(
-            f"E = {E:.3g} is effectively zero (the lowest loss is {lowest_loss:.4g}): the fit degenerated "
-            "to a pure power law, so the irreducible loss is not identified by these points."
-        )
-    if "E" in fit.ci:
-        lo, hi = fit.ci["E"]
-        if lo < floor:
-            fit.ci_open["E"] = (True, False)
+def _on(value: float, bound: float, upper: bool, scale: float) -> bool:
+    return value > bound - BOUND_TOLERANCE * scale if upper else value < bound + BOUND_TOLERANCE * scale
+
+
+def flag_bounds(fit: Fit, lowest_loss: float) -> None:
+    """A warning for each estimate on a bound of its law, and for each interval edge on one, which is
+    then open (`ci_open`); a warning too for an interval of E too wide to pin E down."""
+    limits = {k: (0.0, np.inf, 1.0) for k in ("alpha", "beta") if k in fit.params}
+    if "E" in fit.params:
+        limits["E"] = (0.0, lowest_loss, lowest_loss)
+    for name, (low, high, scale) in limits.items():
+        value, named = fit.params[name], {low: "0", high: f"the lowest loss ({lowest_loss:.4g})"}
+        if _on(value, low, False, scale):
+            why = (
+                "the fit degenerated to a pure power law"
+                if name == "E"
+                else "the loss does not fall with scale"
+            )
+            fit.warnings.append(f"{name} = {value:.3g} is at or below its bound, 0: {why} in these points.")
+        if _on(value, high, True, scale):
+            fit.warnings.append(
+                f"{name} = {value:.4g} is at or above its bound, {named[high]}: the law cannot pass below "
+                "its best point, so the irreducible loss is not identified by these points."
+            )
+        if name not in fit.ci:
+            continue
+        lo, hi = fit.ci[name]
+        edges = (_on(lo, low, False, scale), _on(hi, high, True, scale))
+        if any(edges):
+            fit.ci_open[name] = edges
+            on = " and ".join(
+                f"{side} edge at {named[b]}"
+                for side, b, e in zip(("lower", "upper"), (low, high), edges, strict=True)
+                if e
+            )
+            fit.warnings.append(
+                f"{name}'s 95% interval [{lo:.3g}, {hi:.3g}] has its {on}, on a bound; shown open."
+            )
         decades = np.log10(hi / lo) if lo > 0 else np.inf
-        if decades > UNIDENTIFIED_DECADES and E >= floor:
+        if name == "E" and decades > UNIDENTIFIED_DECADES and not _on(value, low, False, scale):
             fit.warnings.append(
                 f"E is not identified: its 95% interval [{lo:.3g}, {hi:.3g}] spans {decades:.1f} orders "
                 "of magnitude."

@@ -49,6 +49,7 @@ class Results:
     excluded: int  # runs dropped: status not `completed`, or a cooldown sweep's trunk (`role: trunk`)
     source: Path
     flops_source: str  # the column `flops` came from, SIX_ND where it was derived, or "none"
+    lines: np.ndarray | None = None  # the file line of each row of `runs` (the header is line 1)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -138,7 +139,8 @@ def load_results(
             f"'{csv}' lines 2-{line(out.index.max())}: column '{budget_col}' (--budget-col) has one value, "
             f"{out['flops_budget'].iloc[0]!r}; IsoFLOP fits need 2 or more budgets"
         )
-    return Results(out.reset_index(drop=True), excluded, csv, sources.get("flops", "none"))
+    lines = np.array([line(i) for i in out.index], int)
+    return Results(out.reset_index(drop=True), excluded, csv, sources.get("flops", "none"), lines)
 
 
 def line(index) -> int:

@@ -24,6 +24,7 @@ from analysis.isoflop import isoflop_groups
 from analysis.laws import Fit
 from analysis.load import AnalysisError, six_nd, tokens_from_compute
 from analysis.sweep import Sweep, analyse
+from analysis.tuned import Tuned
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +120,8 @@ def plot_loss_vs_compute(
         if band is not None:
             ax.fill_between(c_grid, *band, color="grey", alpha=0.3, lw=0, label="95% bootstrap band")
         ax.axvline(c_max, color="grey", ls=":", lw=1)
-        ax.text(
-            c_max,
-            0.98,
-            " extrapolation",
-            va="top",
-            fontsize=8,
-            color="dimgrey",
-            transform=ax.get_xaxis_transform(),
-        )
+        ax.text(c_max, 0.98, " extrapolation", va="top", fontsize=8, color="dimgrey",
+                transform=ax.get_xaxis_transform())  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=loss_label(runs), title="Loss against compute")
     _plain_loss_ticks(ax)
     ax.legend(fontsize=8, loc="lower left")
@@ -228,6 +222,29 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     ax.set(xlim=(10 ** log_n[0], 10 ** log_n[-1]), ylim=(10 ** log_d[0], 10 ** log_d[-1]))
     ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
     fig.colorbar(filled, ax=ax, label="Predicted loss (nats/token)")
+    return _save(fig, out_dir, name)
+
+
+def plot_tuned(tuned: Tuned, out_dir: Path, name="tuned_optimum") -> list[Path]:
+    """Each tuned setting against N and C: the values tried, the best run's, the optimum of a parabola
+    through them and the power law fitted to the optima."""
+    fig, axes = _figure((9.0, 3.6 * len(tuned.optima)), nrows=len(tuned.optima), ncols=2)
+    for row, (col, opt) in zip(axes, tuned.optima.items(), strict=True):
+        for ax, (x, label) in zip(row, (("params", PARAMS), ("flops", COMPUTE)), strict=True):
+            tried, best = tuned.settings, pd.DataFrame(tuned.used)
+            ax.scatter(tried[x], tried[col], color="lightgrey", s=14, label="settings tried")
+            ax.scatter(best[x], best[col], facecolors="none", edgecolors="black", s=60, label="best run")
+            star = pd.DataFrame(opt["points"], columns=[x, f"{col}_star"])
+            ax.scatter(star[x], star[f"{col}_star"], marker="*", s=90, color="C0", zorder=3,
+                       label=f"optimum (parabola in log {col})")  # fmt: skip
+            law = opt.get(f"vs_{x}")
+            if law is not None:
+                grid = np.geomspace(tried[x].min() / 1.5, tried[x].max() * 1.5, 50)
+                ci = f", 95% CI [{law['ci']['a'][0]:.3f}, {law['ci']['a'][1]:.3f}]" if "ci" in law else ""
+                text = f"{col}_opt ∝ {'N' if x == 'params' else 'C'}^{law['a']:.3f}{ci}"
+                ax.plot(grid, law["k"] * grid ** law["a"], color="C0", lw=1.2, label=text)
+            ax.set(xscale="log", yscale="log", xlabel=label, ylabel=col, title=f"Optimal {col}")
+            ax.legend(fontsize=7)
     return _save(fig, out_dir, name)
 
 
@@ -340,6 +357,8 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
         paths += plot_loss_contours(runs, fits["chinchilla"], out_dir)
     else:
         skipped["loss_contours"] = sweep.missing.get("chinchilla", "no L(N, D) fit")
+    if sweep.tuned is not None and sweep.tuned.optima:
+        paths += plot_tuned(sweep.tuned, out_dir)
     if sweep.curves is not None:
         paths += plot_learning_curves(sweep.curves, out_dir, "tokens")
         paths += plot_learning_curves(sweep.curves, out_dir, "flops")
@@ -361,7 +380,8 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
 
 
 def plot_all(
-    source: str | Path, out_dir: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None
-) -> list[Path]:
+    source: str | Path, out_dir: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None,
+    tuned_over: list[str] | None = None,
+) -> list[Path]:  # fmt: skip
     """Fit and draw every figure a sweep directory or CSV allows, as PNG and PDF; log what is skipped."""
-    return plot_sweep(analyse(source, bootstrap, seed, columns), out_dir)[0]
+    return plot_sweep(analyse(source, bootstrap, seed, columns, tuned_over), out_dir)[0]

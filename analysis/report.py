@@ -19,6 +19,7 @@ from analysis.laws import Fit
 from analysis.load import SIX_ND, AnalysisError
 from analysis.plots import plot_sweep
 from analysis.sweep import Sweep, analyse
+from analysis.tuned import Tuned
 
 LAWS = {
     "power": "Loss-compute frontier: L(C) = E + A·C^(−alpha) through the best run of each compute budget",
@@ -37,6 +38,7 @@ FIGURES = {
     "learning_curves_flops": "Learning curves against training compute, coloured by parameter count",
     "emergence": "Few-shot metrics against parameters; dotted lines mark logistic midpoints",
     "emergence_training": "Exact match over training at every checkpoint each run kept, by task",
+    "tuned_optimum": "Each tuned setting's optimum against parameters and compute, with its power law",
 }
 
 MIDPOINT_NOTE = (
@@ -200,6 +202,40 @@ def _extrapolation(runs: pd.DataFrame) -> list[tuple]:
     return blocks + ([("p", "Not checked:"), ("list", skipped)] if skipped else [])
 
 
+def tuned_tables(tuned: Tuned) -> tuple[Table, Table]:
+    """The runs each (N, D) rests on, and each tuned setting's optimum as a power law of N and of C."""
+    used = []
+    for u in tuned.used:
+        runs = ", ".join(u.get("runs") or [f"line {n}" for n in u["lines"]])
+        used.append([fmt(u["params"]), fmt(u.get("tokens")), *(fmt(u[c]) for c in tuned.over),
+                     fmt(u["loss"]), fmt(u["settings"]), runs])  # fmt: skip
+    laws = []
+    for col, opt in tuned.optima.items():
+        for x, name in (("params", "N"), ("flops", "C")):
+            law = opt.get(f"vs_{x}")
+            if law is not None:
+                lo, hi = law["ci"]["a"] if "ci" in law else (None, None)
+                laws.append([f"{col}_opt = k·{name}^a", fmt(law["k"]), fmt(law["a"]), fmt(lo), fmt(hi),
+                             fmt(law["points"])])  # fmt: skip
+    header = ["N (params)", "D (tokens)", *tuned.over, "loss", "settings compared", "runs used"]
+    return (header, used), (["law", "k", "a", "a 95% CI low", "a 95% CI high", "optima"], laws)
+
+
+def _tuned(tuned: Tuned | None) -> list[tuple]:
+    if tuned is None:
+        return []
+    used, laws = tuned_tables(tuned)
+    blocks: list[tuple] = [("h2", "Tuned hyperparameters"), ("p", f"Every law is fitted to {tuned.note()}.")]
+    blocks += [("table", used)]
+    if laws[1]:
+        note = (
+            "Each optimum is the minimum of a parabola in the log of the setting, through the best value "
+            "tried and its neighbours; intervals are Student t intervals of the least-squares fit."
+        )
+        blocks += [("p", note), ("table", laws)]
+    return blocks + ([("p", "Warnings:"), ("list", list(tuned.warnings))] if tuned.warnings else [])
+
+
 def _emergence(sweep: Sweep) -> list[tuple]:
     blocks: list[tuple] = [("h2", "Emergence midpoints")]
     if not sweep.midpoints:
@@ -217,12 +253,16 @@ def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir:
     """The report as ("h1"|"h2"|"h3"|"p"|"table"|"figure"|"list", payload) blocks."""
     res, runs = sweep.results, sweep.results.runs
     counts = f"{_count(len(runs), 'completed run')} fitted; {_count(res.excluded, 'run')} excluded"
+    if sweep.tuned is not None:
+        counts = f"{len(runs)} of {_count(sweep.tuned.total, 'completed run')} fitted (the best tuned " + (
+            f"setting at each (N, D)); {_count(res.excluded, 'run')} excluded"
+        )
     name = res.source.parent.name if res.source.name == "results.csv" else res.source.stem
     blocks: list[tuple] = [
         ("h1", f"Scaling report: {name}"),
         ("p", f"Source: `{res.source}`. {counts} (status not `completed`)."),
     ]
-    blocks += _laws(sweep.fits) + _allocation(sweep.fits, runs, res.flops_source)
+    blocks += _tuned(sweep.tuned) + _laws(sweep.fits) + _allocation(sweep.fits, runs, res.flops_source)
     blocks += _extrapolation(runs) + _emergence(sweep)
     blocks.append(("h2", "Figures"))
     for png in (p for p in figures if p.suffix == ".png"):
@@ -305,10 +345,11 @@ def write_report(
     bootstrap: int = 200,
     seed: int = 0,
     columns: dict | None = None,
+    tuned_over: list[str] | None = None,
 ) -> dict[str, Path]:
     """Fit, plot and write `report.md` and `report.html` (figures under `figures/`) into out_dir."""
     out_dir = Path(out_dir)
-    sweep = analyse(sweep_dir, bootstrap, seed, columns)
+    sweep = analyse(sweep_dir, bootstrap, seed, columns, tuned_over)
     figures, skipped = plot_sweep(sweep, out_dir / "figures")
     blocks = _blocks(sweep, figures, skipped, "figures")
     paths = {

@@ -6,6 +6,7 @@ from one `Sweep`, so they never fit twice or disagree.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from analysis.load import (
     load_fewshot_training,
     load_results,
 )
+from analysis.tuned import Tuned, tune
 
 
 @dataclasses.dataclass
@@ -34,6 +36,7 @@ class Sweep:
     midpoints: dict[str, pd.DataFrame]  # emergence midpoints against "params" and "flops"
     missing: dict[str, str]  # piece -> one-line reason
     training: pd.DataFrame | None = None  # few-shot metrics at each evaluated checkpoint
+    tuned: Tuned | None = None  # runs reduced to the best tuned setting at each (N, D): results.runs
 
 
 def _try(missing: dict[str, str], key: str, make):
@@ -44,9 +47,16 @@ def _try(missing: dict[str, str], key: str, make):
         return None
 
 
-def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None) -> Sweep:
-    """Load a sweep directory or CSV, fit every law its runs allow and the emergence midpoints."""
+def analyse(
+    source: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None,
+    tuned_over: Sequence[str] | None = None,
+) -> Sweep:  # fmt: skip
+    """Load a sweep directory or CSV, fit every law its runs allow and the emergence midpoints; runs
+    that differ in tuned settings at one (N, D) are reduced to the best (`analysis.tuned`) first."""
     results = load_results(source, **(columns or {}), require=("params", "tokens", "flops", "loss"))
+    tuned = tune(results, tuned_over)
+    if tuned is not None:
+        results = dataclasses.replace(results, runs=tuned.runs, lines=None)
     runs, missing, fits = results.runs, {}, {}
     source = Path(source)
     curves = fewshot = training = None
@@ -75,4 +85,4 @@ def analyse(source: str | Path, bootstrap: int = 200, seed: int = 0, columns: di
             table = _try(missing, "emergence", lambda x=x: emergence_midpoints(fewshot, x, bootstrap, seed))
             if table is not None:
                 midpoints[x] = table
-    return Sweep(results, curves, fewshot, fits, midpoints, missing, training)
+    return Sweep(results, curves, fewshot, fits, midpoints, missing, training, tuned)

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.cli import main
+from analysis.cli import _print_fit, main
 from analysis.fit import fit_frontier
+from analysis.laws import Fit, flag_bounds
 from analysis.load import load_results
-from analysis.report import _laws
+from analysis.report import _laws, fit_table
 from tests.test_isoflop_simulation import isoflop_grid
 
 
@@ -138,3 +139,27 @@ def test_isoflop_window_must_be_a_count_or_full(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", str(tmp_path / "x.csv"), "--isoflop-window", "0"])
     assert exit_.value.code == 2 and "--isoflop-window" in capsys.readouterr().err
+
+
+def test_estimates_and_interval_edges_on_a_bound_of_the_law_are_flagged_and_shown_open(capsys):
+    """lmscale's demo frontier: E's interval runs from 0 to past the lowest loss, and E itself sits above
+    the lowest loss; an exponent whose interval reaches 0 cannot say that the loss falls with scale."""
+    params = {"E": 1.381, "A": 5.29e5, "alpha": 0.541, "beta": 0.0004}
+    ci = {"E": (7.46e-06, 1.511), "A": (8.57, 7.39e7), "alpha": (0.0612, 0.751), "beta": (-0.02, 0.3)}
+    fit = Fit("power", params, 1e-4, 6, ci=ci)
+    flag_bounds(fit, lowest_loss=1.330)
+    assert fit.ci_open == {"E": (True, True), "beta": (True, False)}  # alpha's 0.0612 is clear of 0
+    assert any(
+        w.startswith("E = 1.381 is at or above its bound, the lowest loss (1.33)") for w in fit.warnings
+    )
+    assert any(w.startswith("beta = 0.0004 is at or below its bound, 0") for w in fit.warnings)
+    assert any("lower edge at 0 and upper edge at the lowest loss (1.33)" in w for w in fit.warnings)
+    out = fit.to_json()
+    assert out["ci_open"]["E"] == [True, True] and out["warnings"] == fit.warnings
+    _print_fit(out)
+    text = capsys.readouterr().out
+    assert (
+        "E = 1.381  95% CI [< 7.46e-06, > 1.511]" in text and "beta = 0.0004  95% CI [< -0.02, 0.3]" in text
+    )
+    rows = {row[0]: row[2:] for row in fit_table(fit)[1]}
+    assert rows["E"] == ["< 7.46e-06", "> 1.511"] and rows["alpha"] == ["0.0612", "0.751"]
