@@ -1,8 +1,10 @@
-"""Atomic file writes for lmscale and analysis alike: readers see the old file or the new one, never half."""
+"""File output for lmscale and analysis alike: atomic writes (readers see the old file or the new one,
+never half) and the check that an output can be written before any work is done for it."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,3 +27,27 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class NotWritable(ValueError):
+    """An output location that cannot be written; the message names it and is one line."""
+
+
+def check_writable(path: Path, what: str, directory: bool) -> None:
+    """NotWritable unless `path` can be written, as a directory (made if missing) or a file: checked
+    before any work, so a bad output fails at once rather than after a run or a fit."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise NotWritable(
+            f"{what} '{path}' " + ("exists and is not a directory" if directory else "is a directory")
+        )
+    base = path if path.exists() and directory else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise NotWritable(f"{what} '{path}': '{base}' is not a directory")
+    try:  # a real file, not os.access: root passes access checks on read-only mounts too
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise NotWritable(f"{what} '{path}': '{base}' is not writable ({e.strerror})") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import atomic
 from analysis.atomic import write_atomic
 from analysis.load import AnalysisError
 
@@ -143,6 +144,12 @@ def _fit(args: argparse.Namespace) -> dict:
     if tuned is not None:
         fit.extra["tuned"] = tuned.to_json()
         fit.warnings += tuned.warnings
+    if results.repeated:
+        shown = ", ".join(map(str, results.repeated[:5])) + (", ..." if len(results.repeated) > 5 else "")
+        fit.warnings.append(
+            f"{len(results.repeated)} rows repeat an earlier row exactly (lines {shown}) and count twice "
+            "in the fit: remove them if they are copies"
+        )
     out = fit.to_json() | {"excluded_runs": results.excluded}
     if law != "power":
         C = fits.compute_budgets(runs["flops"])
@@ -238,9 +245,24 @@ def _print_tuned(out: dict) -> None:
             )
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output location can be written, checked before a fit's seconds or minutes of work."""
+    if args.command == "fit":
+        outputs = [("--json", args.json, False)] if args.json else []
+    else:  # plot and report write a directory, by default beside the table
+        base = args.path if args.path.is_dir() else args.path.parent
+        outputs = [("--out", args.out or base / ("figures" if args.command == "plot" else "report"), True)]
+    for what, path, directory in outputs:
+        try:
+            atomic.check_writable(path, what, directory)
+        except atomic.NotWritable as e:
+            raise AnalysisError(str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed fit/plot/report command; AnalysisError becomes a one-line error and status 2."""
     try:
+        _check_outputs(args)
         if args.command == "fit":
             out = _fit(args)
             _print_fit(out)
@@ -269,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
                 print(path)
     except AnalysisError as e:
         print(f"{args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed after the checks: a full disk, a vanished directory
+        print(f"{args.command}: error: '{e.filename}': {e.strerror}", file=sys.stderr)
         return 2
     return 0
 

@@ -50,6 +50,7 @@ class Results:
     source: Path
     flops_source: str  # the column `flops` came from, SIX_ND where it was derived, or "none"
     lines: np.ndarray | None = None  # the file line of each row of `runs` (the header is line 1)
+    repeated: list[int] = dataclasses.field(default_factory=list)  # lines that repeat an earlier row exactly
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -140,7 +141,8 @@ def load_results(
             f"{out['flops_budget'].iloc[0]!r}; IsoFLOP fits need 2 or more budgets"
         )
     lines = np.array([line(i) for i in out.index], int)
-    return Results(out.reset_index(drop=True), excluded, csv, sources.get("flops", "none"), lines)
+    repeated = [line(i) for i in df.index[df.duplicated()]]
+    return Results(out.reset_index(drop=True), excluded, csv, sources.get("flops", "none"), lines, repeated)
 
 
 def line(index) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 # The one atomic write of both packages; lmscale's callers keep calling it runlog.write_atomic.
+from analysis import atomic
 from analysis.atomic import write_atomic
 from lmscale.config import ConfigError
 
@@ -104,20 +105,11 @@ def holder(path: Path) -> str:
 
 
 def check_writable(path: Path, what: str, directory: bool) -> None:
-    """ConfigError (one line) unless `path` can be written, as a directory (made if missing) or a file:
-    checked before any work, so a bad output fails at once rather than after a run."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != directory:
-        raise ConfigError(
-            f"{what} '{path}' " + ("exists and is not a directory" if directory else "is a directory")
-        )
-    base = path if path.exists() and directory else path.parent
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise ConfigError(f"{what} '{path}': '{base}' is not a directory")
-    if not os.access(base, os.W_OK):
-        raise ConfigError(f"{what} '{path}': '{base}' is not writable")
+    """ConfigError (one line) unless `path` can be written: `analysis.atomic.check_writable`."""
+    try:
+        atomic.check_writable(path, what, directory)
+    except atomic.NotWritable as e:
+        raise ConfigError(str(e)) from None
 
 
 def one_line(error: BaseException) -> str:

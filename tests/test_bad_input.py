@@ -92,6 +92,12 @@ CASES = [
     ("plot {csv} --loss-col nosuch", "nosuch"),
     ("report {csv}", "not a sweep directory"),
     ("report {tmp}/missing", "missing"),
+    # fit, plot and report: outputs that cannot be written fail before any fit
+    ("fit {csv} --json {tmp}", "--json"),
+    ("fit {csv} --json {file}/fit.json", "not a directory"),
+    ("plot {csv} --out {file}", "--out"),
+    ("report {tmp} --out {file}", "--out"),
+    ("report {tmp} --out /proc/lmscale-report", "is not writable"),
 ]
 
 

@@ -163,3 +163,17 @@ def test_estimates_and_interval_edges_on_a_bound_of_the_law_are_flagged_and_show
     )
     rows = {row[0]: row[2:] for row in fit_table(fit)[1]}
     assert rows["E"] == ["< 7.46e-06", "> 1.511"] and rows["alpha"] == ["0.0612", "0.751"]
+
+
+def test_rows_that_repeat_exactly_are_named_by_line_in_a_warning(isoflop_csv, tmp_path, capsys):
+    runs = pd.read_csv(isoflop_csv)
+    doubled = tmp_path / "doubled.csv"
+    pd.concat([runs, runs.iloc[:3]]).to_csv(doubled, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(doubled), "--law", "power", "--x", "params", "--json", str(out)]) == 0
+    first = len(runs) + 2  # the header is line 1
+    warning = f"3 rows repeat an earlier row exactly (lines {first}, {first + 1}, {first + 2})"
+    assert warning in capsys.readouterr().out
+    assert any(w.startswith(warning) for w in json.loads(out.read_text())["warnings"])
+    main(["fit", str(isoflop_csv), "--law", "power", "--x", "params"])
+    assert "repeat an earlier row" not in capsys.readouterr().out
