@@ -1,4 +1,4 @@
-"""`python -m analysis fit|plot|report` (also `lmscale fit|plot|report`)."""
+"""`python -m analysis fit|plot|report|emergence` (also `lmscale fit|plot|report|emergence`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import emergence_cli
 from analysis.atomic import write_atomic
 from analysis.load import AnalysisError
 
@@ -77,6 +78,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     for parser in (f, p, r):
         for col in ("params", "tokens", "flops", "loss"):
             parser.add_argument(f"--{col}-col", metavar="COLUMN", help=f"column holding {col}")
+    emergence_cli.add_command(sub)
 
 
 def _columns(args: argparse.Namespace) -> dict:
@@ -196,6 +198,8 @@ def _print_isoflop(out: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed fit/plot/report command; AnalysisError becomes a one-line error and status 2."""
+    if args.command == "emergence":
+        return emergence_cli.run(args)
     try:
         if args.command == "fit":
             out = _fit(args)
