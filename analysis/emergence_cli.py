@@ -68,6 +68,17 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--alpha", type=float, default=0.05, help="level of the rise test (default 0.05)")
     e.add_argument("--bootstrap", type=int, default=200, metavar="N", help="resamples for intervals")
     e.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
+    e.add_argument(
+        "--predict",
+        type=float,
+        metavar="PARAMS|FLOPS",
+        help="predict each task's accuracy at this scale from its loss (two steps, Bhagia et al. 2024)",
+    )
+    e.add_argument(
+        "--holdout-largest",
+        action="store_true",
+        help="fit the two steps without the largest model; predicted against observed accuracy",
+    )
 
 
 def _options(args: argparse.Namespace):
@@ -156,6 +167,7 @@ def run_emergence(args: argparse.Namespace) -> list[Path]:
     write_atomic(paths[0], mids.to_csv(index=False))
     write_atomic(paths[1], json.dumps(mids.to_dict(orient="records"), indent=2, default=float) + "\n")
     figures = emergence_plots.plot_emergence(table, mids, out, x, args.metric)
+    ladder = _ladder(args, table, mids, x, out)
     blocks = [
         ("h1", f"Emergence: {table_path(args.path)}"),
         (
@@ -166,11 +178,34 @@ def run_emergence(args: argparse.Namespace) -> list[Path]:
         ),
         ("table", frame_table(summary)),
     ]
+    for title, frame in ladder:
+        blocks += [("h2", title), ("table", frame_table(frame))]
+        print(f"{title}\n{frame.to_string(index=False)}")
     pngs = [p for p in figures if p.suffix == ".png"]
     blocks += [("figure", (p.name, p.with_suffix(".pdf").name, p.stem)) for p in pngs]
     write_atomic(paths[2], _markdown(blocks))
     print(summary.to_string(index=False))
     return paths + figures
+
+
+def _ladder(args, table: pd.DataFrame, mids: pd.DataFrame, x: str, out: Path) -> list[tuple]:
+    """--predict and --holdout-largest: (title, table) pairs, each also written as CSV."""
+    from analysis import ladder
+
+    metric_of = dict(zip(*headline(mids, args.metric)[["task", "metric"]].to_numpy().T, strict=True))
+    kw = {"bootstrap": args.bootstrap or 200, "seed": args.seed}
+    found = []
+    if args.predict is not None:
+        found.append((f"Predicted accuracy at {x} = {size_text(args.predict)}", "prediction", ladder.predict(
+            table, x, metric_of, args.predict, **kw
+        )))  # fmt: skip
+    if args.holdout_largest:
+        found.append(("Largest model held out: predicted against observed", "holdout", ladder.holdout_largest(
+            table, x, metric_of, **kw
+        )))  # fmt: skip
+    for _, name, frame in found:
+        write_atomic(out / f"{name}.csv", frame.to_csv(index=False))
+    return [(title, frame) for title, _, frame in found]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -206,11 +206,21 @@ def _emergence(sweep: Sweep) -> list[tuple]:
         why = sweep.missing.get("emergence") or sweep.missing.get("fewshot", "no few-shot data")
         return blocks + [("p", f"None: {why}")]
     blocks.append(("p", MIDPOINT_NOTE))
-    cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
-    for x, table in sweep.midpoints.items():
-        blocks += [("h3", f"Against {'parameters' if x == 'params' else 'training compute (FLOPs)'}")]
-        blocks.append(("table", frame_table(table[cols])))
+    links = ", ".join(f"[against {x}](midpoints_{x}.csv)" for x in sweep.midpoints)
+    if "params" in sweep.midpoints:  # which tasks emerge, and where: the headline metric per shot count
+        blocks += [("p", f"Headline metric per task. Every metric: {links}."), ("table", summary(sweep))]
+        cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
+        blocks += [
+            ("h3", "Every metric, against parameters"),
+            ("table", frame_table(sweep.midpoints["params"][cols])),
+        ]
     return blocks
+
+
+def summary(sweep: Sweep) -> Table:
+    from analysis.emergence_cli import summary_table
+
+    return frame_table(summary_table(sweep.midpoints["params"]))
 
 
 def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir: str) -> list[tuple]:
@@ -316,6 +326,8 @@ def write_report(
         "html": out_dir / "report.html",
         "figures": out_dir / "figures",
     }
+    for x, table in sweep.midpoints.items():
+        write_atomic(out_dir / f"midpoints_{x}.csv", table.to_csv(index=False))
     write_atomic(paths["markdown"], _markdown(blocks))
     write_atomic(paths["html"], _html(blocks))
     return paths

@@ -134,6 +134,7 @@ def test_flat_task_gets_no_midpoint_in_95_of_100_noise_draws():
             "line 9: column 'Value' has non-numeric value 'abc'",
         ),
         (None, ["--chance", "hellaswag=0.25"], "--chance: unknown task 'hellaswag'"),
+        (None, ["--predict", "1e15", "--bootstrap", "0"], "--predict 1e\\+15: outside 3 decades"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, change, extra, message):
