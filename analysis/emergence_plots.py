@@ -84,6 +84,7 @@ def _legend(fig: Figure, shots: list[int], groups: list[str], extra: list) -> No
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
         fig.savefig(path)

@@ -110,8 +110,8 @@ def _filter(df: pd.DataFrame, options: Options, csv: Path) -> pd.DataFrame:
             df = df[df[role].isin(wanted)]
     if not options.metrics:  # lm-eval reports acc and acc_norm; the normalised one is the one to read
         for kept, dropped in PREFERRED:
-            has = df[df["metric"] == kept].groupby("task").size() > 0
-            df = df[~((df["metric"] == dropped) & df["task"].map(has).fillna(False).astype(bool))]
+            has = set(df.loc[df["metric"] == kept, "task"])
+            df = df[~((df["metric"] == dropped) & df["task"].isin(has))]
     df = df[np.isfinite(df["value"])]
     if df.empty:
         raise AnalysisError(f"'{csv}': no finite values left to fit")

@@ -157,3 +157,22 @@ def test_models_of_one_size_are_an_error_unless_grouped_or_averaged(tmp_path, ca
     assert main([*argv, "--aggregate", "mean"]) == 0
     table = pd.read_csv(tmp_path / "o" / "midpoints.csv")
     assert len(table[table["metric"] == "acc_norm"]) == 2  # one averaged curve per shot count
+
+
+def test_lm_eval_result_files_become_a_table_the_command_reads(tmp_path):
+    from analysis.lmeval import lmeval_table
+
+    sizes = {"org/m-70m": 7e7, "org/m-160m": 1.6e8, "org/m-410m": 4.1e8}
+    for i, name in enumerate(sizes):
+        result = {
+            "results": {"piqa": {"alias": "piqa", "acc,none": 0.6 + i / 20, "acc_stderr,none": 0.01}},
+            "n-shot": {"piqa": 5},
+            "n-samples": {"piqa": {"original": 1838, "effective": 1838}},
+            "config": {"model_args": f"pretrained={name},dtype=float16"},
+        }
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "results_2024.json").write_text(json.dumps(result))
+    lmeval_table(tmp_path, sizes).to_csv(tmp_path / "long.csv", index=False)
+    table = load_table(tmp_path / "long.csv")
+    assert set(table["metric"]) == {"acc"} and (table["shots"] == 5).all()
+    assert table["stderr"].tolist() == [0.01] * 3 and sorted(table["params"]) == sorted(sizes.values())
