@@ -208,6 +208,22 @@ def _ladder(args, table: pd.DataFrame, mids: pd.DataFrame, x: str, out: Path) ->
     return [(title, frame) for title, _, frame in found]
 
 
+def holdout_table(fewshot: pd.DataFrame, midpoints: pd.DataFrame) -> pd.DataFrame:
+    """The largest model held out of the two-step prediction: `observed, predicted [95% interval]` per
+    task (rows) and shot count (columns), for the headline metric."""
+    from analysis import ladder
+
+    table = fewshot.assign(**{c: fewshot.get(c, d) for c, d in (("group", ""), ("chance", np.nan))})
+    metric_of = dict(zip(*headline(midpoints)[["task", "metric"]].to_numpy().T, strict=True))
+    held = ladder.holdout_largest(table, "params", metric_of)
+    held["text"] = [
+        f"{r.observed:.2f} vs {r.predicted:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in held.itertuples()
+    ]
+    out = held.pivot_table(index=["task", "metric"], columns="shots", values="text", aggfunc="first")
+    out.columns = [f"{k}-shot" for k in out.columns]
+    return out.fillna("-").reset_index()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed emergence command; AnalysisError becomes one line and status 2."""
     try:

@@ -56,7 +56,7 @@ def _curve(ax, pts: pd.DataFrame, x: str, colour: str, style: str, marker: str) 
 def _axes_style(ax, x: str, title: str, ylabel: str | None, xlabel: bool) -> None:
     ax.set_xscale("log")
     low, high = ax.get_xlim()
-    few = high / low < 30  # under 1.5 decades: label 1, 2 and 5 times each power of ten
+    few = high / low < 100  # under two decades: label 1, 2 and 5 times each power of ten
     ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if few else (1,), numticks=6))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_text(v)))
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -39,6 +39,11 @@ FIGURES = {
     "emergence_training": "Exact match over training at every checkpoint each run kept, by task",
 }
 
+HOLDOUT_NOTE = (
+    "The largest model held out: its observed accuracy vs the accuracy predicted from the smaller models "
+    "(task loss against parameters, then accuracy against task loss; Bhagia et al. 2024), with a 95% "
+    "interval."
+)
 MIDPOINT_NOTE = (
     "Scale at which each metric is halfway between its floor and ceiling (exact_match: where it crosses "
     "0.5), from a logistic in log scale with a 95% bootstrap interval over runs; — marks a midpoint that "
@@ -209,12 +214,23 @@ def _emergence(sweep: Sweep) -> list[tuple]:
     links = ", ".join(f"[against {x}](midpoints_{x}.csv)" for x in sweep.midpoints)
     if "params" in sweep.midpoints:  # which tasks emerge, and where: the headline metric per shot count
         blocks += [("p", f"Headline metric per task. Every metric: {links}."), ("table", summary(sweep))]
+        blocks += _holdout(sweep)
         cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
         blocks += [
             ("h3", "Every metric, against parameters"),
             ("table", frame_table(sweep.midpoints["params"][cols])),
         ]
     return blocks
+
+
+def _holdout(sweep: Sweep) -> list[tuple]:
+    from analysis.emergence_cli import holdout_table
+
+    try:
+        table = holdout_table(sweep.fewshot, sweep.midpoints["params"])
+    except AnalysisError as e:
+        return [("p", f"No downstream prediction: {e}")]
+    return [("p", HOLDOUT_NOTE), ("table", frame_table(table))]
 
 
 def summary(sweep: Sweep) -> Table:
