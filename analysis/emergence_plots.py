@@ -20,6 +20,7 @@ from analysis.emergence_cli import headline, size_text
 
 DPI = 150
 NCOLS = 4
+MAX_PAIRS = 6  # emerging tasks shown beside their continuous metric
 CONTINUOUS = ("logprob_per_token", "token_accuracy", "prob_correct", "logprob_sum", "perplexity", "brier")
 MARKERS = "osD^v"
 STYLES = ("-", "--", ":", "-.")
@@ -124,7 +125,7 @@ def plot_headline(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str
 
 def plot_discrete_continuous(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str, metric=None):
     """Each emerging task's headline metric beside its continuous counterpart (Schaeffer et al. 2023):
-    a sharp rise in the discrete metric over a smooth one in the continuous."""
+    a sharp rise in the discrete metric over a smooth one in the continuous. At most MAX_PAIRS tasks."""
     head = headline(mids, metric)
     emerging = head[np.isfinite(head["midpoint"])]
     pts = _points(table, x)
@@ -136,6 +137,7 @@ def plot_discrete_continuous(table: pd.DataFrame, mids: pd.DataFrame, out_dir: P
             pairs.append((task, m, twin))
     if not pairs:
         return []
+    pairs = pairs[:MAX_PAIRS]  # the first tasks by name: the figure stays one page
     shots, groups = sorted(head["shots"].unique()), sorted(head["group"].unique())
     fig, axes = _grid(2 * len(pairs), ncols=2, panel=(3.4, 2.4))
     for p, (task, m, twin) in enumerate(pairs):
