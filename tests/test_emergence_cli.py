@@ -176,3 +176,20 @@ def test_lm_eval_result_files_become_a_table_the_command_reads(tmp_path):
     table = load_table(tmp_path / "long.csv")
     assert set(table["metric"]) == {"acc"} and (table["shots"] == 5).all()
     assert table["stderr"].tolist() == [0.01] * 3 and sorted(table["params"]) == sorted(sizes.values())
+
+
+def test_a_sweep_directory_is_read_with_its_chance_column_under_both_command_names(tmp_path, capsys):
+    from analysis.cli import main as analysis_main
+    from tests.test_emergence import make_fewshot
+
+    fewshot = make_fewshot(np.logspace(6, 9, 7)).assign(chance=0.0)
+    fewshot.to_csv(tmp_path / "fewshot.csv", index=False)
+    assert analysis_main(["emergence", str(tmp_path), "--bootstrap", "50"]) == 0
+    table = pd.read_csv(tmp_path / "emergence" / "midpoints.csv")
+    exact = table[table["metric"] == "exact_match"]
+    assert (exact["chance"] == 0.0).all() and np.isfinite(exact["midpoint"]).all()
+    assert "| addition | exact_match |" in (tmp_path / "emergence" / "summary.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as help_exit:
+        main(["emergence", "--help"])
+    assert help_exit.value.code == 0 and "--group-col" in capsys.readouterr().out
