@@ -40,7 +40,7 @@ def _grid(n: int, ncols: int = NCOLS, panel=(3.0, 2.4)) -> tuple[Figure, list]:
 
 def _points(table: pd.DataFrame, x: str) -> pd.DataFrame:
     """Mean and stderr per (group, task, shots, metric, scale): repeated runs of a size pooled."""
-    t = table.assign(_var=table["stderr"] ** 2)
+    t = table.assign(_var=table["stderr"] ** 2, group=table.get("group", ""))
     keys = ["group", "task", "shots", "metric", x]
     out = t.groupby(keys).agg(value=("value", "mean"), _var=("_var", "mean"), k=("value", "size"))
     out["stderr"] = np.sqrt(out.pop("_var") / out.pop("k"))

@@ -35,7 +35,8 @@ FIGURES = {
     "loss_contours": "Contours of the fitted L(N, D), with the runs and the compute-optimal path",
     "learning_curves_tokens": "Learning curves against training tokens, coloured by parameter count",
     "learning_curves_flops": "Learning curves against training compute, coloured by parameter count",
-    "emergence": "Few-shot metrics against parameters; dotted lines mark logistic midpoints",
+    "emergence": "Each task's headline metric against parameters, a line per shot count; dotted lines and "
+    "shading mark midpoints and their 95% intervals, dashes chance",
     "emergence_training": "Exact match over training at every checkpoint each run kept, by task",
 }
 
