@@ -1,4 +1,4 @@
-"""`python -m analysis fit|plot|report` (also `lmscale fit|plot|report`)."""
+"""`python -m analysis fit|plot|report|emergence` (also `lmscale fit|plot|report|emergence`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import atomic
+from analysis import atomic, emergence_cli
 from analysis.atomic import write_atomic
 from analysis.load import AnalysisError
 
@@ -92,6 +92,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             help="columns tuned at each (params, tokens): only the best setting there enters a law, and "
             "its optimum is fitted against N and C (default: lr and batch_size where runs differ in them)",
         )
+    emergence_cli.add_command(sub)
 
 
 def _columns(args: argparse.Namespace) -> dict:
@@ -261,6 +262,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed fit/plot/report command; AnalysisError becomes a one-line error and status 2."""
+    if args.command == "emergence":
+        return emergence_cli.run(args)
     try:
         _check_outputs(args)
         if args.command == "fit":

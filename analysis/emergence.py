@@ -24,16 +24,29 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import AnalysisError, tokens_from_compute
+from analysis.significance import direction, point_noise, rise_pvalue
 
-DISCRETE_METRICS = frozenset({"exact_match"})
-FIXED_BOUNDS = {"exact_match": (0.0, 1.0)}  # (lo, hi) held fixed in the logistic fit
-KNOWN_METRICS = ("exact_match", "token_accuracy", "edit_distance", "logprob_per_token", "logprob_sum")
+# All-or-nothing accuracies: fitted with the ceiling fixed at 1 and the floor at chance (0 by default)
+DISCRETE_METRICS = frozenset({"exact_match", "acc_norm", "acc", "em"})
+KNOWN_METRICS = (
+    "exact_match",
+    "acc_norm",
+    "acc",
+    "em",
+    "token_accuracy",
+    "prob_correct",
+    "brier",
+    "edit_distance",
+    "logprob_per_token",
+    "logprob_sum",
+)
 SCALES = {"params": "Parameters N", "flops": "Training compute C (FLOPs)"}
 
 FLAT_ATOL_FIXED = 0.02  # a fixed-bounds metric moving less than this over all scales is flat
 FLAT_RTOL = 0.01  # a free-bounds metric moving less than this fraction of its magnitude is flat
 MIN_COVERAGE = 0.5  # free-bound fits must span half their floor-to-ceiling range over the observed scales
 MIN_R2 = 0.5
+ALPHA = 0.05  # level of the test that the curve rises above chance and a flat trend
 
 
 def metric_kind(metric: str) -> str:
@@ -48,17 +61,20 @@ def metric_order(metrics) -> list[str]:
 
 
 def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, shots, metric, run): mean value, scale (params, flops, tokens) and kind.
+    """One row per (group, task, shots, metric, run): mean value, scale (params, flops, tokens), kind.
 
-    Rows whose value is NaN (a metric the evaluator could not compute) are left out.
+    Rows whose value is NaN (a metric the evaluator could not compute) are left out. `flops`, `group`
+    and `chance` are optional (NaN, "" and NaN when absent).
     """
-    missing = [
-        c for c in ("run_id", "params", "flops", "task", "shots", "metric", "value") if c not in fewshot
-    ]
+    missing = [c for c in ("run_id", "params", "task", "shots", "metric", "value") if c not in fewshot]
     if missing:
         raise AnalysisError(f"few-shot table: missing column '{missing[0]}'")
     df = fewshot.copy()
-    for col in ("params", "flops", "value", "shots"):
+    scales = ("params", "flops") if "flops" in df else ("params",)
+    for col, default in (("flops", np.nan), ("group", ""), ("chance", np.nan)):
+        if col not in df:
+            df[col] = default
+    for col in (*scales, "value", "shots"):
         numeric = pd.to_numeric(df[col], errors="coerce")
         if (numeric.isna() & df[col].notna()).any():
             row = int((numeric.isna() & df[col].notna()).idxmax())
@@ -66,7 +82,7 @@ def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
                 f"few-shot table: column '{col}' has non-numeric value {df[col][row]!r} (row {row})"
             )
         df[col] = numeric
-    for col in ("params", "flops"):
+    for col in scales:
         if not (df[col] > 0).all():
             row = int((~(df[col] > 0)).idxmax())
             raise AnalysisError(
@@ -83,8 +99,9 @@ def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
         df["tokens"] = tokens_from_compute(df["flops"], df["params"])
     df["shots"] = df["shots"].astype(int)
     df["_var"] = pd.to_numeric(df["stderr"], errors="coerce") ** 2
-    keys = ["task", "shots", "metric", "run_id"]
+    keys = ["group", "task", "shots", "metric", "run_id"]
     out = df.groupby(keys, sort=False).agg(
+        chance=("chance", "first"),
         params=("params", "first"),
         flops=("flops", "first"),
         tokens=("tokens", "first"),
@@ -96,7 +113,7 @@ def emergence_curves(fewshot: pd.DataFrame) -> pd.DataFrame:
     out["stderr"] = np.sqrt(out.pop("_var") / out.pop("_k"))  # stderr of a mean of repeated evaluations
     out = out.reset_index()
     out["kind"] = out["metric"].map(metric_kind)
-    return out.sort_values(["task", "shots", "metric", "params", "flops"], ignore_index=True)
+    return out.sort_values(["group", "task", "shots", "metric", "params", "flops"], ignore_index=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +130,7 @@ class Logistic:
     n_runs: int
     reason: str  # empty when the midpoint and its interval are trustworthy
     boot_log10_mid: np.ndarray  # per-resample m, NaN for resamples with too few distinct scales
+    ci_open: tuple[bool, bool] = (False, False)  # an end beyond the observed scales: open, at the edge
 
     def predict(self, scale) -> np.ndarray:
         """The fitted curve at `scale` (same units as the fit's x)."""
@@ -222,16 +240,20 @@ def _unidentifiable(
     return ""
 
 
-def _interval(boot_m: np.ndarray, need: int, x_name: str) -> tuple[tuple[float, float], str]:
-    """95% percentile interval of the bootstrap midpoints, or NaNs and the reason."""
+def _interval(boot_m: np.ndarray, need: int, x_name: str, xs: np.ndarray) -> tuple:
+    """95% percentile interval of the bootstrap midpoints (and which ends are open), or NaNs and why."""
     usable = float(np.isfinite(boot_m).mean())
     if usable < 0.5:
         reason = (
             f"no interval: only {usable:.0%} of {len(boot_m)} resamples had {need}+ distinct {x_name} values"
         )
-        return (np.nan, np.nan), reason
+        return (np.nan, np.nan), (False, False), reason
     lo_q, hi_q = np.nanpercentile(boot_m, [2.5, 97.5])
-    return (float(10**lo_q), float(10**hi_q)), ""
+    # Beyond the observed scales a resample's midpoint is the search's guess, not data: such an end is
+    # open, and reported at the observed edge (> largest size).
+    opened = (bool(lo_q < xs[0]), bool(hi_q > xs[-1]))
+    lo_q, hi_q = max(lo_q, xs[0]), min(hi_q, xs[-1])
+    return (float(10**lo_q), float(10**hi_q)), opened, ""
 
 
 def fit_logistic(
@@ -242,8 +264,12 @@ def fit_logistic(
     seed: int = 0,
     stderr=None,
     x_name: str = "scale",
+    weights=None,
 ) -> Logistic:
-    """Fit value ≈ lo + (hi - lo) sigmoid(k (log10 scale - m)); `bounds` fixes (lo, hi), None fits them."""
+    """Fit value ≈ lo + (hi - lo) sigmoid(k (log10 scale - m)); `bounds` fixes (lo, hi), None fits them.
+
+    `weights` (1 / stderr^2, say) weight the least squares; the bootstrap resamples points.
+    """
     x_N = np.log10(np.asarray(scale, float))
     y_N = np.asarray(value, float)
     stderr_N = None if stderr is None else np.asarray(stderr, float)
@@ -263,59 +289,97 @@ def fit_logistic(
         return Logistic(nan, (nan, nan), nan, nan, nan, nan, nan, n, reason, np.full(bootstrap, nan))
     rng = np.random.default_rng(seed)
     W_BxN = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap)]).astype(float)
+    w_N = np.ones(n) if weights is None else np.asarray(weights, float) / np.mean(weights)
+    W_BxN *= w_N
     # Centre and scale free-bound targets so the expanded sums keep their precision (e.g. logprob ~ -30).
     shift, unit = (0.0, 1.0) if bounds else (float(y_N.mean()), float(y_N.std()) or 1.0)
     k, m, lo, span, sse = _search(x_N, (y_N - shift) / unit, W_BxN, bounds)
     lo, span, sse = lo * unit + shift, span * unit, sse * unit**2
-    sst = float(((y_N - y_N.mean()) ** 2).sum())
+    sst = float((w_N * (y_N - np.average(y_N, weights=w_N)) ** 2).sum())
     r2 = 1.0 - float(sse[0]) / sst if sst > 0 else np.nan
     _, inverse = np.unique(x_N, return_inverse=True)
     distinct_B = (W_BxN[1:] @ np.eye(n_distinct)[inverse] > 0).sum(1)
     boot_m = np.where(distinct_B >= need, m[1:], np.nan)
     reason = _unidentifiable(x_N, y_N, k[0], m[0], r2, bounds, stderr_N, x_name)
     midpoint, ci = (np.nan, (np.nan, np.nan)) if reason else (float(10 ** m[0]), (np.nan, np.nan))
+    opened = (False, False)
     if not reason and bootstrap:
-        ci, reason = _interval(boot_m, need, x_name)
+        ci, opened, reason = _interval(boot_m, need, x_name, np.unique(x_N))
     hi = float(lo[0] + span[0])
-    return Logistic(midpoint, ci, float(m[0]), float(k[0]), float(lo[0]), hi, r2, n, reason, boot_m)
+    return Logistic(midpoint, ci, float(m[0]), float(k[0]), float(lo[0]), hi, r2, n, reason, boot_m, opened)
+
+
+def fit_bounds(metric: str, chance: float, y_N: np.ndarray) -> tuple[float, float] | None:
+    """Fixed (floor, ceiling) of an accuracy: (chance, 1), the floor lowered to the smallest value
+    when noise puts one below chance; None (fitted) for every other metric."""
+    if metric not in DISCRETE_METRICS:
+        return None
+    floor = chance if np.isfinite(chance) else 0.0
+    return (max(0.0, min(floor, float(y_N.min()))), 1.0)
 
 
 def emergence_midpoints(
-    fewshot: pd.DataFrame, x: str = "params", bootstrap: int = 200, seed: int = 0
+    fewshot: pd.DataFrame,
+    x: str = "params",
+    bootstrap: int = 200,
+    seed: int = 0,
+    alpha: float = ALPHA,
+    lower_is_better: frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
-    """Midpoint scale per task, shots and metric (discrete metrics first), with 95% bootstrap intervals."""
+    """Midpoint scale per group, task, shots and metric (discrete metrics first), with 95% bootstrap
+    intervals. A midpoint needs a rise above chance and a flat trend significant at `alpha`."""
     if x not in SCALES:
         raise AnalysisError(f"emergence: x must be one of {sorted(SCALES)}, got '{x}'")
     curves = emergence_curves(fewshot)
+    if not np.isfinite(curves[x]).all():
+        raise AnalysisError(f"emergence: the table has no {x} for every row")
     rows = []
-    for (task, shots), group in curves.groupby(["task", "shots"], sort=True):
-        for metric in metric_order(group["metric"]):
-            c = group[group["metric"] == metric]
-            try:
-                fit = fit_logistic(
-                    c[x], c["value"], FIXED_BOUNDS.get(metric), bootstrap, seed, c["stderr"], x_name=x
-                )
+    for (group, task, shots), cell in curves.groupby(["group", "task", "shots"], sort=True):
+        for metric in metric_order(cell["metric"]):
+            c = cell[cell["metric"] == metric]
+            y = c["value"].to_numpy(float)
+            chance = float(c["chance"].iloc[0])
+            se = point_noise(metric, y, c["stderr"].to_numpy(float), c["n"].to_numpy(float))
+            where = f"task '{task}' {shots}-shot {metric}" + (f" (group '{group}')" if group else "")
+            sign = direction(metric, lower_is_better)
+            p = rise_pvalue(np.log10(c[x].to_numpy(float)), y, se, sign, chance)
+            args = (c[x], y, fit_bounds(metric, chance, y))
+            try:  # the point fit first: only a curve with a midpoint pays for the bootstrap
+                fit = fit_logistic(*args, 0, seed, c["stderr"], x, _weights(se))
+                if not fit.reason and p <= alpha and bootstrap:
+                    fit = fit_logistic(*args, bootstrap, seed, c["stderr"], x, _weights(se))
             except AnalysisError as e:
                 problem = str(e).removeprefix("fit_logistic: ")
-                raise AnalysisError(
-                    f"few-shot table, task '{task}' {shots}-shot {metric}: {problem}"
-                ) from None
+                raise AnalysisError(f"few-shot table, {where}: {problem}") from None
+            midpoint, ci, opened, reason = fit.midpoint, fit.ci, fit.ci_open, fit.reason
+            if p > alpha and not reason.startswith("flat curve"):
+                midpoint, ci, opened = np.nan, (np.nan, np.nan), (False, False)
+                reason = f"no significant rise (p={p:.2g})"
             rows.append(
                 {
+                    "group": group,
                     "task": task,
                     "shots": int(shots),
                     "metric": metric,
                     "kind": metric_kind(metric),
                     "x": x,
-                    "midpoint": fit.midpoint,
-                    "ci_low": fit.ci[0],
-                    "ci_high": fit.ci[1],
+                    "midpoint": midpoint,
+                    "ci_low": ci[0],
+                    "ci_high": ci[1],
+                    "ci_open_low": opened[0],
+                    "ci_open_high": opened[1],
+                    "p_rise": p,
+                    "chance": chance,
                     "slope_per_decade": fit.slope,
                     "lo": fit.lo,
                     "hi": fit.hi,
                     "r2": fit.r2,
                     "n_runs": fit.n_runs,
-                    "reason": fit.reason,
+                    "reason": reason,
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _weights(se: np.ndarray | None) -> np.ndarray | None:
+    return None if se is None else 1.0 / se**2

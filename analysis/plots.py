@@ -18,7 +18,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from analysis.emergence import emergence_curves, metric_kind, metric_order
+from analysis.emergence_plots import plot_headline
 from analysis.fit import compute_optimal, frontier
 from analysis.isoflop import isoflop_groups
 from analysis.laws import Fit
@@ -270,41 +270,6 @@ def _metric_label(metric: str) -> str:
     return f"{metric} ({unit})" if unit else metric
 
 
-def plot_emergence_grid(
-    fewshot: pd.DataFrame, out_dir: Path, midpoints: pd.DataFrame | None = None, name="emergence"
-) -> list[Path]:
-    """Rows are tasks, columns metrics (exact match first), x = parameters, one line per shot count."""
-    curves = emergence_curves(fewshot)
-    tasks, metrics = sorted(curves["task"].unique()), metric_order(curves["metric"])
-    shots = sorted(curves["shots"].unique())
-    fig, axes = _figure(
-        (2.9 * len(metrics) + 0.6, 2.4 * len(tasks) + 0.6), nrows=len(tasks), ncols=len(metrics)
-    )
-    for (r, task), (c, metric) in ((rc, mc) for rc in enumerate(tasks) for mc in enumerate(metrics)):
-        ax = axes[r, c]
-        for i, k in enumerate(shots):
-            cell = curves[(curves["task"] == task) & (curves["metric"] == metric) & (curves["shots"] == k)]
-            by_size = cell.groupby("params")["value"].mean()
-            ax.plot(by_size.index, by_size.to_numpy(), marker="o", ms=3, color=f"C{i}", label=f"{k}-shot")
-            if midpoints is not None:
-                hit = midpoints[
-                    (midpoints["task"] == task) & (midpoints["metric"] == metric) & (midpoints["shots"] == k)
-                ]
-                if len(hit) and np.isfinite(hit["midpoint"].iloc[0]):
-                    ax.axvline(hit["midpoint"].iloc[0], color=f"C{i}", ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set_title(f"{task}: {metric} ({metric_kind(metric)})", fontsize=9)
-        ax.set_ylabel(_metric_label(metric), fontsize=8)
-        if r == len(tasks) - 1:
-            ax.set_xlabel(PARAMS, fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0, 0].legend(
-        fontsize=7, title="dotted: midpoint" if midpoints is not None else None, title_fontsize=7
-    )
-    fig.suptitle("Few-shot metrics against scale", fontsize=10)
-    return _save(fig, out_dir, name)
-
-
 def plot_emergence_training(
     training: pd.DataFrame, out_dir: Path, metric: str = "exact_match", name="emergence_training"
 ) -> list[Path]:
@@ -365,7 +330,7 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
     else:
         skipped["learning_curves"] = sweep.missing["curves"]
     if sweep.fewshot is not None and "emergence" not in sweep.missing:
-        paths += plot_emergence_grid(sweep.fewshot, out_dir, sweep.midpoints.get("params"))
+        paths += plot_headline(sweep.fewshot, sweep.midpoints["params"], out_dir, "params")
     else:
         skipped["emergence"] = sweep.missing.get("emergence") or sweep.missing["fewshot"]
     if sweep.training is not None:

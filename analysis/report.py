@@ -36,11 +36,17 @@ FIGURES = {
     "loss_contours": "Contours of the fitted L(N, D), with the runs and the compute-optimal path",
     "learning_curves_tokens": "Learning curves against training tokens, coloured by parameter count",
     "learning_curves_flops": "Learning curves against training compute, coloured by parameter count",
-    "emergence": "Few-shot metrics against parameters; dotted lines mark logistic midpoints",
+    "emergence": "Each task's headline metric against parameters, a line per shot count; dotted lines and "
+    "shading mark midpoints and their 95% intervals, dashes chance",
     "emergence_training": "Exact match over training at every checkpoint each run kept, by task",
     "tuned_optimum": "Each tuned setting's optimum against parameters and compute, with its power law",
 }
 
+HOLDOUT_NOTE = (
+    "The largest model held out: its observed accuracy vs the accuracy predicted from the smaller models "
+    "(task loss against parameters, then accuracy against task loss; Bhagia et al. 2024), with a 95% "
+    "interval."
+)
 MIDPOINT_NOTE = (
     "Scale at which each metric is halfway between its floor and ceiling (exact_match: where it crosses "
     "0.5), from a logistic in log scale with a 95% bootstrap interval over runs; — marks a midpoint that "
@@ -242,11 +248,32 @@ def _emergence(sweep: Sweep) -> list[tuple]:
         why = sweep.missing.get("emergence") or sweep.missing.get("fewshot", "no few-shot data")
         return blocks + [("p", f"None: {why}")]
     blocks.append(("p", MIDPOINT_NOTE))
-    cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
-    for x, table in sweep.midpoints.items():
-        blocks += [("h3", f"Against {'parameters' if x == 'params' else 'training compute (FLOPs)'}")]
-        blocks.append(("table", frame_table(table[cols])))
+    links = ", ".join(f"[against {x}](midpoints_{x}.csv)" for x in sweep.midpoints)
+    if "params" in sweep.midpoints:  # which tasks emerge, and where: the headline metric per shot count
+        blocks += [("p", f"Headline metric per task. Every metric: {links}."), ("table", summary(sweep))]
+        blocks += _holdout(sweep)
+        cols = ["task", "shots", "metric", "kind", "midpoint", "ci_low", "ci_high", "reason"]
+        blocks += [
+            ("h3", "Every metric, against parameters"),
+            ("table", frame_table(sweep.midpoints["params"][cols])),
+        ]
     return blocks
+
+
+def _holdout(sweep: Sweep) -> list[tuple]:
+    from analysis.emergence_cli import holdout_table
+
+    try:
+        table = holdout_table(sweep.fewshot, sweep.midpoints["params"])
+    except AnalysisError as e:
+        return [("p", f"No downstream prediction: {e}")]
+    return [("p", HOLDOUT_NOTE), ("table", frame_table(table))]
+
+
+def summary(sweep: Sweep) -> Table:
+    from analysis.emergence_cli import summary_table
+
+    return frame_table(summary_table(sweep.midpoints["params"]))
 
 
 def _blocks(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_dir: str) -> list[tuple]:
@@ -357,6 +384,8 @@ def write_report(
         "html": out_dir / "report.html",
         "figures": out_dir / "figures",
     }
+    for x, table in sweep.midpoints.items():
+        write_atomic(out_dir / f"midpoints_{x}.csv", table.to_csv(index=False))
     write_atomic(paths["markdown"], _markdown(blocks))
     write_atomic(paths["html"], _html(blocks))
     return paths

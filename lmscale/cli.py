@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoints: latest, all (every one kept) or comma-separated steps (default: latest)",
     )
 
-    from analysis.cli import add_commands  # the reading side: fit, plot, report
+    from analysis.cli import add_commands  # the reading side: fit, plot, report, emergence
 
     add_commands(sub)
     launch.add_command(sub)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    if args.command in ("fit", "plot", "report"):
+    if args.command in ("fit", "plot", "report", "emergence"):
         from analysis.cli import run
 
         return run(args)

@@ -17,9 +17,13 @@ import pandas as pd
 
 from lmscale import flops, runlog
 from lmscale.config import Config
+from lmscale.fewshot import tasks
 
 CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
-FEWSHOT_COLUMNS = ["run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n"]
+# `chance` (last, so older readers by position still work) is the metric's value for a uniform guess
+FEWSHOT_COLUMNS = [
+    *("run_id", "params", "flops", "tokens", "task", "shots", "metric", "value", "stderr", "n", "chance")
+]
 # Accuracy over training: every checkpoint step a run evaluated, with the tokens and FLOPs seen by then.
 TRAINING_COLUMNS = ["run_id", "params", "step", "flops", "tokens", *FEWSHOT_COLUMNS[4:]]
 
@@ -176,6 +180,7 @@ def _long(head: dict, fewshot: dict) -> Iterator[dict]:
                     head
                     | {"task": task, "shots": int(shots), "metric": metric}
                     | {k: v.get(k) for k in ("value", "stderr", "n")}
+                    | {"chance": tasks.chance(task, metric)}
                 )
 
 

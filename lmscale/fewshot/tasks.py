@@ -323,6 +323,18 @@ def check_shots(shots: Sequence[int], option: str) -> None:
         raise ConfigError(f"{option}: {too_many[0]} is more than the {MAX_SHOTS} demonstrations per example")
 
 
+def chance(name: str, metric: str) -> float | None:
+    """A metric's value for a uniform guess among the task's answers: exact match and the choice
+    probability of a multiple-choice task are 1/choices, exact match of a generated answer 0; None for
+    other metrics and unknown tasks."""
+    task = TASKS.get(name)
+    if task is None or metric not in ("exact_match", "prob_correct"):
+        return None
+    if task.choices:
+        return 1.0 / len(task.choices)
+    return 0.0 if metric == "exact_match" else None
+
+
 def get(name: str) -> Task:
     if name not in TASKS:
         from lmscale.config import ConfigError
