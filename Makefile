@@ -13,8 +13,9 @@ demo: install  ## the CPU demo sweep (6 sizes, trained and evaluated), then its 
 	$(PYTHON) -m lmscale sweep experiments/cpu_demo.yaml --out $(OUT)
 	$(PYTHON) -m lmscale report $(OUT)/cpu_demo
 
-test: install  ## fast tests (under 10 minutes on 2 CPU cores); pytest's 5 means no tests collected
-	$(PYTHON) -m pytest -q || [ $$? -eq 5 ]
+test: install  ## fast tests (under 6 minutes on 2 CPU cores): two workers, then the timing tests alone; 5 means none collected
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "not slow and not timing" || [ $$? -eq 5 ]
+	$(PYTHON) -m pytest -q -m "timing and not slow" || [ $$? -eq 5 ]
 
 test-slow: install  ## the long tests only
 	$(PYTHON) -m pytest -q -m slow || [ $$? -eq 5 ]

@@ -10,6 +10,10 @@ import pytest
 from lmscale import config, flops, memory, sharding
 from lmscale.step_fns import build
 from lmscale.sweep import plan
+
+# The time estimates are checked against a measured run: both must see the same machine, so this module
+# runs alone, after `make test`'s parallel run.
+pytestmark = pytest.mark.timing
 from tests.conftest import run_cli
 
 SPEC = """
