@@ -243,6 +243,8 @@ def _eval(args: argparse.Namespace) -> int:
         tasks.get(name)
     shots = evaluate.parse_list(args.shots, "--shots", int)
     steps = args.steps if args.steps in ("latest", "all") else evaluate.parse_list(args.steps, "--steps", int)
+    if args.run_dir.is_dir():  # fewshot.jsonl and summary.json are written there, after the evaluation
+        runlog.check_writable(args.run_dir, "RUN_DIR", directory=True)
     fewshot = evaluate.evaluate_run(
         args.run_dir, names, shots, args.examples, args.seed, args.batch_size, steps
     )

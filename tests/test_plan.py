@@ -10,11 +10,11 @@ import pytest
 from lmscale import config, flops, memory, sharding
 from lmscale.step_fns import build
 from lmscale.sweep import plan
+from tests.conftest import run_cli
 
 # The time estimates are checked against a measured run: both must see the same machine, so this module
 # runs alone, after `make test`'s parallel run.
 pytestmark = pytest.mark.timing
-from tests.conftest import run_cli
 
 SPEC = """
 model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32, vocab_size: 320}

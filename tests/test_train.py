@@ -370,12 +370,22 @@ def test_a_full_disk_mid_save_fails_in_one_line_and_the_rerun_resumes_bitwise(un
         assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "plan"])
+@pytest.mark.parametrize("command", ["train", "sweep", "plan", "fit", "plot", "report"])
 def test_a_read_only_output_fails_before_any_work_in_one_line(tmp_path, command):
+    sweep = tmp_path / "sweep"  # a results table for the reading side's commands
+    sweep.mkdir()
+    rows = [f"{n},{20 * n},{2 + 1e3 / n},completed" for n in (1e4, 3e4, 1e5, 3e5)]
+    (sweep / "results.csv").write_text("params,tokens,loss,status\n" + "\n".join(rows) + "\n")
     with _tmpfs(tmp_path / "ro", "size=64k,ro") as ro:
-        target = {"train": ["--out", ro / "run"], "sweep": ["--out", ro], "plan": ["--csv", ro / "p.csv"]}
-        config = TINY if command == "train" else TINY.parent / "cpu_demo.yaml"
-        proc = run_cli(command, config, *target[command])
+        target = {
+            "train": [TINY, "--out", ro / "run"],
+            "sweep": [TINY.parent / "cpu_demo.yaml", "--out", ro],
+            "plan": [TINY.parent / "cpu_demo.yaml", "--csv", ro / "p.csv"],
+            "fit": [sweep, "--json", ro / "fit.json"],
+            "plot": [sweep, "--out", ro / "figures"],
+            "report": [sweep, "--out", ro / "report"],
+        }
+        proc = run_cli(command, *target[command])
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(lines) == 1 and "is not writable" in lines[0] and str(ro) in lines[0]
