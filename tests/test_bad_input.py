@@ -94,6 +94,8 @@ CASES = [
     ("report {tmp}/missing", "missing"),
     # fit, plot and report: outputs that cannot be written fail before any fit
     ("fit {csv} --json {tmp}", "--json"),
+    ("plan {demo} --no-time --csv {tmp}", "--csv"),
+    ("bench --json {tmp}", "--json"),
     ("fit {csv} --json {file}/fit.json", "not a directory"),
     ("plot {csv} --out {file}", "--out"),
     ("report {tmp} --out {file}", "--out"),

@@ -370,7 +370,7 @@ def test_a_full_disk_mid_save_fails_in_one_line_and_the_rerun_resumes_bitwise(un
         assert [r["step"] for r in _rows(out) if "split" not in r] == list(range(1, STEPS + 1))
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "plan", "fit", "plot", "report"])
+@pytest.mark.parametrize("command", ["train", "sweep", "plan", "eval", "fit", "plot", "report"])
 def test_a_read_only_output_fails_before_any_work_in_one_line(tmp_path, command):
     sweep = tmp_path / "sweep"  # a results table for the reading side's commands
     sweep.mkdir()
@@ -381,6 +381,7 @@ def test_a_read_only_output_fails_before_any_work_in_one_line(tmp_path, command)
             "train": [TINY, "--out", ro / "run"],
             "sweep": [TINY.parent / "cpu_demo.yaml", "--out", ro],
             "plan": [TINY.parent / "cpu_demo.yaml", "--csv", ro / "p.csv"],
+            "eval": [ro],  # fewshot.jsonl and summary.json go into the run directory
             "fit": [sweep, "--json", ro / "fit.json"],
             "plot": [sweep, "--out", ro / "figures"],
             "report": [sweep, "--out", ro / "report"],
