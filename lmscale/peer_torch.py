@@ -102,3 +102,23 @@ class TorchStep:
     def nonembedding_params(self) -> int:
         skip = {id(self.model.embed.weight)} | ({id(self.model.pos)} if self.model.pos is not None else set())
         return sum(p.numel() for p in self.model.parameters() if id(p) not in skip)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m lmscale.peer_torch CONFIG [key=value ...]`: train the peer on the batches `lmscale train`
+    would draw, for the config's steps (with the config's constant peak lr), printing the last loss:
+    launch-to-exit timings beside `lmscale train` with the same config."""
+    from lmscale.config import load
+    from lmscale.data.pipeline import make_source
+
+    cfg = load(argv[0], argv[1:])
+    step, source = TorchStep(cfg), make_source(cfg, "train")
+    for _ in range(cfg.steps):
+        loss = step(next(source))
+    print(f"peer: {cfg.steps} steps, last loss {step.sync(loss):.4f}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
