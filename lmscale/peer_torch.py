@@ -53,6 +53,7 @@ class TorchTransformer(nn.Module):
         D, V = m.d_model, m.vocab_size
         rope = m.rope_theta if m.pos_emb == "rope" else None
         self.embed = nn.Embedding(V, D)
+        nn.init.normal_(self.embed.weight, std=D**-0.5)  # lmscale's init: unit-scale tied logits
         self.pos = nn.Parameter(torch.randn(m.seq_len, D) * D**-0.5) if m.pos_emb == "learned" else None
         block = lambda: _Block(D, m.n_heads, m.ff_dim, m.norm_eps, rope)  # noqa: E731
         self.blocks = nn.ModuleList(block() for _ in range(m.n_layers))
