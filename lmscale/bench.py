@@ -25,23 +25,42 @@ SIZES = {
 SEQ_LEN, BATCH = 128, 16
 
 
-def bench_training(name: str, shape: dict, steps: int) -> dict:
-    model = {**shape, "seq_len": SEQ_LEN}
-    cfg = config.from_dict({"model": model, "train": {"batch_size": BATCH, "tokens": 10**12}})
-    config.validate(cfg, jax.device_count())
+# nanoGPT's README CPU recipe (Shakespeare-char): the shape a PyTorch user knows, for the peer ratio.
+RECIPE = {"n_layers": 4, "d_model": 128, "n_heads": 4, "seq_len": 64, "vocab_size": 257, "pos_emb": "learned"}
+RECIPE_BATCH = 12
+
+
+def _config(model: dict, batch: int) -> config.Config:
+    cfg = config.from_dict({"model": model, "train": {"batch_size": batch, "tokens": 10**12}})
+    return config.validate(cfg, jax.device_count())
+
+
+def _lmscale_step(cfg: config.Config, batches: list):
+    """A timed-step closure over a freshly initialised train state: one step per call, waited for."""
     fns = build(cfg, sharding.make_mesh(cfg.mesh))
-    state = fns.init(0)
-    compiled = fns.compile_train_step()
-    source = make_source(cfg, "train")
-    batch = fns.put_batch(next(source))
-    state, metrics = compiled(state, batch)  # warm-up: first-touch allocations
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
+    state, compiled, n = fns.init(0), fns.compile_train_step(), 0
+
+    def step() -> float:
+        nonlocal state, n
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, fns.put_batch(batches[n % len(batches)]))
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
+        n += 1
+        return time.perf_counter() - t0
+
+    step()  # warm-up: first-touch allocations
+    return step
+
+
+def _batches(cfg: config.Config, n: int = 4) -> list:
+    source = make_source(cfg, "train")
+    return [next(source) for _ in range(n)]
+
+
+def bench_training(name: str, shape: dict, steps: int) -> dict:
+    cfg = _config({**shape, "seq_len": SEQ_LEN}, BATCH)
+    step = _lmscale_step(cfg, _batches(cfg, 1))
+    times = [step() for _ in range(steps)]
     step_s = statistics.median(times)
     tokens = BATCH * SEQ_LEN
     flops_step = flops.step_flops(cfg)
@@ -60,6 +79,73 @@ def bench_training(name: str, shape: dict, steps: int) -> dict:
         "flops_per_s": flops_step / step_s,
         "mfu": flops_step / step_s / peak_flops if peak_flops else None,
     }
+
+
+def bench_peer(name: str, model: dict, batch: int, rounds: int, steps_per_round: int = 5) -> dict:
+    """lmscale's train step against the PyTorch eager peer (lmscale/peer_torch.py) on the same batches,
+    alternating `steps_per_round` steps of each per round; the ratio is the median of the rounds' ratios
+    of median step times (above 1: lmscale is faster). Accelerators compare in bfloat16."""
+    import torch
+
+    from lmscale.peer_torch import TorchStep
+
+    on_cpu = jax.devices()[0].platform == "cpu"
+    dtype = {} if on_cpu else {"compute_dtype": "bfloat16"}
+    cfg = _config({**model, **dtype}, batch)
+    batches = _batches(cfg)
+    ours = _lmscale_step(cfg, batches)
+    peer = TorchStep(cfg, "cpu" if on_cpu else "cuda", torch.float32 if on_cpu else torch.bfloat16)
+
+    def theirs(n: int) -> float:
+        t0 = time.perf_counter()
+        peer.sync(peer(batches[n % len(batches)]))
+        return time.perf_counter() - t0
+
+    theirs(0)  # warm-up
+    ours_s, theirs_s, ratios = [], [], []
+    for r in range(rounds):
+        a = statistics.median(ours() for _ in range(steps_per_round))
+        b = statistics.median(theirs(r * steps_per_round + i) for i in range(steps_per_round))
+        ours_s.append(a)
+        theirs_s.append(b)
+        ratios.append(b / a)
+    tokens = batch * cfg.model.seq_len
+    step_s, peer_s = statistics.median(ours_s), statistics.median(theirs_s)
+    return {
+        "shape": name,
+        **model,
+        "batch_size": batch,
+        "compute_dtype": cfg.model.compute_dtype,
+        "peer": f"torch {torch.__version__} eager",
+        "rounds": rounds,
+        "step_time_s": step_s,
+        "peer_step_time_s": peer_s,
+        "tokens_per_s": tokens / step_s,
+        "peer_tokens_per_s": tokens / peer_s,
+        "speedup_vs_peer": statistics.median(ratios),
+        "speedup_range": [min(ratios), max(ratios)],
+    }
+
+
+def bench_peers(names: list[str], rounds: int) -> list[dict] | str:
+    """The peer ratio for nanoGPT's CPU recipe and each bench size, or why the peer was skipped."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "skipped: torch is not installed (pip install -e '.[bench]')"
+    sizes = [(n, {**SIZES[n], "seq_len": SEQ_LEN}, BATCH) for n in names]
+    shapes = [("recipe", RECIPE, RECIPE_BATCH), *sizes]
+    rows = []
+    for name, model, batch in shapes:
+        row = bench_peer(name, model, batch, rounds)
+        rows.append(row)
+        print(
+            f"peer {name}: lmscale {row['step_time_s'] * 1e3:.1f} ms/step, {row['peer']} "
+            f"{row['peer_step_time_s'] * 1e3:.1f} ms/step: {row['speedup_vs_peer']:.2f}x "
+            f"(rounds {row['speedup_range'][0]:.2f}-{row['speedup_range'][1]:.2f})",
+            file=sys.stderr,
+        )
+    return rows
 
 
 def bench_pipeline(batches: int = 300) -> dict:
@@ -203,6 +289,9 @@ def main(args: argparse.Namespace) -> int:
             + (f"{row['mfu']:.1%}" if row["mfu"] is not None else f"n/a ({source})"),
             file=sys.stderr,
         )
+    peers = "skipped: --no-peer" if args.no_peer else bench_peers(names, args.steps)
+    if isinstance(peers, str):
+        print(f"peer: {peers}", file=sys.stderr)
     pipeline = bench_pipeline()
     fastest_trainer = max(row["tokens_per_s"] for row in rows)  # the smallest model eats tokens fastest
     pipeline["vs_trainer"] = {row["size"]: pipeline["tokens_per_s"] / row["tokens_per_s"] for row in rows}
@@ -220,6 +309,7 @@ def main(args: argparse.Namespace) -> int:
         "peak_flops": peak_flops,
         "peak_source": source,
         "train": rows,
+        "peer": peers,
         "pipeline": pipeline,
     }
     if not args.no_fit:

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", help="comma-separated subset of size names to run")
     b.add_argument("--no-fit", action="store_true", help="skip the scaling-law fitting benchmark")
     b.add_argument(
+        "--no-peer",
+        action="store_true",
+        help="skip the PyTorch eager peer (run when torch is installed: nanoGPT's CPU recipe and each size)",
+    )
+    b.add_argument(
         "--no-eval",
         action="store_true",
         help="skip the evaluator benchmark (batched few-shot evaluation against one example at a time)",

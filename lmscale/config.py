@@ -135,6 +135,7 @@ class CheckpointConfig:
     keep_period: NonNegInt = 0  # also keep checkpoints at multiples of this step (0: none), to evaluate later
     keep_steps: list = dataclasses.field(default_factory=list)  # also save and keep these (branch points)
     async_save: bool = True
+    final: bool = True  # save at the last step; false: a throwaway run ends without one (~0.5-1 s saved)
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ Without a cache the training path is unchanged.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -222,6 +223,16 @@ class Transformer(nn.Module):
             logits_BxLxV = matmul(x_BxLxD, w_DxV)
         logits_BxLxV = constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))
         return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+
+def unstack_layers(params: Any, cfg: ModelConfig) -> Any:
+    """Scanned params (`layers` with a leading layer axis) as the unrolled model's `layer_i` entries."""
+    if not cfg.scan_layers:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(cfg.n_layers):
+        out[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+    return out
 
 
 def _at(table_SxD: jax.Array, pos_B: jax.Array, L: int) -> jax.Array:

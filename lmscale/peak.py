@@ -6,8 +6,13 @@ number, so the peak is measured: the best rate of a large float32 matmul in this
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +72,31 @@ def calibrated_cpu_peak(n: int = 2048, repeats: int = 7) -> float:
     return 2.0 * n**3 / best
 
 
+def host_key() -> str:
+    """What a CPU peak depends on: the CPU model, the cores this process may use and JAX's version."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        model = names[0].split(":", 1)[1].strip() if names else model
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} | {cores} cores | jax {jax.__version__}"
+
+
+def cached_cpu_peak(cache_dir: Path) -> float:
+    """The calibrated CPU peak, measured once per host (`host_key`) and kept in cache_dir/cpu_peak.json."""
+    path, key = Path(cache_dir) / "cpu_peak.json", host_key()
+    known = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = json.loads(path.read_text())
+    if key not in known:
+        known[key] = calibrated_cpu_peak()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(path)  # atomic: concurrent runs each write a whole file
+    return known[key]
+
+
 def chips(devices: list) -> int:
     """Physical chips behind `devices`: TPU devices on one chip share its coordinates."""
     coords = [getattr(d, "coords", None) for d in devices]
@@ -75,12 +105,15 @@ def chips(devices: list) -> int:
     return len({tuple(c) for c in coords})
 
 
-def peak_flops(devices: list | None = None) -> tuple[float | None, str]:
+def peak_flops(devices: list | None = None, cache_dir: Path | None = None) -> tuple[float | None, str]:
     """Peak FLOP/s of the whole run and where the figure comes from; None (MFU not reported) for a
-    device kind the table does not know."""
+    device kind the table does not know. On CPU, with `cache_dir`, a calibration of this host kept there
+    (`cached_cpu_peak`); without, measured in this process."""
     devices = jax.devices() if devices is None else devices
     kind = devices[0].device_kind
     if devices[0].platform == "cpu":
+        if cache_dir is not None:
+            return cached_cpu_peak(cache_dir), "calibrated float32 matmul (host, cached per host)"
         return calibrated_cpu_peak(), "calibrated float32 matmul (host)"
     per_chip = table_peak(kind)
     if per_chip is None:

@@ -23,9 +23,9 @@ import lmscale
 from lmscale import flops, peak, results, runlog, sharding
 from lmscale.checkpoint import SET_ASIDE, CheckpointCorrupt, Checkpointer
 from lmscale.config import Config, ConfigError, from_dict, read_yaml
-from lmscale.data.pipeline import Pipeline, prepare, process_rows
+from lmscale.data.pipeline import Pipeline, cache_root, prepare, process_rows
 from lmscale.preempt import StopRequested
-from lmscale.step_fns import StepFns, build
+from lmscale.step_fns import StepFns, build, compilation_cache
 
 
 @dataclasses.dataclass
@@ -154,6 +154,7 @@ def _train_locked(
             runlog.write_atomic(out / "tokenizer.json", pipe.tokenizer.hf.to_str(pretty=True))
 
     t_start = time.perf_counter()
+    compilation_cache(cache_root(cfg.data) / "xla")
     mesh = sharding.make_mesh(cfg.mesh)
     steps = build(cfg, mesh)
     # The batch rows this host's pipeline reads must be the ones its devices hold
@@ -193,7 +194,7 @@ class _Loop:
         self.total = cfg.steps
         self.tokens_per_step = cfg.train.batch_size * cfg.model.seq_len
         self.flops_per_step = flops.step_flops(cfg)
-        self.peak, self.peak_source = peak.peak_flops()
+        self.peak, self.peak_source = peak.peak_flops(cache_dir=cache_root(cfg.data))
         c = cfg.checkpoint
         self.ckpt = Checkpointer(out / "checkpoints", c.keep, c.async_save, c.keep_period, c.keep_steps)
         pi, pc = jax.process_index(), jax.process_count()
@@ -330,7 +331,8 @@ class _Loop:
             pending = (step, metrics)
             # Evaluation and checkpoint run at a synchronised step, after its metrics are in.
             evaluate = self._due(step, self.cfg.train.eval_every)
-            save = self._due(step, self.cfg.checkpoint.every_steps) or step in self.cfg.checkpoint.keep_steps
+            c = self.cfg.checkpoint
+            save = (self._due(step, c.every_steps) and (step < self.total or c.final)) or step in c.keep_steps
             stopping = stop.now(step)
             if not (evaluate or save or stopping or self.diverged):
                 continue

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -8,7 +9,8 @@ from lmscale.cli import main
 
 def test_bench_reports_throughput_and_mfu_as_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--sizes", "s", "--steps", "1", "--no-fit", "--no-eval", "--json", str(out)]) == 0
+    args = ["bench", "--sizes", "s", "--steps", "1", "--no-fit", "--no-eval", "--no-peer", "--json", str(out)]
+    assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["peak_source"].startswith("calibrated")
     (row,) = result["train"]
@@ -17,6 +19,33 @@ def test_bench_reports_throughput_and_mfu_as_json(tmp_path, capsys):
     assert 0 < row["mfu"] < 1.5
     pipeline = result["pipeline"]
     assert pipeline["vs_trainer"]["s"] == pytest.approx(pipeline["tokens_per_s"] / row["tokens_per_s"])
+
+
+def test_without_torch_bench_says_it_skipped_the_peer(monkeypatch):
+    from lmscale import bench
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    assert bench.bench_peers(["s"], rounds=1).startswith("skipped: torch is not installed")
+
+
+def test_the_peer_ratio_compares_both_step_times_on_one_shape():
+    pytest.importorskip("torch")
+    from lmscale import bench
+
+    model = {"n_layers": 2, "d_model": 32, "n_heads": 2, "seq_len": 16, "pos_emb": "learned"}
+    row = bench.bench_peer("t", model, batch=4, rounds=3, steps_per_round=2)
+    assert row["step_time_s"] > 0 and row["peer_step_time_s"] > 0
+    assert row["speedup_range"][0] <= row["speedup_vs_peer"] <= row["speedup_range"][1]
+    assert row["tokens_per_s"] == pytest.approx(4 * 16 / row["step_time_s"])
+
+
+def test_the_torch_peer_has_lmscales_parameter_count_on_nanogpts_cpu_recipe():
+    pytest.importorskip("torch")
+    from lmscale import bench, flops
+    from lmscale.peer_torch import TorchStep
+
+    cfg = bench._config(bench.RECIPE, bench.RECIPE_BATCH)
+    assert TorchStep(cfg).nonembedding_params() == flops.param_counts(cfg.model).nonembedding == 787_584
 
 
 def test_bench_rejects_unknown_sizes(capsys):

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmscale.config import ModelConfig
-from lmscale.model import Transformer, init_cache
+from lmscale.model import Transformer, init_cache, unstack_layers
 
 MIN_BUCKET = 16
 
@@ -36,16 +36,6 @@ class Score:
     logprobs: np.ndarray
     greedy: np.ndarray
     first_logprobs: np.ndarray | None = None  # [V]: every token's log-prob at the first position
-
-
-def unstack_layers(params: Any, cfg: ModelConfig) -> Any:
-    """Scanned params (`layers` with a leading layer axis) as the unrolled model's `layer_i` entries."""
-    if not cfg.scan_layers:
-        return params
-    out = {k: v for k, v in params.items() if k != "layers"}
-    for i in range(cfg.n_layers):
-        out[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
-    return out
 
 
 class Decoder:

@@ -29,7 +29,7 @@ import pandas as pd
 from lmscale import flops, memory, peak, runlog, sharding
 from lmscale.checkpoint import Checkpointer, digest, retained_steps
 from lmscale.config import Config
-from lmscale.data.pipeline import make_source, prepare
+from lmscale.data.pipeline import cache_root, make_source, prepare
 from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
 from lmscale.fewshot.requests import Request, build_requests
@@ -124,7 +124,7 @@ def run_costs(steps: StepFns, state) -> RunCosts:
         ckpt.close()
         save_s = time.perf_counter() - t3
     t4 = time.perf_counter()
-    peak.peak_flops()  # MFU's denominator; on CPU a matmul calibration that a sweep's first run pays for
+    peak.peak_flops(cache_dir=cache_root(steps.cfg.data))  # MFU's denominator: on CPU, once per host
     return RunCosts(t1 - t0, t2 - t1, save_s, time.perf_counter() - t4)
 
 
