@@ -168,6 +168,9 @@ def _train(args: argparse.Namespace) -> int:
     # keeps one, and stderr gets one line.
     absl_logging.set_verbosity(absl_logging.FATAL)
 
+    from lmscale import results
+
+    finished = (results.read_summary(out) or {}).get("status") == "completed"
     try:
         summary = train(
             cfg, out, progress=not args.no_progress, restart_from_scratch=args.restart_from_scratch
@@ -177,6 +180,12 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     status = summary["status"]
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
+    if finished:  # train() checked the config is the same one and left the run as it was
+        print(
+            f"completed: {out} was already complete at step {summary['steps']} (loss "
+            f"{fmt(summary['final_loss'], '.4f')}); nothing was trained. Use a new --out to train again"
+        )
+        return 0
     print(
         f"{status}: {out}  step {summary['steps']}  loss {fmt(summary['final_loss'], '.4f')}  "
         f"val_loss {fmt(summary['final_val_loss'], '.4f')}  mfu {fmt(summary['mfu'], '.1%')}"

@@ -188,6 +188,13 @@ def test_completed_run_is_left_as_it_is(uninterrupted):
     assert (uninterrupted / "metrics.jsonl").read_text() == before
 
 
+def test_rerunning_a_completed_run_says_in_one_line_that_nothing_was_trained(uninterrupted):
+    proc = run_cli("train", TINY, "--out", uninterrupted, "--no-progress", *_overrides())
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1
+    assert f"{uninterrupted} was already complete at step {STEPS}" in proc.stdout
+    assert "nothing was trained" in proc.stdout
+
+
 def test_resuming_with_a_different_config_is_refused(uninterrupted):
     proc = run_cli("train", TINY, "--out", uninterrupted, *_overrides(), "train.lr=0.1")
     assert proc.returncode == 2
