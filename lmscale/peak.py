@@ -17,6 +17,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from analysis.atomic import write_atomic
+
 # Dense (no sparsity) bf16 peak FLOP/s per chip / GPU, from the vendors' spec sheets. A TPU chip may
 # show up as several JAX devices (v2 and v3: one per TensorCore), so the run's peak counts chips.
 DEVICE_PEAK_FLOPS = {
@@ -91,9 +93,7 @@ def cached_cpu_peak(cache_dir: Path) -> float:
     if key not in known:
         known[key] = calibrated_cpu_peak()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(path)  # atomic: concurrent runs each write a whole file
+        write_atomic(path, json.dumps(known, indent=1))  # concurrent runs each write a whole file
     return known[key]
 
 
