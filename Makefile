@@ -26,7 +26,7 @@ bench: install  ## training throughput and MFU, as JSON
 gpu-check: install  ## on a GPU or TPU host: bench, then a short gpu_single.yaml run; tokens/s and MFU vs the peak
 	$(PYTHON) -m lmscale bench --no-fit --no-eval --json $(OUT)/gpu-check/bench.json
 	$(PYTHON) -m lmscale sweep experiments/gpu_single.yaml --out $(OUT)/gpu-check --no-progress \
-	  'sweep.sizes.params=[3.0e+7]' sweep.tokens.per_param=1 data.synthetic.documents=50000
+	  'sweep.sizes.params=[3.0e+7]' sweep.tokens.per_param=1 data.synthetic.documents=20000
 	$(PYTHON) -c "import pandas as pd; r = pd.read_csv('$(OUT)/gpu-check/gpu_single/results.csv'); \
 	  print(r[['run_id', 'tokens_per_s', 'mfu', 'peak_source']].to_string(index=False))"
 
