@@ -227,10 +227,11 @@ def _sweep(args: argparse.Namespace) -> int:
     runlog.check_writable(args.out, "--out", directory=True)
     sweep = _load_sweep(args)
     from lmscale.fewshot import evaluate
+    from lmscale.sweep.grid import evaluated
     from lmscale.sweep.runner import EVAL_FAILED, assigned, run_sweep
 
     assigned(sweep.cells, args.worker, args.num_workers)  # bad --worker fails before anything runs
-    hooks = [evaluate.after_train(sweep.eval)] if sweep.eval is not None else []
+    hooks = [evaluate.after_train(sweep.eval, evaluated(sweep))] if sweep.eval is not None else []
     statuses = run_sweep(
         sweep, args.out, args.worker, args.num_workers, progress=not args.no_progress, after_train=hooks
     )

@@ -1,6 +1,7 @@
 """Cooldown sweeps: a branch restored from its trunk is a from-scratch WSD run, bitwise; trunks and
 branches each train once whatever the processes, kills and failures; bad specs fail first."""
 
+import dataclasses
 import json
 import random
 import threading
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from lmscale import results, runlog
+from lmscale.fewshot import evaluate
 from lmscale.sweep import cooldown, grid, plan, runner
 from tests.conftest import run_cli
 from tests.test_sweep import (
@@ -153,6 +155,17 @@ def test_cooldown_cells_are_a_constant_lr_trunk_per_size_then_its_wsd_branches(c
     assert {(b.cfg.train.schedule, b.cfg.train.decay_frac) for b in branches} == {("wsd", 0.2)}
     assert [b.cfg.steps for b in branches] == [10, 20, 40]
     assert [runner.assigned(cells, i, 2) for i in range(2)] == [cells[:4], cells[4:]]  # trunk with branches
+
+
+def test_eval_runs_largest_evaluates_only_the_longest_branch_of_each_size(cool_sweep):
+    assert grid.evaluated(cool_sweep) == {c.run_id for c in cool_sweep.cells if c.role == "branch"}
+    largest = dataclasses.replace(cool_sweep, eval=dataclasses.replace(cool_sweep.eval, runs="largest"))
+    assert grid.evaluated(largest) == {"L1-D32-T10.2K-s0", "L1-D64-T10.2K-s0"}
+    df, _ = plan.table(largest, 1, budget_s=None)
+    assert set(df["run_id"]) >= grid.evaluated(largest)  # the run ids name real cells
+    hook = evaluate.after_train(largest.eval, grid.evaluated(largest))
+    short = next(c for c in largest.cells if c.run_id == "L1-D32-T2.56K-s0")
+    assert hook(short, None, {"status": "completed"}) == {"status": "completed"}  # left as it is, no eval
 
 
 def test_two_concurrent_runners_train_every_trunk_and_branch_once(cool_sweep, tmp_path, monkeypatch):

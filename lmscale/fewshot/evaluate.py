@@ -261,8 +261,9 @@ def evaluate_run(
     return result if per_step else result[chosen[-1]]
 
 
-def after_train(spec) -> Callable[[object, Path, dict], dict]:
-    """The sweep's hook for `sweep.eval` (a grid.EvalSpec): evaluate each completed run once.
+def after_train(spec, run_ids: set[str] | None = None) -> Callable[[object, Path, dict], dict]:
+    """The sweep's hook for `sweep.eval` (a grid.EvalSpec): evaluate each completed run once (only the
+    cells in `run_ids` when given; the others are left as they are).
 
     A run whose summary already holds every requested task (and shot count) is left as it is, so a
     rerun sweep, or one killed between training and evaluation, evaluates only what is missing.
@@ -276,6 +277,8 @@ def after_train(spec) -> Callable[[object, Path, dict], dict]:
         ]
 
     def hook(cell, run_dir: Path, summary: dict) -> dict:
+        if run_ids is not None and cell.run_id not in run_ids:
+            return summary
         summary, t0 = dict(summary), time.perf_counter()
         names = missing(summary.get("fewshot") or {})
         if spec.steps != "all":

@@ -51,6 +51,20 @@ class Sweep:
     eval: EvalSpec | None = EvalSpec()  # None: `sweep.eval: false`, no evaluation
 
 
+def evaluated(sweep: Sweep) -> set[str]:
+    """The run ids `sweep.eval` evaluates: every trained run (never a cooldown trunk), or with
+    `runs: largest` the largest token budget of each shape, seed and learning rate."""
+    cells = [c for c in sweep.cells if c.role != "trunk"] if sweep.eval is not None else []
+    if sweep.eval is None or sweep.eval.runs == "all":
+        return {c.run_id for c in cells}
+    largest: dict[tuple, Cell] = {}
+    for c in cells:
+        key = (repr(c.cfg.model), c.cfg.train.seed, c.cfg.train.lr)
+        if key not in largest or c.cfg.steps > largest[key].cfg.steps:
+            largest[key] = c
+    return {c.run_id for c in largest.values()}
+
+
 # -- token budgets and evaluation -------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from lmscale.fewshot.decode import bucket
 from lmscale.fewshot.requests import Request, build_requests
 from lmscale.flops import step_flops
 from lmscale.step_fns import StepFns, build
-from lmscale.sweep import cooldown
+from lmscale.sweep import cooldown, grid
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
@@ -276,7 +276,7 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
     timings, costs, evals = (
         calibrate(sweep.cells, budget_s, sweep.eval) if budget_s is not None else ({}, None, {})
     )
-    rows = []
+    rows, evaluated = [], grid.evaluated(sweep)
     for i, cell in enumerate(sweep.cells):
         m, counts = cell.cfg.model, flops.param_counts(cell.cfg.model)
         row = {
@@ -300,7 +300,7 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
             start = cell.branch_step
             row["time_s"] = estimate_s(cell.cfg, timing, costs, start) + (costs.process_s if i == 0 else 0.0)
             row["timed"] = timing.measured
-            if sweep.eval is not None and cell.role == "trunk":  # trunks are not evaluated
+            if sweep.eval is not None and cell.run_id not in evaluated:  # trunks, and `runs: largest`
                 row["eval_s"] = 0.0
             elif sweep.eval is not None:
                 key = shape_key(cell.cfg)
