@@ -140,7 +140,7 @@ class EvalSpec:
     examples: PosInt = 100
     batch_size: PosInt = 64
     steps: Literal["latest", "all"] = "latest"  # all: every checkpoint the run kept (checkpoint.keep_period)
-    runs: Literal["all", "largest"] = "all"  # largest: only each size's largest token budget (per seed and lr)
+    runs: Literal["all", "largest"] = "all"  # largest: each size's largest token budget only (per seed, lr)
 
 
 @dataclasses.dataclass(frozen=True)
