@@ -43,7 +43,7 @@ def _lmscale_step(cfg: config.Config, batches: list):
     def step() -> float:
         nonlocal state, n
         t0 = time.perf_counter()
-        state, metrics = compiled(state, fns.put_batch(batches[n % len(batches)]))
+        state, metrics = compiled(state, fns.put_batch(batches[n % len(batches)]), 0)  # lr: any entry
         jax.block_until_ready(metrics)
         n += 1
         return time.perf_counter() - t0

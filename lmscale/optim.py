@@ -1,4 +1,4 @@
-"""AdamW on the run's learning-rate schedule (lmscale.schedule), global-norm clipping."""
+"""AdamW with global-norm clipping, at a learning rate given per step (lmscale.schedule's table)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import jax
 import optax
 
 from lmscale.config import TrainConfig
-from lmscale.schedule import schedule
 
 
 def _decay_mask(params):
@@ -16,11 +15,13 @@ def _decay_mask(params):
     )
 
 
-def optimizer(t: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def optimizer(t: TrainConfig, lr: float | jax.Array) -> optax.GradientTransformation:
+    """`lr` is a number or a traced scalar (the step's entry of the schedule): the state does not
+    depend on it, so a state made with any lr serves every step."""
     chain = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
     chain.append(
         optax.adamw(
-            schedule(t, total_steps),
+            lr,
             b1=t.b1,
             b2=t.b2,
             eps=t.eps,

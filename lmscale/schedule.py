@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lmscale.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
@@ -40,6 +42,17 @@ def check(t: TrainConfig, total_steps: int) -> None:
             f"(train.warmup_steps={t.warmup_steps}, train.decay_frac={t.decay_frac:g}: "
             f"{total_steps - start} decay steps)"
         )
+
+
+def learning_rates(t: TrainConfig, total_steps: int) -> np.ndarray:
+    """The schedule at every update 0..total_steps, float32, evaluated once on the host. The train step
+    takes its learning rate as an input rather than baking the schedule in as constants, so one compiled
+    step serves every budget of a shape: a cooldown trunk and all its branches compile once."""
+    import jax
+    import jax.numpy as jnp
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return np.asarray(schedule(t, total_steps)(jnp.arange(total_steps + 1)), np.float32)
 
 
 def _decay(t: TrainConfig, steps: int) -> optax.Schedule:

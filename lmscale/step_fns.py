@@ -18,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from lmscale import sharding
 from lmscale.config import Config
 from lmscale.model import Transformer, unstack_layers
-from lmscale.optim import optimizer, schedule
+from lmscale.optim import optimizer
+from lmscale.schedule import learning_rates
 
 
 @struct.dataclass
@@ -43,6 +44,7 @@ class StepFns:
     _init: Any
     _train: Any
     _eval: Any
+    lrs: np.ndarray  # the learning rate of each update 0..total_steps (lmscale.schedule.learning_rates)
 
     @contextlib.contextmanager
     def context(self):
@@ -53,9 +55,12 @@ class StepFns:
         with self.context():
             return self._init(jax.random.PRNGKey(seed))
 
-    def train_step(self, state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(
+        self, state: TrainState, batch: jax.Array, step: int | None = None
+    ) -> tuple[TrainState, dict]:
+        """One update; `step` is the updates done so far (read from `state` when not given)."""
         with self.context():
-            return self._train(state, batch)
+            return self._train(state, batch, self.lrs[_updates_done(state, step)])
 
     def eval_loss(self, params: Any, batch: jax.Array) -> jax.Array:
         with self.context():
@@ -66,16 +71,36 @@ class StepFns:
         return jax.make_array_from_process_local_data(self.batch_sharding, local_batch)
 
     def lower_train_step(self):
+        lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(self.mesh))
         with self.context():
-            return self._train.lower(self.abstract_state, self.abstract_batch())
+            return self._train.lower(self.abstract_state, self.abstract_batch(), lr)
 
-    def compile_train_step(self):
+    def compile_train_step(self) -> CompiledStep:
         """Ahead-of-time compiled train step, so step times never include compilation."""
-        return self.lower_train_step().compile()
+        return CompiledStep(self.lower_train_step().compile(), self.lrs)
 
     def abstract_batch(self) -> jax.ShapeDtypeStruct:
         shape = (self.cfg.train.batch_size, self.cfg.model.seq_len + 1)
         return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
+
+
+def _updates_done(state: TrainState, step: int | None) -> int:
+    return int(jax.device_get(state.step)) if step is None else step
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """The compiled train step and the schedule it reads: `(state, batch, step)`, where `step` is the
+    updates done so far (read from `state` when not given, which waits for the previous step)."""
+
+    executable: Any
+    lrs: np.ndarray
+
+    def __call__(self, state: TrainState, batch: jax.Array, step: int | None = None):
+        return self.executable(state, batch, self.lrs[_updates_done(state, step)])
+
+    def __getattr__(self, name: str):  # cost_analysis, memory_analysis, as_text, ...
+        return getattr(self.executable, name)
 
 
 def compilation_cache(directory: str | os.PathLike) -> None:
@@ -106,8 +131,7 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
         apply = lambda params, tokens: unrolled.apply({"params": unstack_layers(params, cfg.model)}, tokens)  # noqa: E731
     else:
         apply = lambda params, tokens: model.apply({"params": params}, tokens)  # noqa: E731
-    tx = optimizer(cfg.train, total_steps)
-    lr_at = schedule(cfg.train, total_steps)
+    tx = optimizer(cfg.train, 0.0)  # the state's structure only; each step's lr is an input
     rules = sharding.rules(cfg.mesh)
     accum = cfg.train.grad_accum
 
@@ -125,7 +149,7 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def train_step(state: TrainState, batch_BxL1: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch_BxL1: jax.Array, lr: jax.Array) -> tuple[TrainState, dict]:
         if accum == 1:
             loss, grads = grad_fn(state.params, batch_BxL1)
         else:
@@ -141,9 +165,9 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
             (loss, grads), _ = jax.lax.scan(body, zeros, micro_AxMxL1)
             loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer(cfg.train, lr).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_at(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -159,7 +183,7 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
     init = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=state_shardings)
     train = jax.jit(
         train_step,
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, batch_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
@@ -177,4 +201,5 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
         init,
         train,
         evaluate,
+        learning_rates(cfg.train, total_steps),
     )

@@ -325,7 +325,7 @@ class _Loop:
         status = "completed"
         for step in range(start + 1, self.total + 1):
             batch = self.steps.put_batch(next(self.source))
-            self.state, metrics = compiled(self.state, batch)
+            self.state, metrics = compiled(self.state, batch, step - 1)
             if pending is not None:  # fetch the previous step's metrics while this one computes
                 self._record(*pending)
             pending = (step, metrics)

@@ -1,8 +1,7 @@
 import pytest
 
 from lmscale.config import ConfigError, TrainConfig
-from lmscale.optim import schedule
-from lmscale.schedule import check, decay_start, warmup
+from lmscale.schedule import check, decay_start, schedule, warmup
 
 
 def test_schedule_warms_up_then_ends_at_a_tenth_of_peak_on_the_last_step():

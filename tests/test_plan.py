@@ -149,3 +149,23 @@ def test_a_shape_that_fails_to_run_is_reported_and_the_rest_are_still_timed(monk
     assert totals["time_s"] == pytest.approx(df["time_s"].sum() + df["eval_s"].sum())
     text = plan.render(df, totals, "1 x cpu")
     assert "failed" in text.splitlines()[3] and "1 runs not included" in text.splitlines()[-1]
+
+
+def test_later_runs_of_a_shape_pay_tracing_not_compilation(monkeypatch):
+    """Budgets and schedules do not change the compiled step, so only the first run of a shape compiles."""
+    from lmscale.sweep import grid
+
+    spec = {
+        "sizes": {"shapes": [{"n_layers": 1, "d_model": 32, "n_heads": 2}]},
+        "tokens": {"fixed": [2560, 5120]},
+    }
+    sweep = grid.expand({"model": {"seq_len": 32}, "train": {"batch_size": 8}, "sweep": spec}, "s")
+    timing = plan.Timing(5.0, 0.01, 0.1, True, lower_s=0.5)
+    monkeypatch.setattr(plan, "time_shape", lambda cfg: (timing, None, None))
+    monkeypatch.setattr(plan, "run_costs", lambda steps, state: plan.RunCosts(0.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(plan, "time_eval", lambda steps, state, spec: plan.EvalTiming(0.0, 0.0))
+    df, _ = plan.table(sweep, n_devices=1)
+    first, second = df.set_index("tokens")["time_s"][[2560, 5120]]
+    steps = [c.cfg.steps for c in sweep.cells]
+    assert first == pytest.approx(0.1 + 5.0 + 0.01 * steps[0], abs=0.2)
+    assert second - 0.01 * steps[1] == pytest.approx(first - 0.01 * steps[0] - 4.5, abs=0.2)

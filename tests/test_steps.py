@@ -35,3 +35,36 @@ def test_eval_loss_of_a_fresh_model_is_near_uniform():
     state = steps.init(0)
     batch = steps.put_batch(next(make_source(cfg, "val")))
     assert np.log(256) <= float(steps.eval_loss(state.params, batch)) < np.log(256) + 1.0
+
+
+def test_every_budget_of_a_shape_compiles_to_one_train_step():
+    """The schedule is an input: a cooldown trunk and its branches (other budgets, other schedules) lower
+    to the same program, so the compilation cache serves them all from one compile."""
+    model = {"n_layers": 1, "d_model": 32, "n_heads": 2, "seq_len": 16}
+    runs = [
+        {"tokens": 8 * 16 * 40, "schedule": "constant", "warmup_steps": 4},
+        {"tokens": 8 * 16 * 10, "schedule": "wsd", "warmup_steps": 4},
+        {"tokens": 8 * 16 * 30, "schedule": "cosine"},
+    ]
+    texts, tables = [], []
+    for train in runs:
+        cfg = config.from_dict({"model": model, "train": {"batch_size": 8, **train}})
+        steps = build(cfg, sharding.make_mesh(cfg.mesh))
+        texts.append(steps.lower_train_step().as_text())
+        tables.append(steps.lrs)
+    assert texts[0] == texts[1] == texts[2]
+    assert [len(t) for t in tables] == [41, 11, 31]  # every update's lr, 0..steps
+    assert tables[1][5] == tables[0][5] == tables[1].max() and tables[1][-1] < tables[1][5]  # WSD decays
+
+
+def test_the_logged_lr_is_the_schedules_entry_for_each_update():
+    model = {"n_layers": 1, "d_model": 32, "n_heads": 2, "seq_len": 16}
+    cfg = config.from_dict(
+        {"model": model, "train": {"batch_size": 8, "tokens": 8 * 16 * 6, "warmup_frac": 0.5}}
+    )
+    steps = build(cfg, sharding.make_mesh(cfg.mesh))
+    state, source, lrs = steps.init(0), make_source(cfg, "train"), []
+    for _ in range(3):
+        state, metrics = steps.train_step(state, steps.put_batch(next(source)))
+        lrs.append(float(metrics["lr"]))
+    assert lrs == [float(x) for x in steps.lrs[:3]] and lrs[0] == 0.0 < lrs[1] < lrs[2]  # linear warmup

@@ -34,7 +34,7 @@ from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
 from lmscale.fewshot.requests import Request, build_requests
 from lmscale.flops import step_flops
-from lmscale.step_fns import StepFns, build
+from lmscale.step_fns import CompiledStep, StepFns, build
 from lmscale.sweep import cooldown, grid
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
@@ -52,6 +52,7 @@ class Timing:
     step_s: float
     setup_s: float
     measured: bool
+    lower_s: float = math.nan  # tracing alone: a later run of the shape loads the compiled step from cache
 
 
 @dataclasses.dataclass
@@ -94,18 +95,20 @@ def time_shape(cfg: Config) -> tuple[Timing, StepFns, object]:
     steps = build(cfg, sharding.make_mesh(cfg.mesh))
     source = make_source(cfg, "train", jax.process_index(), jax.process_count())
     t1 = time.perf_counter()
-    compiled = steps.compile_train_step()
+    lowered = steps.lower_train_step()
+    t_lower = time.perf_counter() - t1
+    compiled = CompiledStep(lowered.compile(), steps.lrs)
     t2 = time.perf_counter()
     state = _zeros(steps)
-    state, metrics = compiled(state, steps.put_batch(next(source)))  # warm-up: first-touch allocations
+    state, metrics = compiled(state, steps.put_batch(next(source)), 0)  # warm-up: first-touch allocations
     jax.block_until_ready(metrics)
     times = []
     while len(times) < TIMED_STEPS and sum(times) < 1.0:
         t = time.perf_counter()
-        state, metrics = compiled(state, steps.put_batch(next(source)))
+        state, metrics = compiled(state, steps.put_batch(next(source)), 0)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
-    return Timing(t2 - t1, statistics.median(times), t1 - t0, True), steps, state
+    return Timing(t2 - t1, statistics.median(times), t1 - t0, True, t_lower), steps, state
 
 
 def run_costs(steps: StepFns, state) -> RunCosts:
@@ -223,10 +226,11 @@ def calibrate(
     xs = [step_flops(shapes[k]) for k in measured]
     compile_s = statistics.mean(timings[k].compile_s for k in measured)
     setup_s = statistics.mean(timings[k].setup_s for k in measured)
+    lower_s = statistics.mean(timings[k].lower_s for k in measured)
     for key in order:
         if key not in timings:
             step_s = _interpolate(step_flops(shapes[key]), xs, [timings[k].step_s for k in measured])
-            timings[key] = Timing(compile_s, step_s, setup_s, False)
+            timings[key] = Timing(compile_s, step_s, setup_s, False, lower_s)
     if evals:
         timed = sorted(evals, key=lambda k: step_flops(shapes[k]))
         ex = [step_flops(shapes[k]) for k in timed]
@@ -243,16 +247,17 @@ def _due(start: int, end: int, every: int) -> int:
     return end // every - start // every + (end % every > 0)
 
 
-def estimate_s(cfg: Config, timing: Timing, costs: RunCosts, start: int = 0) -> float:
+def estimate_s(cfg: Config, timing: Timing, costs: RunCosts, start: int = 0, cached: bool = False) -> float:
     """One run's wall time as `summary.json` measures it: setup, compiles, steps, evals and saves;
-    a cooldown branch trains from its trunk's step `start`."""
+    a cooldown branch trains from its trunk's step `start`. A `cached` run's shape was compiled by an
+    earlier run of the sweep (budgets and schedules do not change the program): it only traces."""
     n, t = cfg.steps - start, cfg.train
     evals = _due(start, cfg.steps, t.eval_every) if t.eval_batches else 0
     saves = _due(start, cfg.steps, cfg.checkpoint.every_steps) + len(cfg.checkpoint.keep_steps)
     eval_s = evals * (t.eval_batches * EVAL_COST * timing.step_s) + (costs.eval_compile_s if evals else 0.0)
     return (
         timing.setup_s
-        + timing.compile_s
+        + (timing.lower_s if cached and math.isfinite(timing.lower_s) else timing.compile_s)
         + costs.init_compile_s
         + n * timing.step_s
         + eval_s
@@ -276,7 +281,7 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
     timings, costs, evals = (
         calibrate(sweep.cells, budget_s, sweep.eval) if budget_s is not None else ({}, None, {})
     )
-    rows, evaluated = [], grid.evaluated(sweep)
+    rows, evaluated, compiled = [], grid.evaluated(sweep), set()
     for i, cell in enumerate(sweep.cells):
         m, counts = cell.cfg.model, flops.param_counts(cell.cfg.model)
         row = {
@@ -298,7 +303,10 @@ def table(sweep: Sweep, n_devices: int, budget_s: float | None = CALIBRATION_S) 
         if timings:
             timing = timings[shape_key(cell.cfg)]
             start = cell.branch_step
-            row["time_s"] = estimate_s(cell.cfg, timing, costs, start) + (costs.process_s if i == 0 else 0.0)
+            key = shape_key(cell.cfg)
+            row["time_s"] = estimate_s(cell.cfg, timing, costs, start, cached=key in compiled)
+            row["time_s"] += costs.process_s if i == 0 else 0.0
+            compiled.add(key)
             row["timed"] = timing.measured
             if sweep.eval is not None and cell.run_id not in evaluated:  # trunks, and `runs: largest`
                 row["eval_s"] = 0.0
