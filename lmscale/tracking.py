@@ -1,0 +1,167 @@
+"""Experiment trackers beside `metrics.jsonl`: TensorBoard event files and Weights & Biases.
+
+`metrics.jsonl` stays the source of truth; a tracker mirrors its rows so a sweep can be watched live in
+the tools researchers already use. Both are optional extras, imported only when a run asks for them:
+
+- `log.tensorboard: true` writes event files into the run directory (tensorboardX): a scalar per
+  `metrics.jsonl` field (`train/loss`, `train/lr`, ...), `val/loss`, the config as text, and few-shot
+  aggregates (`fewshot/TASK/Kshot/METRIC`) after evaluation.
+- `log.wandb: {project, entity, mode, group}` logs the same to a W&B run whose id is kept in the run
+  directory (`wandb_id`), so a resumed run, and its evaluation, continue that run. A sweep's runs are
+  grouped by the sweep's name and named by their run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from lmscale.config_types import ConfigError
+
+EXTRAS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}  # key: (module, extra)
+WANDB_ID = "wandb_id"  # in the run directory: the W&B run this run logs to, across resumes
+SWEEP_CELL = "cell.json"  # results.CELL: a sweep's run directory holds one (results imports JAX-free pandas)
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    project: str = "lmscale"
+    entity: str = ""  # "" = your default entity
+    # auto: online when WANDB_API_KEY is set, offline otherwise (no network needed; `wandb sync` uploads)
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    group: str = ""  # "" = the sweep's name for a sweep's runs, none for a single run
+    name: str = ""  # "" = the run directory's name (a sweep's run id)
+
+
+@dataclasses.dataclass
+class LogConfig:
+    tensorboard: bool = False  # event files in the run directory; needs lmscale[tensorboard]
+    wandb: WandbConfig | None = None  # a mapping (`{}` for the defaults) turns W&B on; needs lmscale[wandb]
+
+
+def _import(key: str) -> Any:
+    """The tracker's package; a ConfigError naming the extra when it is not installed."""
+    module, extra = EXTRAS[key]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"log.{key}: the {module} package is not installed; pip install 'lmscale[{extra}]'"
+        ) from None
+
+
+def check(log: LogConfig) -> None:
+    """Fail before anything is written when a tracker the config asks for cannot be imported."""
+    if log.tensorboard:
+        _import("tensorboard")
+    if log.wandb is not None:
+        _import("wandb")
+
+
+def _flat_fewshot(fewshot: dict) -> dict[str, float]:
+    """{task: {shots: {metric: {value}}}} as scalars named `fewshot/TASK/Kshot/METRIC`."""
+    return {
+        f"fewshot/{task}/{shots}shot/{metric}": m["value"]
+        for task, by_shots in fewshot.items()
+        for shots, metrics in by_shots.items()
+        for metric, m in metrics.items()
+        if m.get("value") is not None
+    }
+
+
+def _scalars(row: dict) -> tuple[int, dict[str, float]]:
+    """A metrics.jsonl row as its step and its numeric fields, under `train/` or `val/`."""
+    split = row.get("split", "train")
+    values = {f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split") and v is not None}
+    return row["step"], {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+class _TensorBoard:
+    def __init__(self, out: Path, config_text: str, resume_step: int):
+        tbx = _import("tensorboard")
+        # A resumed run replays the steps after its checkpoint: purge_step drops the first try's copies.
+        self.writer = tbx.SummaryWriter(str(out), purge_step=resume_step + 1 if resume_step else None)
+        if config_text and not resume_step:
+            self.writer.add_text("config", "```\n" + config_text + "\n```", 0)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Wandb:
+    def __init__(self, cfg: Any, out: Path):
+        wandb = _import("wandb")
+        w = cfg.log.wandb
+        id_file = out / WANDB_ID
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        if not id_file.exists():
+            from lmscale import runlog
+
+            runlog.write_atomic(id_file, run_id + "\n")
+        sweep = (out / SWEEP_CELL).exists()
+        mode = w.mode if w.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(
+            project=w.project,
+            entity=w.entity or None,
+            group=w.group or (out.parent.name if sweep else None),
+            name=w.name or out.name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=str(out),
+            config=cfg.to_dict(),
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+        # Every value is plotted against the run's own step, logged as a value: a resumed run replays
+        # the steps after its checkpoint, which W&B's own step counter would refuse as going backwards.
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({"step": step, **values})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Trackers:
+    """The trackers `cfg.log` asks for, on the run directory `out`; `write` takes metrics.jsonl rows."""
+
+    def __init__(self, cfg: Any, out: Path, resume_step: int = 0, config_text: str = ""):
+        self.open: list[Any] = []
+        if cfg.log.tensorboard:
+            self.open.append(_TensorBoard(out, config_text, resume_step))
+        if cfg.log.wandb is not None:
+            self.open.append(_Wandb(cfg, out))
+
+    def write(self, row: dict) -> None:
+        step, values = _scalars(row)
+        for tracker in self.open:
+            tracker.write(step, values)
+
+    def close(self) -> None:
+        for tracker in self.open:
+            tracker.close()
+        self.open = []
+
+
+def log_fewshot(cfg: Any, out: Path, step: int, fewshot: dict) -> None:
+    """Few-shot aggregates of the checkpoint at `step`, to the run's trackers (after `lmscale eval`)."""
+    if not (cfg.log.tensorboard or cfg.log.wandb is not None):
+        return
+    trackers = Trackers(cfg, Path(out), resume_step=0, config_text="")
+    try:
+        values = _flat_fewshot(fewshot)
+        for tracker in trackers.open:
+            tracker.write(step, values)
+    finally:
+        trackers.close()
