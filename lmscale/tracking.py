@@ -3,7 +3,7 @@
 `metrics.jsonl` stays the source of truth; a tracker mirrors its rows so a sweep can be watched live in
 the tools researchers already use. Both are optional extras, imported only when a run asks for them:
 
-- `log.tensorboard: true` writes event files into the run directory (tensorboardX): a scalar per
+- `log.tensorboard: true` writes event files into the run directory (TensorBoard's own writer): a scalar per
   `metrics.jsonl` field (`train/loss`, `train/lr`, ...), `val/loss`, the config as text, and few-shot
   aggregates (`fewshot/TASK/Kshot/METRIC`) after evaluation.
 - `log.wandb: {project, entity, mode, group}` logs the same to a W&B run whose id is kept in the run
@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 from lmscale.config_types import ConfigError
 
-EXTRAS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}  # key: (module, extra)
+EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # key: (module, extra)
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run this run logs to, across resumes
 SWEEP_CELL = "cell.json"  # results.CELL: a sweep's run directory holds one (results imports JAX-free pandas)
 
@@ -81,16 +82,28 @@ def _scalars(row: dict) -> tuple[int, dict[str, float]]:
 
 
 class _TensorBoard:
+    """Event files through TensorBoard's own writer and summary protos (no TensorFlow, no PyTorch)."""
+
     def __init__(self, out: Path, config_text: str, resume_step: int):
-        tbx = _import("tensorboard")
-        # A resumed run replays the steps after its checkpoint: purge_step drops the first try's copies.
-        self.writer = tbx.SummaryWriter(str(out), purge_step=resume_step + 1 if resume_step else None)
-        if config_text and not resume_step:
-            self.writer.add_text("config", "```\n" + config_text + "\n```", 0)
+        _import("tensorboard")
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.text.summary_v2 import text_pb
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.event, self.summary = event_pb2.Event, summary_pb2.Summary
+        self.writer = EventFileWriter(str(out))
+        if resume_step:  # a resume replays the steps after its checkpoint: readers drop the first copies
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self.writer.add_event(self.event(wall_time=time.time(), step=resume_step + 1, session_log=start))
+        elif config_text:
+            config = text_pb("config", "```\n" + config_text + "\n```")
+            self.writer.add_event(self.event(wall_time=time.time(), step=0, summary=config))
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        scalars = [self.summary.Value(tag=tag, simple_value=value) for tag, value in values.items()]
+        self.writer.add_event(
+            self.event(wall_time=time.time(), step=step, summary=self.summary(value=scalars))
+        )
         self.writer.flush()
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmscale import results
+from lmscale import results, tracking
 from lmscale.config import ConfigError
 from lmscale.fewshot import tasks
 from lmscale.fewshot.decode import Decoder
@@ -258,6 +258,7 @@ def evaluate_run(
         result[step] = aggregate(rows)
         if jax.process_index() == 0:  # every host runs the model; one writes the results
             results.write_fewshot(run.path, rows, result[step], step, final=step == retained[-1])
+            tracking.log_fewshot(run.cfg, run.path, step, result[step])
     return result if per_step else result[chosen[-1]]
 
 
