@@ -53,30 +53,58 @@ def _train_interrupted(run, stop_at, monkeypatch, *overrides):
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
-def test_tensorboard_event_files_hold_every_logged_step_once_across_a_resume(tmp_path, monkeypatch):
+def _events(run):
     accumulator = pytest.importorskip(
         "tensorboard.backend.event_processing.event_accumulator",
         reason="the tensorboard extra is not installed: pip install '.[dev]' or 'lmscale[tensorboard]'",
     )
-    run = tmp_path / "run"
-    _train_interrupted(run, 6, monkeypatch, "log.tensorboard=true")
     events = accumulator.EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
+    return events
+
+
+def test_tensorboard_event_files_hold_every_logged_step_and_the_few_shot_results(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed: pip install '.[dev]'")
+    run = tmp_path / "run"
+    proc = run_cli("train", TINY, "--out", run, "--no-progress", *TINY_RUN, "log.tensorboard=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = _events(run)
     train = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert sorted(train) == list(range(1, STEPS + 1))
     assert train == pytest.approx({r["step"]: r["loss"] for r in _rows(run)}, rel=1e-6)
-    assert sorted(train) == list(range(1, STEPS + 1))  # steps 5 and 6 replayed, each kept once
     val = {e.step: e.value for e in events.Scalars("val/loss")}
+    assert sorted(val) == [4, 8, 12]
     assert val == pytest.approx({r["step"]: r["loss"] for r in _rows(run, "val")}, rel=1e-6)
     for field in ("lr", "grad_norm", "tokens", "flops", "step_time_s", "tokens_per_s"):
         assert len(events.Scalars(f"train/{field}")) == STEPS
-    (config,) = events.Tensors("config")
-    assert "tensorboard: true" in config.tensor_proto.string_val[0].decode()
+    (config_text,) = events.Tensors("config")
+    assert "tensorboard: true" in config_text.tensor_proto.string_val[0].decode()
 
     tracking.log_fewshot(config_of(run), run, STEPS, FEWSHOT)  # as `lmscale eval` does after writing
-    events = accumulator.EventAccumulator(str(run), size_guidance={"scalars": 0})
-    events.Reload()
-    (acc,) = events.Scalars("fewshot/recall/2shot/exact_match")
+    (acc,) = _events(run).Scalars("fewshot/recall/2shot/exact_match")
     assert (acc.step, acc.value) == (STEPS, pytest.approx(0.75))
+
+
+@pytest.mark.slow  # two trainings
+def test_tensorboard_keeps_each_step_once_when_a_resume_replays_steps(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed: pip install '.[dev]'")
+    run = tmp_path / "run"
+    args = ["train", TINY, "--out", run, "--no-progress", *TINY_RUN, "log.tensorboard=true"]
+    args += ["checkpoint.every_steps=4"]
+
+    def crash(self, step):
+        if step == 6:  # step 5 is logged by now; the resume starts at the checkpoint of step 4
+            raise RuntimeError("the host went away")
+        return False
+
+    with monkeypatch.context() as m:
+        m.setattr(StopRequested, "now", crash)
+        assert run_cli(*args).returncode == 1
+    assert max(r["step"] for r in _rows(run)) == 5
+    assert run_cli(*args).returncode == 0
+    train = [(e.step, e.value) for e in _events(run).Scalars("train/loss")]
+    assert [s for s, _ in train] == list(range(1, STEPS + 1))  # step 5's first copy is dropped
+    assert dict(train) == pytest.approx({r["step"]: r["loss"] for r in _rows(run)}, rel=1e-6)
 
 
 def _wandb_records(path):
