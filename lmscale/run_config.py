@@ -44,7 +44,7 @@ def check_same_config(path: Path, cfg: Config) -> None:
     """A run directory belongs to one config; resuming it with another would mix two runs."""
     old = from_dict(read_yaml(path))
     old_dict, new = old.to_dict(), cfg.to_dict()
-    for section in new:
+    for section in [s for s in new if s != "log"]:  # a tracker watches a run and changes no step of it
         for key in new[section]:
             if section == "train" and key in _BY_EFFECT:
                 continue

@@ -17,30 +17,25 @@ lm_eval = pytest.importorskip(
 pytestmark = pytest.mark.slow  # trains a model for a minute
 
 EXAMPLES, SHOTS = 60, 1
-MC_YAML = """task: lmscale_recall_mc
+TASK_YAML = """task: lmscale_recall_{kind}
 dataset_path: json
 dataset_kwargs: {{data_files: {{test: "{data}"}}}}
 test_split: test
-output_type: multiple_choice
 doc_to_text: prompt
+target_delimiter: ""
+{rest}"""
+KINDS = {  # multiple choice (the likeliest digit) and generation (the greedy answer up to the newline)
+    "mc": """output_type: multiple_choice
 doc_to_choice: choices
 doc_to_target: gold
-target_delimiter: ""
-metric_list:
-  - {{metric: acc, aggregation: mean, higher_is_better: true}}
-"""
-GEN_YAML = """task: lmscale_recall_gen
-dataset_path: json
-dataset_kwargs: {{data_files: {{test: "{data}"}}}}
-test_split: test
-output_type: generate_until
-doc_to_text: prompt
+metric_list: [{metric: acc, aggregation: mean, higher_is_better: true}]
+""",
+    "gen": """output_type: generate_until
 doc_to_target: answer
-target_delimiter: ""
-generation_kwargs: {{until: ["\\n"], max_gen_toks: 8, do_sample: false}}
-metric_list:
-  - {{metric: exact_match, aggregation: mean, higher_is_better: true}}
-"""
+generation_kwargs: {until: ["\\n"], max_gen_toks: 8, do_sample: false}
+metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]
+""",
+}
 
 
 # A small model trained a little on the recall task: answers it sometimes, so that the two
@@ -53,8 +48,8 @@ TRAIN = [
 
 
 def _task_folder(folder):
-    """recall's examples (their k-shot prompts, answers and choices) as a JSONL, and two task YAMLs over
-    it: multiple choice (the likeliest digit) and generation (the greedy answer up to the newline)."""
+    """recall's examples (their k-shot prompts, answers and choices) as a JSONL, and a task YAML over it
+    for each of KINDS."""
     folder.mkdir()
     choices = list(tasks.get("recall").choices)
     rows = [
@@ -64,8 +59,8 @@ def _task_folder(folder):
     ]
     data = folder / "recall.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for name, template in (("mc", MC_YAML), ("gen", GEN_YAML)):
-        (folder / f"recall_{name}.yaml").write_text(template.format(data=data))
+    for kind, rest in KINDS.items():
+        (folder / f"recall_{kind}.yaml").write_text(TASK_YAML.format(kind=kind, data=data, rest=rest))
     return folder
 
 
