@@ -32,7 +32,8 @@ SWEEP_CELL = "cell.json"  # results.CELL: a sweep's run directory holds one (res
 class WandbConfig:
     project: str = "lmscale"
     entity: str = ""  # "" = your default entity
-    # auto: online when WANDB_API_KEY is set, offline otherwise (no network needed; `wandb sync` uploads)
+    # auto: $WANDB_MODE if set, else online when WANDB_API_KEY is set and offline otherwise (no network
+    # needed; `wandb sync` uploads later)
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     group: str = ""  # "" = the sweep's name for a sweep's runs, none for a single run
     name: str = ""  # "" = the run directory's name (a sweep's run id)
@@ -121,7 +122,11 @@ class _Wandb:
 
             runlog.write_atomic(id_file, run_id + "\n")
         sweep = (out / SWEEP_CELL).exists()
-        mode = w.mode if w.mode != "auto" else ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        mode = w.mode
+        if mode == "auto":  # WANDB_MODE, when set, decides; else online only with an API key to log in with
+            mode = os.environ.get("WANDB_MODE") or (
+                "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            )
         self.run = wandb.init(
             project=w.project,
             entity=w.entity or None,
