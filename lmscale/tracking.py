@@ -25,7 +25,6 @@ from lmscale.config_types import ConfigError
 
 EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # key: (module, extra)
 WANDB_ID = "wandb_id"  # in the run directory: the W&B run this run logs to, across resumes
-SWEEP_CELL = "cell.json"  # results.CELL: a sweep's run directory holds one (results imports JAX-free pandas)
 
 
 @dataclasses.dataclass
@@ -113,15 +112,15 @@ class _TensorBoard:
 
 class _Wandb:
     def __init__(self, cfg: Any, out: Path):
+        from lmscale import results, runlog  # they import the config, which imports this module
+
         wandb = _import("wandb")
         w = cfg.log.wandb
         id_file = out / WANDB_ID
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         if not id_file.exists():
-            from lmscale import runlog
-
             runlog.write_atomic(id_file, run_id + "\n")
-        sweep = (out / SWEEP_CELL).exists()
+        sweep = (out / results.CELL).exists()  # a sweep's run directory
         mode = w.mode
         if mode == "auto":  # WANDB_MODE, when set, decides; else online only with an API key to log in with
             mode = os.environ.get("WANDB_MODE") or (

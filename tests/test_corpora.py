@@ -111,9 +111,8 @@ def test_with_progress_on_a_bad_corpus_still_prints_only_its_error(tmp_path, cas
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.slow) if c != "empty corpus" else c for c in QUIET]
-)
+@pytest.mark.slow  # a fresh interpreter imports JAX again: ~5 s a case
+@pytest.mark.parametrize("case", QUIET)
 def test_in_a_fresh_process_a_bad_corpus_prints_only_its_error(tmp_path, case):
     """A fresh interpreter: every handler (datasets' logging, tqdm) writes to the real stderr."""
     overrides, expected = bad_cases(tmp_path)[case]
