@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from lmscale.config import Config, ConfigError, DataConfig, MixtureComponent
 from lmscale.data import corpora, split
-from lmscale.data.split import is_val
+from lmscale.data.split import is_val  # noqa: F401 - pipeline.is_val, as before split.py
 from lmscale.data.stream import TokenStream
 from lmscale.data.tokenizer import Tokenizer
 
@@ -165,7 +165,7 @@ def _tokenizer(
                 docs, _ = corpora.load(comp, prefix, root / "hf")
                 n = max(1, round(comp.weight * d.bpe_train_documents))
                 first = docs.select(range(min(len(docs), 4 * n)))["text"]
-                texts += [t for t, v in zip(first, is_val(first, d.val_fraction), strict=True) if not v][:n]
+                texts += split.training_texts(first, d)[:n]
             if progress:  # the corpora loaded: the input is good
                 print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
             tok = Tokenizer.train_bpe(texts, cfg.model.vocab_size)

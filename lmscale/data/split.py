@@ -31,6 +31,15 @@ def tail_start(text: str, fraction: float) -> int:
     return int(len(text) * (1 - fraction))
 
 
+def training_texts(texts: list[str], d: DataConfig) -> list[str]:
+    """The training part of `texts` (a BPE learns its merges from these): by hash, or each one's head
+    under tail, and under auto when the hash would keep none."""
+    kept = [t for t, v in zip(texts, is_val(texts, d.val_fraction), strict=True) if not v]
+    if d.val_split == "hash" or (d.val_split == "auto" and kept):
+        return kept
+    return [t[: tail_start(t, d.val_fraction)] for t in texts]
+
+
 def cache_key(d: DataConfig, want_val: bool) -> dict:
     """What the split adds to a token cache's key; nothing for hash, whose caches predate the others."""
     if d.val_split == "hash":
