@@ -13,20 +13,9 @@ from lmscale.data import pipeline
 from lmscale.data.tokenizer import Tokenizer
 from lmscale.fewshot.tasks import WORDS
 from tests.conftest import TINY, run_cli
+from tests.test_tracking import STEPS, TINY_RUN
 
-SMALL = [
-    "model.n_layers=1",
-    "model.d_model=32",
-    "model.n_heads=2",
-    "model.seq_len=32",  # the shapes of tests/test_tracking.py: one compile serves both
-    "train.batch_size=8",
-    "train.steps=8",
-    "train.log_every=1",
-    "train.eval_every=4",
-    "train.eval_batches=2",
-    "checkpoint.every_steps=100",
-    "checkpoint.final=false",
-]
+SMALL = TINY_RUN  # the shapes and schedule of tests/test_tracking.py: one compiled step serves both
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +38,23 @@ def shakespeare(tmp_path_factory):
 
 def test_a_folder_with_one_text_file_trains_and_validates_with_the_defaults(shakespeare, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(
-        "train",
-        TINY,
-        "--out",
-        out,
-        "--no-progress",
-        *SMALL,
-        "data.corpus=files",
-        f"data.paths=[{shakespeare}]",
-    )
+    overrides = ["data.corpus=files", f"data.paths=[{shakespeare}]"]  # and train.steps, train.warmup_steps
+    proc = run_cli("train", TINY, "--out", out, "--no-progress", *SMALL, *overrides)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    val = [r for r in runlog.read_jsonl(out / "metrics.jsonl") if r.get("split") == "val"]
-    assert [r["step"] for r in val] == [4, 8] and all(0 < r["loss"] < 10 for r in val)
+    rows = runlog.read_jsonl(out / "metrics.jsonl")
+    val = [r for r in rows if r.get("split") == "val"]
+    assert [r["step"] for r in val] == [4, 8, 12] and all(0 < r["loss"] < 10 for r in val)
     meta = config.read_yaml(out / "config.yaml")["meta"]["data"]["components"][0]
     # one document: the hash split would leave validation empty, so the default took each file's tail
     assert meta["val_split"] == "tail" and meta["val"]["documents"] == 1
     assert meta["val"]["tokens"] == pytest.approx(0.01 * meta["train"]["tokens"], rel=0.02)
+
+    # the budget and the warmup were given as steps; the summary holds both forms of each
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["steps_budget"], summary["tokens_budget"]) == (STEPS, STEPS * 8 * 32)
+    assert (summary["warmup_steps"], summary["warmup_frac"]) == (2, pytest.approx(2 / STEPS))
+    # update s uses the rate after s-1 updates: a linear ramp from 0 reaches the peak after 2 updates
+    assert [r["lr"] for r in rows if "lr" in r][:3] == pytest.approx([0.0, 1.5e-3, 3e-3])
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.01])
@@ -99,15 +88,3 @@ def test_hash_split_of_one_document_names_the_documents_and_the_fix(shakespeare,
     assert "no validation sequence of 33 tokens (0 of its 1 documents, 0 tokens" in line
     assert "data.val_split=tail" in line and "train.eval_batches=0" in line
     assert not out.exists()
-
-
-def test_the_summary_records_the_budget_and_the_warmup_in_both_forms(shakespeare, tmp_path):
-    out = tmp_path / "run"
-    overrides = ["data.corpus=files", f"data.paths=[{shakespeare}]", "train.warmup_steps=2"]
-    assert run_cli("train", TINY, "--out", out, "--no-progress", *SMALL, *overrides).returncode == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["steps_budget"], summary["tokens_budget"]) == (8, 8 * 8 * 32)
-    assert (summary["warmup_steps"], summary["warmup_frac"]) == (2, 0.25)
-    lrs = [r["lr"] for r in runlog.read_jsonl(out / "metrics.jsonl") if "lr" in r]
-    # update s uses the rate after s-1 updates: a linear ramp from 0 reaches the peak after 2 updates
-    assert lrs[:3] == pytest.approx([0.0, 1.5e-3, 3e-3])

@@ -20,6 +20,7 @@ TINY_RUN = [
     "model.seq_len=32",
     "train.batch_size=8",
     f"train.steps={STEPS}",
+    "train.warmup_steps=2",
     "train.log_every=1",
     "train.eval_every=4",
     "train.eval_batches=1",
