@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("config", type=Path, help="run config YAML, e.g. experiments/tiny.yaml")
     t.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (tokenizing, training) and notices"
+    )
     t.add_argument(
         "--restart-from-scratch",
         action="store_true",

@@ -9,32 +9,14 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 
 from lmscale import yaml_loader
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the key and is one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """A condition the loader checks once a value has its type, as in `Annotated[int, Check(...)]`."""
-
-    ok: Callable[[Any], bool]
-    need: str  # ends the message `{key}={value}: {need}`
-
-
-PosInt = Annotated[int, Check(lambda n: n >= 1, "expected an integer >= 1")]
-NonNegInt = Annotated[int, Check(lambda n: n >= 0, "expected an integer >= 0")]
-PosFloat = Annotated[float, Check(lambda x: 0 < x < math.inf, "must be a positive number")]
-NonNegFloat = Annotated[float, Check(lambda x: 0 <= x < math.inf, "must be a finite number >= 0")]
-OpenUnit = Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")]  # Adam's betas
+from lmscale.config_types import Check, ConfigError, NonNegFloat, NonNegInt, OpenUnit, PosFloat, PosInt  # noqa: F401
+from lmscale.tracking import LogConfig
 
 # Logical axis -> mesh axes. Order matters: a mesh axis is used at most once per array, so `batch`
 # claims `fsdp` for activations first and `embed` only picks it up on parameters (the FSDP split).
@@ -85,11 +67,13 @@ class ModelConfig:
 class TrainConfig:
     batch_size: PosInt = 16  # sequences per optimizer step, across all devices
     tokens: PosInt = 1_000_000  # token budget; steps = tokens // (batch_size * seq_len)
+    steps: PosInt | None = None  # or the budget in steps (tokens = steps * batch_size * seq_len), not both
     seed: NonNegInt = 0
     lr: PosFloat = 3e-3  # peak learning rate
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # lmscale/schedule.py
-    warmup_frac: Annotated[float, Check(lambda x: 0 <= x < 1, "must be in [0, 1)")] = 0.05  # cosine
-    warmup_steps: NonNegInt = 100  # wsd and constant: the same warmup for every budget
+    # warmup, in one of two forms (not both; null: the schedule's default, lmscale/schedule.py):
+    warmup_frac: Annotated[float, Check(lambda x: 0 <= x < 1, "must be in [0, 1)")] | None = None  # cosine
+    warmup_steps: NonNegInt | None = None  # every schedule; wsd and constant only take this form
     decay_frac: Annotated[float, Check(lambda x: 0 < x < 1, "must be in (0, 1)")] = 0.2  # wsd's decay
     decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"  # wsd
     final_lr_frac: Annotated[float, Check(lambda x: 0 <= x <= 1, "must be in [0, 1]")] = 0.1
@@ -104,7 +88,7 @@ class TrainConfig:
     eval_batches: NonNegInt = 4
     flops_causal_half: bool = False
 
-    def steps(self, seq_len: int) -> int:
+    def total_steps(self, seq_len: int) -> int:
         return self.tokens // (self.batch_size * seq_len)
 
 
@@ -184,8 +168,9 @@ class DataConfig(SourceConfig):
     mixture: list = dataclasses.field(default_factory=list)  # components when corpus is 'mixture'
     tokenizer: Literal["byte", "bpe"] = "byte"  # bpe: trained on this corpus with model.vocab_size ids
     bpe_train_documents: PosInt = 20_000  # documents the BPE is trained on
-    # share of documents held out for validation, chosen by content hash
+    # share of the text held out for validation, chosen by `val_split` (lmscale/data/split.py)
     val_fraction: Annotated[float, Check(lambda x: 0 < x <= 0.5, "must be in (0, 0.5]")] = 0.01
+    val_split: Literal["auto", "hash", "tail"] = "auto"  # auto: hash, or tail when hash leaves a split empty
     cache_dir: str = ""  # tokenized Arrow cache; "" = $LMSCALE_CACHE or ~/.cache/lmscale
 
     def components(self, normalised: bool = True) -> list[MixtureComponent]:
@@ -205,10 +190,11 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
     @property
     def steps(self) -> int:
-        return self.train.steps(self.model.seq_len)
+        return self.train.total_steps(self.model.seq_len)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -356,13 +342,19 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def from_dict(raw: dict, overrides: list[str] = ()) -> Config:
+    """A Config from a YAML mapping and overrides; a run's own config.yaml (it has `meta`) reads as it was
+    written, without the checks of a user's alternatives (`schedule.resolve`)."""
+    from lmscale import schedule
+
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of sections (model, train, ...), got {raw!r:.80}")
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    raw.pop("meta", None)  # written into run dirs; describes the run, never configures it
-    for key, value in parse_overrides(list(overrides)):
+    written = raw.pop("meta", None) is not None  # describes the run, never configures it
+    parsed = parse_overrides(list(overrides))
+    for key, value in parsed:
         set_dotted(raw, key, value)
-    return build(Config, raw)
+    cfg = build(Config, raw)
+    return cfg if written else schedule.resolve(cfg, raw.get("train"), {k for k, _ in parsed})
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
@@ -378,7 +370,12 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
 def validate(cfg: Config, n_devices: int) -> Config:
     """Raise ConfigError (one line, naming the key) for what the types alone cannot rule out: keys that
     must agree with each other, the data sources and the mesh."""
-    from lmscale import checkpoint, schedule, sharding  # JAX: validation runs once the CLI has parsed
+    from lmscale import (
+        checkpoint,
+        schedule,
+        sharding,
+        tracking,
+    )  # JAX: validation runs once the CLI has parsed
     from lmscale.data import corpora
 
     m, t = cfg.model, cfg.train
@@ -394,5 +391,6 @@ def validate(cfg: Config, n_devices: int) -> Config:
     schedule.check(t, cfg.steps)
     checkpoint.check(cfg.checkpoint)
     corpora.check_data(cfg)
+    tracking.check(cfg.log)
     sharding.check_mesh(cfg, n_devices)
     return cfg

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lmscale import flops, runlog
+from lmscale import flops, runlog, schedule
 from lmscale.config import Config
 from lmscale.fewshot import tasks
 
@@ -47,6 +47,7 @@ def read_summary(run_dir: Path) -> dict | None:
 def run_shape(cfg: Config) -> dict:
     """The summary fields fixed by the config: parameter counts, shape and the training settings."""
     m, counts = cfg.model, flops.param_counts(cfg.model)
+    warmup = schedule.warmup(cfg.train, cfg.steps)
     return {
         "params": counts.total,
         "params_nonembedding": counts.nonembedding,
@@ -58,6 +59,10 @@ def run_shape(cfg: Config) -> dict:
         "vocab_size": m.vocab_size,
         "seq_len": m.seq_len,
         "batch_size": cfg.train.batch_size,
+        "steps_budget": cfg.steps,  # the budget in both forms: steps here, tokens as `tokens_budget`
+        "tokens_budget": cfg.steps * cfg.train.batch_size * m.seq_len,
+        "warmup_steps": warmup,  # the warmup in both forms
+        "warmup_frac": warmup / cfg.steps,
         "lr": cfg.train.lr,
         "seed": cfg.train.seed,
     }

@@ -57,20 +57,25 @@ def read_jsonl(path: Path) -> list[dict]:
 
 class MetricsLog:
     """Append-only `metrics.jsonl`. On resume from step k, rows after k are dropped first, so the
-    replayed steps are logged once, never twice."""
+    replayed steps are logged once, never twice. Each row also goes to `mirror` (`tracking.Trackers`)."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = Path(path)
+    def __init__(self, path: Path, resume_step: int | None, mirror: Any = None):
+        self.path, self.mirror = Path(path), mirror
         kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step] if resume_step else []
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = self.path.open("a")
 
     def write(self, row: dict) -> None:
-        self.file.write(json.dumps(finite_or_none(row), default=_jsonable) + "\n")
+        row = finite_or_none(row)
+        self.file.write(json.dumps(row, default=_jsonable) + "\n")
         self.file.flush()
+        if self.mirror is not None:
+            self.mirror.write(row)
 
     def close(self) -> None:
         self.file.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 @contextlib.contextmanager

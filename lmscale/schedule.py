@@ -7,20 +7,49 @@ config checks before JAX is imported; `schedule` builds the optax schedule and i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lmscale.config import ConfigError, TrainConfig
+from lmscale.config import Config, ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     import optax
 
 
+# Each pair is one setting in two forms: a config gives at most one of them.
+ALTERNATIVES = (("tokens", "steps"), ("warmup_frac", "warmup_steps"))
+DEFAULT_WARMUP_FRAC = 0.05  # cosine, when neither form is given
+DEFAULT_WARMUP_STEPS = 100  # wsd and constant, when warmup_steps is not given
+
+
 def warmup(t: TrainConfig, total_steps: int) -> int:
-    """Warmup steps: a fraction of the budget for cosine; a fixed count under WSD and constant, so that
-    every budget of one shape shares its warmup and its constant stage."""
-    return int(t.warmup_frac * total_steps) if t.schedule == "cosine" else t.warmup_steps
+    """Warmup steps. cosine: `warmup_frac` of the budget, or `warmup_steps` when that form is given.
+    wsd and constant: always a fixed count (`warmup_steps`), so that every budget of one shape shares
+    its warmup and its constant stage; a `warmup_frac` does not apply to them."""
+    if t.schedule == "cosine" and (t.warmup_frac is not None or t.warmup_steps is None):
+        return int((DEFAULT_WARMUP_FRAC if t.warmup_frac is None else t.warmup_frac) * total_steps)
+    return DEFAULT_WARMUP_STEPS if t.warmup_steps is None else t.warmup_steps
+
+
+def resolve(cfg: Config, raw_train: dict | None, overridden: set[str]) -> Config:
+    """`cfg` with `train.steps` turned into `train.tokens`, after checking that each of ALTERNATIVES is
+    given in one form at most. An override of one form replaces the config file's other form."""
+    given = {k for k, v in (raw_train or {}).items() if v is not None}
+    dropped = {}
+    for pair in ALTERNATIVES:
+        if set(pair) <= given:
+            winners = [k for k in pair if f"train.{k}" in overridden]
+            if len(winners) != 1:
+                a, b = (f"train.{k}={raw_train[k]}" for k in pair)
+                raise ConfigError(f"{a} and {b} are two forms of one setting; give one of them")
+            (loser,) = set(pair) - set(winners)
+            dropped[loser] = None
+    t = dataclasses.replace(cfg.train, **dropped)
+    if t.steps is not None:
+        t = dataclasses.replace(t, tokens=t.steps * t.batch_size * cfg.model.seq_len, steps=None)
+    return dataclasses.replace(cfg, train=t)
 
 
 def decay_start(t: TrainConfig, total_steps: int) -> int:
@@ -35,11 +64,11 @@ def check(t: TrainConfig, total_steps: int) -> None:
     """A WSD run must fit its warmup and its decay, with a step of the stable stage to branch from."""
     if t.schedule != "wsd":
         return
-    start = decay_start(t, total_steps)
-    if start < max(t.warmup_steps, 1):
+    start, warm = decay_start(t, total_steps), warmup(t, total_steps)
+    if start < max(warm, 1):
         raise ConfigError(
             f"train.schedule=wsd: no room for warmup plus decay in {total_steps} steps "
-            f"(train.warmup_steps={t.warmup_steps}, train.decay_frac={t.decay_frac:g}: "
+            f"(train.warmup_steps={warm}, train.decay_frac={t.decay_frac:g}: "
             f"{total_steps - start} decay steps)"
         )
 
@@ -76,9 +105,9 @@ def _decay(t: TrainConfig, steps: int) -> optax.Schedule:
 def schedule(t: TrainConfig, total_steps: int) -> optax.Schedule:
     """The learning rate at each update of a run of `total_steps` steps.
 
-    cosine: linear warmup over `warmup_frac` of the steps, then cosine decay to `final_lr_frac` of peak at
-    exactly `total_steps`. The decay length is the run's own budget: Hoffmann et al. 2022 show that a
-    cosine cycle longer than the run overestimates its loss and biases the fitted exponents.
+    cosine: linear warmup over `warmup_frac` of the steps (or over `warmup_steps`), then cosine decay to
+    `final_lr_frac` of peak at exactly `total_steps`. The decay length is the run's own budget: Hoffmann
+    et al. 2022 show that a cosine cycle longer than the run overestimates its loss and biases the fits.
     wsd: linear warmup over `warmup_steps`, constant peak, then the last `decay_frac` of the run decays to
     `final_lr_frac` of peak (Hägele et al. 2024: it matches cosine at the same budget).
     constant: linear warmup over `warmup_steps`, then peak to the end (a cooldown sweep's trunk).
@@ -101,4 +130,4 @@ def schedule(t: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([*parts, _decay(t, total_steps - start)], [steps, start])
 
 
-__all__ = ["warmup", "decay_start", "check", "schedule"]
+__all__ = ["warmup", "resolve", "decay_start", "check", "schedule"]

@@ -5,26 +5,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import flax
 import jax
 import numpy as np
-import optax
-import orbax.checkpoint
 from tqdm.auto import tqdm
 
-import lmscale
-from lmscale import flops, peak, results, runlog, sharding
+from lmscale import flops, peak, results, runlog, sharding, tracking
 from lmscale.checkpoint import SET_ASIDE, CheckpointCorrupt, Checkpointer
-from lmscale.config import Config, ConfigError, from_dict, read_yaml
+from lmscale.config import Config, ConfigError
 from lmscale.data.pipeline import Pipeline, cache_root, prepare, process_rows
 from lmscale.preempt import StopRequested
+from lmscale.run_config import check_same_config, environment
 from lmscale.step_fns import StepFns, build, compilation_cache
 
 
@@ -66,40 +62,6 @@ class LoopState:
         )
 
 
-def environment() -> dict:
-    """The library versions and devices of this process: the part of a run's metadata that asks JAX."""
-    devices = jax.devices()
-    return {
-        "versions": {
-            "lmscale": lmscale.__version__,
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
-            "orbax_checkpoint": orbax.checkpoint.__version__,
-            "python": platform.python_version(),
-        },
-        "devices": {
-            "platform": devices[0].platform,
-            "kind": devices[0].device_kind,
-            "count": len(devices),
-            "processes": jax.process_count(),
-        },
-    }
-
-
-def _check_same_config(path: Path, cfg: Config) -> None:
-    """A run directory belongs to one config; resuming it with another would mix two runs."""
-    old = from_dict(read_yaml(path)).to_dict()
-    new = cfg.to_dict()
-    for section in new:
-        for key in new[section]:
-            if old[section][key] != new[section][key]:
-                raise ConfigError(
-                    f"{section}.{key}={new[section][key]!r} differs from {old[section][key]!r} in "
-                    f"'{path}'; use a new --out to train a different config"
-                )
-
-
 def train(
     cfg: Config, out: Path, progress: bool = True, lock: bool = True, restart_from_scratch: bool = False
 ) -> dict:
@@ -113,7 +75,7 @@ def train(
     out = Path(out)
     primary = jax.process_index() == 0
     if (out / "config.yaml").exists():
-        _check_same_config(out / "config.yaml", cfg)
+        check_same_config(out / "config.yaml", cfg)
         summary = results.read_summary(out) or {}
         if summary.get("status") == "completed":
             return summary
@@ -311,7 +273,8 @@ class _Loop:
         self.state, start, self.so_far = self._start()
         self.done = start
         if self.primary:
-            self.log = runlog.MetricsLog(self.out / "metrics.jsonl", start)
+            mirror = tracking.Trackers(self.cfg, self.out, start, (self.out / "config.yaml").read_text())
+            self.log = runlog.MetricsLog(self.out / "metrics.jsonl", start, mirror)
             self._write_summary("running")
         t0 = time.perf_counter()
         compiled = self.steps.compile_train_step()

@@ -100,6 +100,29 @@ def test_bad_corpus_exits_2_with_one_line_before_training(tmp_path, case):
     assert not out.exists()
 
 
+QUIET = ["missing path", "empty corpus", "jsonl without the text field"]
+
+
+@pytest.mark.parametrize("case", QUIET)
+def test_with_progress_on_a_bad_corpus_still_prints_only_its_error(tmp_path, case):
+    overrides, expected = bad_cases(tmp_path)[case]
+    proc = run_cli("train", TINY, "--out", tmp_path / "run", *SMALL, *overrides)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter imports JAX again: ~5 s a case
+@pytest.mark.parametrize("case", QUIET)
+def test_in_a_fresh_process_a_bad_corpus_prints_only_its_error(tmp_path, case):
+    """A fresh interpreter: every handler (datasets' logging, tqdm) writes to the real stderr."""
+    overrides, expected = bad_cases(tmp_path)[case]
+    proc = run_cli("train", TINY, "--out", tmp_path / "run", *SMALL, *overrides, fresh=True)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("lmscale train: error: ") and all(part in line for part in expected)
+    assert not (tmp_path / "run").exists()
+
+
 def test_decode_errors_replace_reads_the_file_with_replacement_characters(tmp_path):
     latin1 = write(tmp_path / "notes.txt", b"caf\xe9 " + WORDS.encode())
     raw = {

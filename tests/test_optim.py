@@ -1,5 +1,6 @@
 import pytest
 
+from lmscale import config
 from lmscale.config import ConfigError, TrainConfig
 from lmscale.schedule import check, decay_start, schedule, warmup
 
@@ -55,3 +56,41 @@ def test_cosine_keeps_its_warmup_fraction_and_wsd_checks_it_has_room():
     with pytest.raises(ConfigError, match="train.schedule=wsd: no room for warmup plus decay in 11 steps"):
         check(_wsd(), 11)
     check(TrainConfig(), 1)  # cosine: any budget
+
+
+def _load(train: dict, *overrides: str, written: bool = False):
+    raw = {"model": {"seq_len": 32}, "train": {"batch_size": 8, **train}} | ({"meta": {}} if written else {})
+    return config.from_dict(raw, list(overrides))
+
+
+def test_steps_and_warmup_steps_are_the_other_form_of_tokens_and_warmup_frac():
+    cfg = _load({"steps": 300, "warmup_steps": 30})
+    assert (cfg.train.tokens, cfg.steps) == (300 * 8 * 32, 300)
+    assert warmup(cfg.train, cfg.steps) == 30
+    assert float(schedule(cfg.train, cfg.steps)(30)) == pytest.approx(cfg.train.lr)  # peak after 30 updates
+    assert warmup(_load({}).train, 400) == 20  # neither form: cosine warms up over 5% of the steps
+    assert warmup(_load({}, "train.schedule=wsd").train, 400) == 100  # wsd: 100 steps whatever the budget
+    # wsd and constant keep one warmup for every budget: a fraction does not apply to them
+    assert warmup(_load({"warmup_frac": 0.3}, "train.schedule=wsd").train, 400) == 100
+
+
+def test_an_override_of_one_form_replaces_the_files_other_form_and_both_in_one_place_is_an_error():
+    cfg = _load({"tokens": 819_200, "warmup_frac": 0.05}, "train.steps=10", "train.warmup_steps=3")
+    assert (cfg.steps, warmup(cfg.train, cfg.steps)) == (10, 3)
+    cfg = _load({"steps": 10}, "train.tokens=5120")
+    assert cfg.steps == 20
+    for train, overrides in (
+        ({"tokens": 5120, "steps": 10}, ()),
+        ({}, ("train.tokens=5120", "train.steps=10")),
+    ):
+        with pytest.raises(ConfigError, match="train.tokens=5120 and train.steps=10 are two forms"):
+            _load(train, *overrides)
+    with pytest.raises(ConfigError, match="train.warmup_frac=0.1 and train.warmup_steps=5 are two forms"):
+        _load({"warmup_frac": 0.1, "warmup_steps": 5})
+
+
+def test_a_run_config_written_with_both_warmup_keys_reads_as_it_trained():
+    """config.yaml files written before warmup_steps became cosine's other form hold both keys."""
+    both = {"tokens": 400 * 8 * 32, "warmup_frac": 0.05, "warmup_steps": 100}
+    assert warmup(_load(both, written=True).train, 400) == 20
+    assert warmup(_load(both | {"schedule": "wsd"}, written=True).train, 400) == 100

@@ -7,7 +7,8 @@ from tests.conftest import run_python
 
 SUMMARY_ORDER = [
     "status", "params", "params_nonembedding", "params_embedding", "n_layers", "d_model", "n_heads",
-    "d_ff", "vocab_size", "seq_len", "batch_size", "lr", "seed", "steps", "tokens", "flops", "flops_6nd",
+    "d_ff", "vocab_size", "seq_len", "batch_size", "steps_budget", "tokens_budget", "warmup_steps",
+    "warmup_frac", "lr", "seed", "steps", "tokens", "flops", "flops_6nd",
     "flops_causal_half", "final_loss", "final_val_loss", "wall_time_s", "train_time_s", "compile_time_s",
     "tokens_per_s", "mfu", "peak_flops", "peak_source", "data_entropy_rate", "data_epochs",
     "data_fingerprint", "fewshot",
@@ -31,6 +32,8 @@ def test_a_summary_holds_the_contract_fields_in_their_order_with_nan_as_null():
     summary = _summary()
     assert list(summary) == SUMMARY_ORDER
     assert summary["tokens"] == 8 * 32 * 10 and summary["flops"] == 10 * flops.step_flops(CFG)
+    assert (summary["steps_budget"], summary["tokens_budget"]) == (10, 8 * 32 * 10)
+    assert (summary["warmup_steps"], summary["warmup_frac"]) == (0, 0.0)  # 5% of 10 steps, rounded down
     assert summary["mfu"] == summary["flops"] / 2.0 / 1e12 and summary["final_val_loss"] is None
     assert _summary(train_time_s=0.0)["mfu"] is None
 

@@ -3,8 +3,7 @@
 `prepare(cfg)` builds (or finds) the tokenized cache of every corpus and the tokenizer; `Pipeline.source`
 then gives iterators of int32 `[rows, seq_len + 1]` batches whose position is a small JSON state.
 
-- Split: a document is validation when the hash of its text falls under `data.val_fraction`, so the
-  split of a document never changes as the corpus grows.
+- Split: whole documents by the hash of their text, or the tail of each document (lmscale/data/split.py).
 - Packing: each split's documents, each followed by EOS, form one token stream; window j is tokens
   [j*L, j*L + L + 1), so every token is a target exactly once per epoch.
 - Order: every epoch visits the windows in a fresh permutation drawn from (seed, split, component, epoch).
@@ -28,9 +27,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
 
 from lmscale.config import Config, ConfigError, DataConfig, MixtureComponent
-from lmscale.data import corpora
+from lmscale.data import corpora, split
+from lmscale.data.split import is_val  # noqa: F401 - pipeline.is_val, as before split.py
+from lmscale.data.stream import TokenStream
 from lmscale.data.tokenizer import Tokenizer
 
 PIPELINE_VERSION = "2"  # bump when cached token files change meaning
@@ -44,40 +46,6 @@ def cache_root(d: DataConfig) -> Path:
 
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def is_val(texts: list[str], fraction: float) -> np.ndarray:
-    """Validation membership by content hash: stable as documents are added or reordered."""
-    limit = int(fraction * 2**64)
-    digests = (hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest() for t in texts)
-    return np.array([int.from_bytes(h, "little") < limit for h in digests], bool)
-
-
-class TokenStream:
-    """A split's documents as one token stream, memory-mapped from the Arrow cache (never copied whole)."""
-
-    def __init__(self, path: Path):
-        self.dataset = datasets.Dataset.from_file(str(path))  # memory-mapped
-        column = self.dataset.data.column("ids")
-        self.chunks = [c.flatten().to_numpy(zero_copy_only=True) for c in column.chunks if len(c)]
-        sizes = np.array([len(c) for c in self.chunks], np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(sizes)])
-        self.n_tokens = int(self.starts[-1])
-
-    def n_windows(self, seq_len: int) -> int:
-        return max((self.n_tokens - 1) // seq_len, 0)
-
-    def window(self, j: int, seq_len: int) -> np.ndarray:
-        lo, hi = j * seq_len, j * seq_len + seq_len + 1
-        c = int(np.searchsorted(self.starts, lo, side="right")) - 1
-        if hi <= self.starts[c + 1]:
-            return self.chunks[c][lo - self.starts[c] : hi - self.starts[c]]
-        parts = []
-        while lo < hi:
-            take = min(hi, self.starts[c + 1]) - lo
-            parts.append(self.chunks[c][lo - self.starts[c] : lo - self.starts[c] + take])
-            lo, c = lo + take, c + 1
-        return np.concatenate(parts)
 
 
 @dataclasses.dataclass
@@ -99,8 +67,12 @@ def _build_cache(
     d: DataConfig,
     root: Path,
     progress: bool,
+    want_val: bool,
 ) -> Path:
-    """Tokenize one corpus into `root/tokens/KEY/{train,val}.arrow` plus meta.json, atomically."""
+    """Tokenize one corpus into `root/tokens/KEY/{train,val}.arrow` plus meta.json, atomically.
+
+    Nothing is printed until the corpus has loaded, and the bar only once tokenizing has taken a while:
+    a bad corpus fails with its one-line error alone on stderr."""
     key = _key(
         {
             "identity": identity,
@@ -108,44 +80,46 @@ def _build_cache(
             "val_fraction": d.val_fraction,
             "version": PIPELINE_VERSION,
         }
+        | split.cache_key(d, want_val)
     )
     final = root / "tokens" / key
     if (final / "meta.json").exists():
         return final
-    if progress:
-        print(f"lmscale: tokenizing {prefix}corpus={comp.corpus!r} into {final}", file=sys.stderr)
     tmp = final.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
         docs, dropped = corpora.load(comp, prefix, root / "hf")
         features = datasets.Features({"ids": datasets.Sequence(datasets.Value(tok.dtype.name))})
         meta = {"key": key, "identity": identity, "tokenizer": tok.fingerprint, "dropped_documents": dropped}
-        # One hashing pass labels every document: 0 train, 1 validation.
-        label = np.concatenate(
-            [is_val(b["text"], d.val_fraction) for b in docs.select_columns(["text"]).iter(batch_size=1000)]
-            + [np.zeros(0, bool)]
-        )
-        for split, code in _SPLITS.items():
-            part = docs.select(np.flatnonzero(label == code))
+        parts, meta["val_split"] = split.split(docs, d, want_val)
+        desc = f"lmscale: tokenizing {prefix}corpus={comp.corpus!r}"
+        total = sum(map(len, parts.values()))
+        bar = tqdm(total=total, unit="doc", desc=desc, file=sys.stderr, delay=2.0, disable=not progress)
+
+        def encode(batch: dict) -> dict:
+            bar.update(len(batch["text"]))
+            return {"ids": tok.encode_documents(batch["text"])}
+
+        for name, part in parts.items():
             ids = part.map(
-                lambda batch: {"ids": tok.encode_documents(batch["text"])},
+                encode,
                 batched=True,
                 remove_columns=["text"],
                 features=features,
-                cache_file_name=str(tmp / f"{split}.arrow"),
-                new_fingerprint=f"{key}-{split}",
-                desc=f"tokenize {split}",
+                cache_file_name=str(tmp / f"{name}.arrow"),
+                new_fingerprint=f"{key}-{name}",
             )
-            if not (tmp / f"{split}.arrow").exists():  # datasets writes no file for an empty split
-                with ArrowWriter(features=features, path=str(tmp / f"{split}.arrow")) as writer:
+            if not (tmp / f"{name}.arrow").exists():  # datasets writes no file for an empty split
+                with ArrowWriter(features=features, path=str(tmp / f"{name}.arrow")) as writer:
                     writer.finalize()
             chunks = ids.data.column("ids").chunks if len(ids) else []  # empty: map kept the old columns
             lengths = np.concatenate([c.value_lengths().to_numpy() for c in chunks] + [[1]])
-            meta[split] = {
+            meta[name] = {
                 "documents": len(ids),
                 "tokens": int(np.sum(lengths)) - 1,
                 "max_doc_tokens": int(np.max(lengths)) - 1,  # EOS not counted
             }
+        bar.close()
         if comp.corpus == "synthetic":
             source = corpora.synthetic_source(comp)
             meta["entropy_rate"] = source.entropy_rate(tok.encode)
@@ -186,14 +160,14 @@ def _tokenizer(
         )
         path = root / "tokenizers" / f"{key}.json"
         if not path.exists():
-            if progress:
-                print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
             texts = []
             for comp, prefix in zip(comps, prefixes, strict=True):
                 docs, _ = corpora.load(comp, prefix, root / "hf")
                 n = max(1, round(comp.weight * d.bpe_train_documents))
                 first = docs.select(range(min(len(docs), 4 * n)))["text"]
-                texts += [t for t, v in zip(first, is_val(first, d.val_fraction), strict=True) if not v][:n]
+                texts += split.training_texts(first, d)[:n]
+            if progress:  # the corpora loaded: the input is good
+                print(f"lmscale: training a {cfg.model.vocab_size}-id BPE into {path}", file=sys.stderr)
             tok = Tokenizer.train_bpe(texts, cfg.model.vocab_size)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
@@ -258,10 +232,7 @@ class Pipeline:
 
 def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = False) -> Pipeline:
     """Tokenizer and token caches for `cfg.data`, building what is missing; ConfigError on bad input."""
-    if progress:
-        datasets.enable_progress_bars()
-    else:
-        datasets.disable_progress_bars()
+    datasets.disable_progress_bars()  # its bars would print before a bad corpus's error; _build_cache has one
     d = cfg.data
     root = cache_root(d)
     comps = d.components()
@@ -270,7 +241,7 @@ def prepare(cfg: Config, tokenizer_path: Path | None = None, progress: bool = Fa
     tok = _tokenizer(cfg, comps, prefixes, idents, root, tokenizer_path, progress)
     parts = []
     for comp, prefix, ident in zip(comps, prefixes, idents, strict=True):
-        path = _build_cache(comp, prefix, ident, tok, d, root, progress)
+        path = _build_cache(comp, prefix, ident, tok, d, root, progress, cfg.train.eval_batches > 0)
         meta = json.loads((path / "meta.json").read_text())
         if meta["train"]["documents"] == 0:
             dropped = meta.get("dropped_documents", 0)
@@ -304,9 +275,17 @@ def _check_lengths(cfg: Config, parts: list[Component]) -> None:
             )
     short = [c for c in parts if c.streams["val"].n_windows(L) == 0]
     if cfg.train.eval_batches and short:
+        c, d = short[0], cfg.data
+        n_docs = c.meta["train"]["documents"] + c.meta["val"]["documents"]
+        fix = (
+            "data.val_split=tail (the last val_fraction of each document), " if d.val_split != "tail" else ""
+        )
         raise ConfigError(
-            f"data.val_fraction={cfg.data.val_fraction}: {short[0].prefix}corpus={short[0].source.corpus!r} "
-            f"has no validation sequence of {L + 1} tokens; raise it, or set train.eval_batches=0"
+            f"data.val_fraction={d.val_fraction}: {c.prefix}corpus={c.source.corpus!r}{_where(c.source)} has "
+            f"no validation sequence of {L + 1} tokens ({c.meta['val']['documents']} of its {n_docs} "
+            f"documents, {c.streams['val'].n_tokens} tokens, by data.val_split="
+            f"{c.meta.get('val_split', 'hash')}); set "
+            f"{fix}a larger data.val_fraction, or train.eval_batches=0"
         )
 
 

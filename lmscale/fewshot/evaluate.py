@@ -4,7 +4,8 @@ Per example (one task, shot count and example id): `exact_match` of the greedy g
 newline, `logprob_sum` and `logprob_per_token` of the answer, `token_accuracy` (answer tokens that are
 the greedy choice under teacher forcing) and `edit_distance` (token edit distance between the answer
 and the generation, which stops one token past the answer's length). Multiple-choice tasks add
-`prob_correct` (softmax over the choices' log-probs) and `brier`. Raw rows go to `fewshot.jsonl`;
+`prob_correct` (softmax over the choices' log-probs), `brier` and `acc` (whether the likeliest choice is
+the answer: lm-evaluation-harness's `acc`). Raw rows go to `fewshot.jsonl`;
 means with standard errors to `summary.json`'s `fewshot`.
 """
 
@@ -19,14 +20,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmscale import results
+from lmscale import results, tracking
 from lmscale.config import ConfigError
 from lmscale.fewshot import tasks
 from lmscale.fewshot.decode import Decoder
 from lmscale.fewshot.requests import Request, build_requests
 
 METRICS = ("exact_match", "logprob_sum", "logprob_per_token", "token_accuracy", "edit_distance")
-CHOICE_METRICS = ("prob_correct", "brier")
+CHOICE_METRICS = ("prob_correct", "brier", "acc")  # acc: the likeliest choice is the answer (lm-eval's acc)
 DEFAULT_EXAMPLES = 100
 
 
@@ -102,6 +103,7 @@ def evaluate(decoder: Decoder, tok, requests: Sequence[Request]) -> list[dict]:
             target_C = np.array([c == r.answer for c in tasks.get(r.task).choices], float)
             row["prob_correct"] = float(p_C @ target_C)
             row["brier"] = float(((p_C - target_C) ** 2).sum())
+            row["acc"] = float(target_C[np.argmax(logp_C)])
         rows.append(row)
     return rows
 
@@ -258,6 +260,7 @@ def evaluate_run(
         result[step] = aggregate(rows)
         if jax.process_index() == 0:  # every host runs the model; one writes the results
             results.write_fewshot(run.path, rows, result[step], step, final=step == retained[-1])
+            tracking.log_fewshot(run.cfg, run.path, step, result[step])
     return result if per_step else result[chosen[-1]]
 
 

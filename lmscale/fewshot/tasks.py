@@ -328,7 +328,7 @@ def chance(name: str, metric: str) -> float | None:
     probability of a multiple-choice task are 1/choices, exact match of a generated answer 0; None for
     other metrics and unknown tasks."""
     task = TASKS.get(name)
-    if task is None or metric not in ("exact_match", "prob_correct"):
+    if task is None or metric not in ("exact_match", "prob_correct", "acc"):
         return None
     if task.choices:
         return 1.0 / len(task.choices)
