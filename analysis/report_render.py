@@ -78,8 +78,9 @@ STYLE = """
 *{box-sizing:border-box}
 body{font:15px/1.45 system-ui,sans-serif;max-width:76rem;margin:0 auto;padding:1rem;color:#1a1a1a}
 h1{font-size:1.5rem;margin:0.3rem 0}h2{font-size:1.2rem;margin:1.4rem 0 0.4rem}
-h3{font-size:1rem;margin:0.8rem 0 0.3rem}p{margin:0.4rem 0}
-nav{font-size:0.85rem;margin:0.3rem 0 0.6rem}nav a{margin-right:0.9rem;white-space:nowrap}
+h3{font-size:1rem;margin:0.8rem 0 0.3rem}p,li{margin:0.4rem 0;overflow-wrap:anywhere}
+nav{font-size:0.85rem;margin:0.3rem 0 0.6rem;display:flex;flex-wrap:wrap;gap:0.1rem 1rem}
+nav a{overflow-wrap:anywhere}
 .summary{border:2px solid #333;border-radius:6px;padding:0.5rem 1rem;background:#f7f7f4}
 .summary h2{margin-top:0.3rem}.summary ul{margin:0.3rem 0;padding-left:1.2rem}
 .warnings{border-left:5px solid #b00;background:#fff3f0;padding:0.3rem 0.8rem;margin:0.5rem 0}
