@@ -87,9 +87,9 @@ def plain_loss_ticks(ax, values) -> None:
     values = np.asarray(values, float)
     values = values[np.isfinite(values) & (values > 0)]
     decades = np.log10(values.max() / values.min()) if len(values) else 1.0
-    subs = (1.0, 2.0, 5.0) if decades > 0.6 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
-    if decades < 0.25:
-        subs = tuple(np.arange(1.0, 10.0, 0.5))
+    subs = (1.0, 2.0, 5.0) if decades > 1.0 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+    if decades < 0.5:
+        subs = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)
     plain = FuncFormatter(lambda v, _: fmt.number(v))
     ax.yaxis.set_major_locator(LogLocator(subs=subs))
     ax.yaxis.set_major_formatter(plain)

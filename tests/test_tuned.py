@@ -123,11 +123,12 @@ def test_the_report_and_figure_show_each_optimum_and_its_law(tmp_path, monkeypat
     lr_sweep(tmp_path)
     tuned = tune(load_results(tmp_path / "lr_cpu"))
     blocks = _tuned(tuned)
-    tables = [payload for kind, payload in blocks if kind == "table"]
+    tables = [payload[-1] if kind == "details" else payload for kind, payload in blocks
+              if kind in ("table", "details")]  # fmt: skip
     assert [row[-1] for row in tables[0][1]] == [u["runs"][0] for u in tuned.used]
     assert [row[0] for row in tables[1][1]] == ["lr_opt = k·N^a", "lr_opt = k·C^a"]
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figures.append(fig) or [])
+    monkeypatch.setattr(plots, "save", lambda fig, out_dir, name: figures.append(fig) or [])
     plots.plot_tuned(tuned, tmp_path)
     labels = [t.get_text() for ax in figures[0].axes for t in ax.get_legend().get_texts()]
     assert any(label.startswith("lr_opt ∝ N^-0.") for label in labels)
