@@ -65,10 +65,12 @@ def figure(figsize: tuple[float, float] | None = None, **subplots) -> tuple[Figu
     return fig, fig.subplots(squeeze=False, **subplots)
 
 
-def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+def save(fig: Figure, out_dir: Path, name: str, layout: bool = True) -> list[Path]:
+    """The figure as PNG and PDF; `layout=False` keeps a layout the caller already fixed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for path in paths:
         fig.savefig(path, dpi=DPI)

@@ -196,7 +196,7 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     )
     ax.set(xscale="log", yscale="log", xlabel=PARAMS, ylabel=TOKENS, title="Fitted L(N, D) (approach 3)")
     ax.set(xlim=(10 ** log_n[0], 10 ** log_n[-1]), ylim=(10 ** log_d[0], 10 ** log_d[-1]))
-    ax.legend(fontsize="small", loc="upper left", framealpha=0.9)
+    ax.legend(fontsize="small", loc="lower left", framealpha=0.9)  # the small-N, small-D corner has no runs
     fig.colorbar(filled, ax=ax, label=f"Predicted {loss_label(runs)[0].lower()}{loss_label(runs)[1:]}")
     return save(fig, out_dir, name)
 
@@ -267,8 +267,7 @@ def plot_emergence_training(
         for _, run in cell[cell["shots"] == k].sort_values("params").groupby("run_id", sort=False):
             run = run[run["tokens"] > 0].sort_values("step")
             n = run["params"].iloc[0]
-            ax.plot(run["tokens"], run["value"], marker="o", ms=2.5, lw=1.0, color=colours.to_rgba(n),
-                    label=f"{n:.3g}")  # fmt: skip
+            ax.plot(run["tokens"], run["value"], marker="o", ms=2.5, lw=1.0, color=colours.to_rgba(n))
         ax.set_xscale("log")
         ax.set_title(f"{task}, {k}-shot", fontsize=9)
         ax.set_xlabel(TOKENS, fontsize=8)
@@ -276,9 +275,10 @@ def plot_emergence_training(
         ax.tick_params(which="both", labelsize=7)
     for j in range(len(tasks), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    axes[0, 0].legend(fontsize=6, title=PARAMS, title_fontsize=6)
     fig.suptitle(f"{metric} over training, at each kept checkpoint", fontsize=10)
-    return save(fig, out_dir, name)
+    fig.tight_layout()
+    fig.colorbar(colours, ax=axes.ravel().tolist(), label=PARAMS, shrink=0.9)
+    return save(fig, out_dir, name, layout=False)
 
 
 def plot_sweep(

@@ -6,7 +6,7 @@ A block is (kind, payload):
   and ("h3", text) are headings without an anchor
 - ("p", text) with `code` spans; ("list", items); ("table", (header, rows))
 - ("details", (summary, table)): a long table, collapsed
-- ("summary", (sentences, warnings)): the boxed summary; ("figure", (png, pdf, caption, hero))
+- ("summary", (sentences, warnings)): the boxed summary; ("figure", (png, pdf, caption[, hero]))
 - ("figures", [figure payloads]): a grid of figures
 
 The HTML page carries its own style (a viewport meta, tables that scroll sideways inside their wrapper,
@@ -34,7 +34,7 @@ def _md_table(table: Table) -> str:
 
 
 def _md_figure(payload) -> str:
-    png, pdf, caption, _ = payload
+    png, pdf, caption = payload[:3]
     return f"[![{caption}]({png})]({png})\n\n*{caption}* ([PNG]({png}), [PDF]({pdf}))"
 
 
@@ -118,10 +118,10 @@ def _table(table: Table) -> str:
 
 
 def _figure(payload) -> str:
-    png, pdf, caption, hero = payload
+    png, pdf, caption, *hero = payload  # (png, pdf, caption) or (..., hero)
     png, pdf, text = html.escape(png), html.escape(pdf), _inline(caption)
     return (
-        f"<figure{' class=hero' if hero else ''}><a href='{png}'>"
+        f"<figure{' class=hero' if any(hero) else ''}><a href='{png}'>"
         f"<img src='{png}' alt='{html.escape(caption)}'>"
         f"</a><figcaption>{text} (<a href='{png}'>PNG</a>, <a href='{pdf}'>PDF</a>)</figcaption></figure>"
     )

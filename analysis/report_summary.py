@@ -21,6 +21,15 @@ NAMES = {"power": "Frontier law L(C)", "chinchilla": "Approach 3", "approach1": 
 GREEK = {"alpha": "α", "beta": "β"}
 
 
+def brief(message: str, items: int = 2) -> str:
+    """A refusal that lists every budget, cut to its first `items` reasons: `(a; b; 4 more)`."""
+    head, sep, listed = message.partition(" (")
+    parts = listed.rstrip(")").split("; ")
+    if not sep or len(parts) <= items + 1:
+        return message
+    return f"{head} ({'; '.join(parts[:items])}; {len(parts) - items} more)"
+
+
 def strip_prefix(message: str) -> str:
     """`approach3: 5 points ...` -> `5 points ...`: the reader already knows which fit it is."""
     return re.sub(r"^(approach\d|approach3|power|chinchilla|frontier[^:]*):\s*", "", message)
@@ -51,10 +60,11 @@ def holdout_sentence(h: Holdout | None, why: str | None) -> str:
         reasons = why or "; ".join(f"{k}: {strip_prefix(v)}" for k, v in (h.skipped if h else {}).items())
         return f"No held-out prediction: {reasons}."
     budgets = ", ".join(fmt.flops(c) for c in h.held_flops)
-    errors = ", ".join(f"{law} {fmt.percent(e)}" for law, e in h.errors().items())
+    errors = "; ".join(f"{law.lower()} {fmt.percent(e)}" for law, e in h.errors().items())
+    held = f"the {h.held_runs} held-out runs" if h.held_runs > 1 else "the held-out run"
     return (
-        f"**Held-out prediction:** fitted on the {h.fitted_runs} runs up to {fmt.flops(h.below)} FLOPs, the "
-        f"laws predict the {h.held_runs} held-out runs at {budgets} FLOPs with mean |error| {errors}."
+        f"**Held-out prediction:** fitted on the {h.fitted_runs} runs up to {fmt.flops(h.below)} FLOPs, "
+        f"each law predicts {held} at {budgets} FLOPs with mean |error|: {errors}."
     )
 
 
@@ -115,11 +125,11 @@ def emergence_sentence(sweep: Sweep) -> str:
     found = head[np.isfinite(head["midpoint"])]
     where = {}
     for r in found.sort_values("midpoint").itertuples():
-        where.setdefault(r.task, f"{r.task} at {fmt.size(r.midpoint)} params ({r.shots}-shot, {r.metric})")
+        where.setdefault(r.task, f"{r.task} at {fmt.size(r.midpoint)} params ({r.shots}-shot {r.metric})")
     none = sorted(set(head["task"]) - set(where))
-    text = "; ".join(where.values()) or "no task"
-    rest = f"; no midpoint in range for {', '.join(none)}" if none else ""
-    return f"Emergence: {text} crosses halfway{rest}."
+    text = "; ".join(where.values()) or "none"
+    rest = f"; no midpoint in range: {', '.join(none)}" if none else ""
+    return f"Emergence (where each task's headline metric is halfway up): {text}{rest}."
 
 
 def warnings(sweep: Sweep, excluded_runs: list[str]) -> list[str]:
@@ -136,7 +146,7 @@ def warnings(sweep: Sweep, excluded_runs: list[str]) -> list[str]:
         ]
     for key in ("power", "chinchilla", "approach1", "approach2"):
         if key in sweep.missing:
-            out.append(f"{NAMES[key]} not fitted: {strip_prefix(sweep.missing[key]).rstrip('.')}.")
+            out.append(f"{NAMES[key]} not fitted: {brief(strip_prefix(sweep.missing[key])).rstrip('.')}.")
     if excluded_runs:
         shown = ", ".join(excluded_runs[:5]) + (", ..." if len(excluded_runs) > 5 else "")
         out.append(f"{len(excluded_runs)} run(s) excluded from every fit (not completed): {shown}.")

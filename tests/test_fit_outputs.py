@@ -153,9 +153,9 @@ def test_estimates_and_interval_edges_on_a_bound_of_the_law_are_flagged_and_show
     flag_bounds(fit, lowest_loss=1.330)
     assert fit.ci_open == {"E": (True, True), "beta": (True, False)}  # alpha's 0.0612 is clear of 0
     assert any(
-        w.startswith("E = 1.381 is at or above its bound, the lowest loss (1.33)") for w in fit.warnings
+        w.startswith("E = 1.38 is at or above its bound, the lowest loss (1.33)") for w in fit.warnings
     )
-    assert any(w.startswith("beta = 0.0004 is at or below its bound, 0") for w in fit.warnings)
+    assert any(w.startswith("beta = 4×10⁻⁴ is at or below its bound, 0") for w in fit.warnings)
     assert any("lower edge at 0 and upper edge at the lowest loss (1.33)" in w for w in fit.warnings)
     out = fit.to_json()
     assert out["ci_open"]["E"] == [True, True] and out["warnings"] == fit.warnings

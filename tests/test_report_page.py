@@ -117,7 +117,7 @@ def test_demo_shaped_report_warns_that_E_is_not_identified_and_puts_the_summary_
     assert headings[0] == "Summary" and headings[1] == "How loss falls with compute"
     summary, rest = md.split("## How loss falls with compute", 1)
     assert "> **Warnings**" in summary and "E is not identified" in summary
-    assert "Held-out prediction:" in summary and "mean |error| Frontier law" in summary
+    assert "Held-out prediction:" in summary and "mean |error|: frontier law" in summary
     assert "the data's entropy rate (the true floor) is unknown" in summary
     assert "no size was trained with more than one seed" in summary
     assert rest.lstrip().startswith("[![Loss against compute")  # the hero figure, right under the summary
