@@ -16,11 +16,10 @@ import pandas as pd
 
 from analysis.fit import approach2, best_of_each_budget, fit_chinchilla, fit_frontier, fit_power
 from analysis.isoflop import held_out_budgets, isoflop_groups
-from analysis.laws import Fit
+from analysis.laws import LAW_NAMES, Fit
 from analysis.load import AnalysisError
 
 HOLDOUT_FRAC = 0.2  # whole budgets, largest first, until a fifth of the runs are held out
-LAW_NAMES = {"chinchilla": "Approach 3", "approach2": "Approach 2", "power": "Frontier law"}
 
 
 @dataclasses.dataclass

@@ -16,6 +16,13 @@ from analysis import numbers as fmt
 from analysis.load import AnalysisError, tokens_from_compute
 
 CI_LEVEL = 0.95
+# What a reader calls each law (`Fit.law`), in the report, its figures and its held-out predictions.
+LAW_NAMES = {
+    "power": "Frontier law",
+    "approach1": "Approach 1",
+    "approach2": "Approach 2",
+    "chinchilla": "Approach 3",
+}
 JSON_EXTRA = ("bootstrap", "fitted_to", "window", "noise", "isoflop", "excluded", "frontier", "tuned")
 
 

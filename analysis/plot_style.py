@@ -83,6 +83,16 @@ def size_colours(params: pd.Series) -> tuple[LogNorm, str]:
     return LogNorm(lo, hi if hi > lo else lo * 1.01), "viridis"
 
 
+def size_colorbar(fig: Figure, mappable, ax) -> None:
+    """A colour bar of parameter counts, labelled as sizes (200K, 1.5M)."""
+    bar = fig.colorbar(mappable, ax=ax, label=PARAMS)
+    lo, hi = mappable.norm.vmin, mappable.norm.vmax
+    subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) < 2 else (1.0,)  # a few labels a decade, never crowded
+    bar.ax.yaxis.set_major_locator(LogLocator(subs=subs))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.size(v)))
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plain_loss_ticks(ax, values) -> None:
     """Loss axes are log-scaled but read best as plain numbers (1.5, 2, 3), labelled over the whole data
     range: labelled minor ticks where the range spans less than a decade, never so many they overlap."""
@@ -90,7 +100,7 @@ def plain_loss_ticks(ax, values) -> None:
     values = values[np.isfinite(values) & (values > 0)]
     decades = np.log10(values.max() / values.min()) if len(values) else 1.0
     subs = (1.0, 2.0, 5.0) if decades > 1.0 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
-    if decades < 0.5:
+    if decades < 0.7:
         subs = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0)
     plain = FuncFormatter(lambda v, _: fmt.number(v))
     ax.yaxis.set_major_locator(LogLocator(subs=subs))

@@ -18,7 +18,7 @@ from analysis.emergence_plots import plot_headline
 from analysis.fit import compute_optimal, frontier
 from analysis.holdout import Holdout, prediction_band
 from analysis.isoflop import isoflop_groups
-from analysis.laws import Fit
+from analysis.laws import LAW_NAMES, Fit
 from analysis.load import AnalysisError, six_nd, tokens_from_compute
 from analysis.plot_style import (
     COMPUTE,
@@ -29,6 +29,7 @@ from analysis.plot_style import (
     loss_label,
     plain_loss_ticks,
     save,
+    size_colorbar,
     size_colours,
     style,
 )
@@ -43,11 +44,6 @@ METRIC_UNITS = {
     "edit_distance": "edits",
     "logprob_sum": "nats",
     "logprob_per_token": "nats/token",
-}
-APPROACH_LABELS = {
-    "approach1": "Approach 1 (training-curve envelope)",
-    "approach2": "Approach 2 (IsoFLOP minima)",
-    "chinchilla": "Approach 3 (parametric L(N, D))",
 }
 APPROACH_STYLES = {"approach1": ("-", "o"), "approach2": ("--", "s"), "chinchilla": (":", "^")}  # grey-safe
 VISIBLE_BAND = 0.01  # a band narrower than 1% of the axis (in log units) is not drawn or named
@@ -85,12 +81,12 @@ def plot_loss_vs_compute(
         if band is not None and np.nanmax(np.log(band[1] / band[0])) > VISIBLE_BAND * span:
             ax.fill_between(c_grid, *band, color="grey", alpha=0.3, lw=0, label="95% bootstrap band")
         ax.axvline(c_max, color="grey", ls=":", lw=1)
-        ax.text(c_max, 0.98, " extrapolation", va="top", fontsize="small", color="dimgrey",
+        ax.text(c_max, 0.02, " extrapolation", va="bottom", fontsize="small", color="dimgrey",
                 transform=ax.get_xaxis_transform())  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=loss_label(runs), title="Loss against compute")
     plain_loss_ticks(ax, runs["loss"])
-    ax.legend(loc="lower left")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=PARAMS)
+    ax.legend(loc="best")  # the corner that hides the fewest points
+    size_colorbar(fig, ScalarMappable(norm, cmap), ax)
     return save(fig, out_dir, name)
 
 
@@ -148,7 +144,7 @@ def plot_compute_optimal(
         colour, (ls, marker) = f"C{i}", APPROACH_STYLES.get(key, ("-", "o"))
         opt = compute_optimal(fit, c_grid)
         a, b = (latex_number(fit.params[k]) for k in ("a", "b"))
-        label = f"{APPROACH_LABELS.get(key, key)}: $a = {a}$, $b = {b}$"
+        label = f"{LAW_NAMES[key]}: $a = {a}$, $b = {b}$"
         ax_n.plot(c_grid, opt["N_opt"], color=colour, ls=ls, label=label)
         ax_d.plot(c_grid, opt["D_opt"], color=colour, ls=ls, label=label)
         points = fit.extra.get("isoflop") or fit.extra.get("frontier") or []
@@ -237,7 +233,7 @@ def plot_learning_curves(curves: pd.DataFrame, out_dir: Path, x: str = "tokens",
     ax.set(xscale="log", yscale="log", ylabel="Training loss (nats/token)")
     plain_loss_ticks(ax, curves["loss"])
     ax.set(xlabel=TOKENS if x == "tokens" else COMPUTE, title="Learning curves")
-    fig.colorbar(colours, ax=ax, label=PARAMS)
+    size_colorbar(fig, colours, ax)
     return save(fig, out_dir, name or f"learning_curves_{x}")
 
 
@@ -277,7 +273,7 @@ def plot_emergence_training(
         axes[j // ncols, j % ncols].set_visible(False)
     fig.suptitle(f"{metric} over training, at each kept checkpoint", fontsize=10)
     fig.tight_layout()
-    fig.colorbar(colours, ax=axes.ravel().tolist(), label=PARAMS, shrink=0.9)
+    size_colorbar(fig, colours, axes.ravel().tolist())
     return save(fig, out_dir, name, layout=False)
 
 

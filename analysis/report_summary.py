@@ -11,12 +11,11 @@ import pandas as pd
 from analysis import numbers as fmt
 from analysis.fit import compute_optimal
 from analysis.holdout import Holdout
-from analysis.laws import Fit
-from analysis.report_tables import APPROACHES, overlap_sentence, residual_rms, seed_spread
+from analysis.laws import LAW_NAMES, Fit
+from analysis.report_tables import overlap_sentence, residual_rms, seed_spread
 from analysis.sweep import Sweep
 
-NAMES = {"power": "Frontier law L(C)", "chinchilla": "Approach 3", "approach1": "Approach 1",
-         "approach2": "Approach 2", "curves": "Learning curves", "fewshot": "Few-shot table",
+NAMES = {**LAW_NAMES, "power": "Frontier law L(C)", "curves": "Learning curves", "fewshot": "Few-shot table",
          "emergence": "Emergence", "emergence_training": "Emergence over training"}  # fmt: skip
 GREEK = {"alpha": "α", "beta": "β"}
 
@@ -72,13 +71,13 @@ def allocation_sentences(fits: dict[str, Fit], c_max: float) -> list[str]:
     optimal = {k: fits[k] for k in ("chinchilla", "approach2", "approach1") if k in fits}
     if not optimal:
         return ["No compute-optimal allocation: approaches 1 to 3 were all refused (see the warnings)."]
-    exps = "; ".join(f"{APPROACHES[k]}: {_with_ci(f, 'a')}, {_with_ci(f, 'b')}" for k, f in optimal.items())
+    exps = "; ".join(f"{LAW_NAMES[k]}: {_with_ci(f, 'a')}, {_with_ci(f, 'b')}" for k, f in optimal.items())
     out = [f"Compute-optimal N_opt ∝ C^a and D_opt ∝ C^b. {exps}. {overlap_sentence(optimal)}"]
     key, fit = next(iter(optimal.items()))
     c = 10 * c_max
     opt = {k: float(np.asarray(v)) for k, v in compute_optimal(fit, c).items()}
     out.append(
-        f"At 10× the largest budget, C = {fmt.flops(c)} FLOPs, {APPROACHES[key]} recommends "
+        f"At 10× the largest budget, C = {fmt.flops(c)} FLOPs, {LAW_NAMES[key]} recommends "
         f"N = {fmt.size(opt['N_opt'])} parameters trained on D = {fmt.size(opt['D_opt'])} tokens "
         f"({fmt.number(opt['tokens_per_param'])} tokens per parameter)."
     )

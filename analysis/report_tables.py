@@ -9,10 +9,9 @@ import pandas as pd
 from analysis import numbers as fmt
 from analysis.fit import compute_optimal
 from analysis.holdout import Holdout
-from analysis.laws import Fit
+from analysis.laws import LAW_NAMES, Fit
 
 Table = tuple[list[str], list[list[str]]]
-APPROACHES = {"approach1": "Approach 1", "approach2": "Approach 2", "chinchilla": "Approach 3"}
 
 
 def fit_table(fit: Fit) -> Table:
@@ -46,7 +45,7 @@ def allocation_table(fits: dict[str, Fit], c_values: np.ndarray) -> Table:
         opt = compute_optimal(fit, c_values)
         for i, c in enumerate(c_values):
             n, d, ratio = (float(np.asarray(opt[k])[i]) for k in ("N_opt", "D_opt", "tokens_per_param"))
-            rows.append([APPROACHES[key], fmt.flops(c), fmt.size(n), fmt.size(d), fmt.number(ratio)])
+            rows.append([LAW_NAMES[key], fmt.flops(c), fmt.size(n), fmt.size(d), fmt.number(ratio)])
     return ["approach", "C (FLOPs)", "N_opt (params)", "D_opt (tokens)", "tokens/param"], rows
 
 
@@ -58,7 +57,7 @@ def _ci(fit: Fit, name: str) -> str:
 def exponent_table(fits: dict[str, Fit]) -> Table:
     """Exponents a (N_opt ∝ C^a) and b (D_opt ∝ C^b) with their intervals, one row per approach."""
     rows = [
-        [APPROACHES[k], fmt.number(f.params["a"]), _ci(f, "a"), fmt.number(f.params["b"]), _ci(f, "b")]
+        [LAW_NAMES[k], fmt.number(f.params["a"]), _ci(f, "a"), fmt.number(f.params["b"]), _ci(f, "b")]
         for k, f in fits.items()
     ]
     return ["approach", "a", "a: 95% interval", "b", "b: 95% interval"], rows
@@ -66,8 +65,8 @@ def exponent_table(fits: dict[str, Fit]) -> Table:
 
 def overlap_sentence(fits: dict[str, Fit]) -> str:
     """Whether the approaches' intervals for a share a value, naming any approach without one."""
-    with_ci = {APPROACHES[k]: f.ci["a"] for k, f in fits.items() if "a" in f.ci}
-    without = [APPROACHES[k] for k, f in fits.items() if "a" not in f.ci]
+    with_ci = {LAW_NAMES[k]: f.ci["a"] for k, f in fits.items() if "a" in f.ci}
+    without = [LAW_NAMES[k] for k, f in fits.items() if "a" not in f.ci]
     note = f" {', '.join(without)} {'has' if len(without) == 1 else 'have'} no interval." if without else ""
     if len(with_ci) < 2:
         return "Fewer than two approaches have an interval for a, so agreement cannot be judged." + note
