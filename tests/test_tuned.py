@@ -86,7 +86,8 @@ def test_the_report_of_an_lr_sweep_fits_its_frontier_to_the_best_runs_and_draws_
     lr_sweep(tmp_path)
     assert main(["report", str(tmp_path / "lr_cpu")]) == 0
     report = (tmp_path / "lr_cpu" / "report" / "report.md").read_text()
-    assert "3 of 9 completed runs fitted" in report and "## Which settings were best, and how they scale" in report
+    assert "3 of 9 completed runs fitted" in report
+    assert "## Which settings were best, and how they scale" in report
     assert "from 3 runs" in report  # the frontier law: the best lr of each size only
     assert (tmp_path / "lr_cpu" / "report" / "figures" / "tuned_optimum.png").exists()
 
