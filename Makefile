@@ -1,7 +1,7 @@
 PYTHON ?= python3
 OUT ?= runs
 
-.PHONY: install demo test test-slow bench gpu-check lint format
+.PHONY: install demo test test-browser test-slow bench gpu-check lint format
 
 install: .make/installed  ## install lmscale and its dev tools into the current Python
 
@@ -14,8 +14,11 @@ demo: install  ## the CPU demo sweep (6 sizes, trained and evaluated), then its 
 	$(PYTHON) -m lmscale report $(OUT)/cpu_demo
 
 test: install  ## fast tests (under 6 minutes on 2 CPU cores): two workers, then the timing tests alone; 5 means none collected
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "not slow and not timing" || [ $$? -eq 5 ]
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile -m "not slow and not timing and not browser" || [ $$? -eq 5 ]
 	$(PYTHON) -m pytest -q -m "timing and not slow" || [ $$? -eq 5 ]
+
+test-browser: install  ## the report in headless Chromium (apt-get install chromium chromium-driver)
+	$(PYTHON) -m pytest -q -m "browser and not slow" || [ $$? -eq 5 ]
 
 test-slow: install  ## the long tests only
 	$(PYTHON) -m pytest -q -m slow || [ $$? -eq 5 ]

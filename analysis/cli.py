@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import atomic, emergence_cli
+from analysis import numbers as fmt
 from analysis.atomic import write_atomic
 from analysis.load import AnalysisError
 
@@ -82,6 +83,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="report.md and report.html with fits and figures")
     r.add_argument("path", type=Path, metavar="SWEEP_DIR")
     r.add_argument("--out", type=Path, help="output directory (default: SWEEP_DIR/report)")
+    for parser in (p, r):
+        parser.add_argument(
+            "--style",
+            choices=("screen", "paper"),
+            default="screen",
+            help="figure size and fonts: screen (6 x 4 in) or paper (one column of a two-column page)",
+        )
     for parser in (f, p, r):
         for col in ("params", "tokens", "flops", "loss"):
             parser.add_argument(f"--{col}-col", metavar="COLUMN", help=f"column holding {col}")
@@ -163,7 +171,7 @@ def _fit(args: argparse.Namespace) -> dict:
 
 
 def _print_fit(out: dict) -> None:
-    objective = f"  objective: {out['objective']:.8g}" if np.isfinite(out["objective"]) else ""
+    objective = f"  objective: {fmt.number(out['objective'])}" if np.isfinite(out["objective"]) else ""
     print(f"law: {out['law']}  points: {out['n_points']}{objective}")
     if "fitted_to" in out:
         print(f"  fitted to {out['fitted_to']}")
@@ -175,20 +183,21 @@ def _print_fit(out: dict) -> None:
     for k, v in out.items():
         if isinstance(v, float) and k not in ("objective",):
             interval = f"  95% CI {interval_text(ci[k], opened.get(k))} {kept}" if k in ci else ""
-            print(f"  {k:>6} = {v:.6g}{interval}")
+            print(f"  {k:>6} = {fmt.number(v)}{interval}")
     _print_isoflop(out)
     _print_tuned(out)
     for row in out.get("compute_optimal", []):
         print(
-            f"  C={row['C']:.3g}: N_opt={row['N_opt']:.3g}  D_opt={row['D_opt']:.3g}  "
-            f"tokens/param={row['tokens_per_param']:.3g}"
+            f"  C = {fmt.flops(row['C'])} FLOPs: N_opt = {fmt.size(row['N_opt'])}  "
+            f"D_opt = {fmt.size(row['D_opt'])}  tokens/param = {fmt.number(row['tokens_per_param'])}"
         )
     for warning in out.get("warnings", []):
         print(f"  warning: {warning}")
     for row in out.get("extrapolation", []):
+        error = fmt.percent(row["rel_error"], signed=True)
         print(
-            f"  held out {row['law']}: C={row['flops']:.3g} loss={row['loss']:.4f} "
-            f"rel_error={row['rel_error']:+.2%}"
+            f"  held out {row['law']}: C = {fmt.flops(row['flops'])} FLOPs  loss = {fmt.number(row['loss'])}"
+            f"  predicted = {fmt.number(row['predicted'])}  error = {error}"
         )
 
 
@@ -197,10 +206,9 @@ def _kept(out: dict) -> str:
     return f"({boot['kept']}/{boot['resamples']} resamples kept)" if boot else ""
 
 
-def interval_text(ci, opened=None) -> str:
-    """[lo, hi], with an edge on a bound or at the end of the sampled range shown open: [< lo, hi]."""
-    low, high = opened or (False, False)
-    return f"[{'< ' if low else ''}{ci[0]:.4g}, {'> ' if high else ''}{ci[1]:.4g}]"
+def interval_text(ci, opened=None, kind=fmt.number) -> str:
+    """[lo, hi], with an edge on a bound or at the end of the sampled range shown open: (< lo, hi]."""
+    return fmt.interval(ci[0], ci[1], opened, kind)
 
 
 def _print_isoflop(out: dict) -> None:
@@ -209,17 +217,19 @@ def _print_isoflop(out: dict) -> None:
     window = out.get("window")
     how = "every size" if window == "full" else f"the best size and up to {window} either side"
     noise = out.get("noise")
-    level = f"; loss noise {noise['sigma_rel']:.2%} (pooled, {noise['dof']} dof)" if noise else ""
+    level = f"; loss noise {fmt.percent(noise['sigma_rel'])} (pooled, {noise['dof']} dof)" if noise else ""
     print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}):")
     for p in out["isoflop"]:
         ci = ""
         if "N_star_ci" in p:
             usable = f"usable in {p['usable_resamples']}/{out['bootstrap']['resamples']} resamples"
-            ci = f" 95% CI {interval_text(p['N_star_ci'], p['ci_open'])} ({usable})"
-        used = f"{len(p['points'])} sizes {min(p['points']):.3g}-{max(p['points']):.3g}, {p['runs']} runs"
-        print(f"    C={p['C']:.3g}: N*={p['N_star']:.4g}{ci}  loss*={p['loss_star']:.4g}  ({used})")
+            ci = f" 95% CI {interval_text(p['N_star_ci'], p['ci_open'], fmt.size)} ({usable})"
+        sizes = f"{fmt.size(min(p['points']))}-{fmt.size(max(p['points']))}"
+        used = f"{len(p['points'])} sizes {sizes}, {p['runs']} runs"
+        loss = fmt.number(p["loss_star"])
+        print(f"    C = {fmt.flops(p['C'])}: N* = {fmt.size(p['N_star'])}{ci}  loss* = {loss}  ({used})")
     for e in out.get("excluded", []):
-        print(f"    C={e['C']:.3g}: excluded, {e['reason']}")
+        print(f"    C = {fmt.flops(e['C'])}: excluded, {e['reason']}")
 
 
 def _print_tuned(out: dict) -> None:
@@ -229,11 +239,11 @@ def _print_tuned(out: dict) -> None:
     print(f"  tuned: {tuned['note']}")
     for u in tuned["used"]:
         setting = "  ".join(
-            f"{c}={u[c]:.4g}" if isinstance(u[c], float) else f"{c}={u[c]}" for c in tuned["over"]
+            f"{c}={fmt.number(u[c])}" if isinstance(u[c], float) else f"{c}={u[c]}" for c in tuned["over"]
         )
         runs = ", ".join(u.get("runs") or [f"line {n}" for n in u["lines"]])
-        point = f"N={u['params']:.3g} D={u['tokens']:.3g}" if "tokens" in u else f"N={u['params']:.3g}"
-        print(f"    {point}: {setting}  loss={u['loss']:.4g}  (best of {u['settings']}; {runs})")
+        point = f"N={fmt.size(u['params'])}" + (f" D={fmt.size(u['tokens'])}" if "tokens" in u else "")
+        print(f"    {point}: {setting}  loss={fmt.number(u['loss'])}  (best of {u['settings']}; {runs})")
     for col, opt in tuned["optima"].items():
         for x, name in (("params", "N"), ("flops", "C")):
             law = opt.get(f"vs_{x}")
@@ -242,7 +252,8 @@ def _print_tuned(out: dict) -> None:
             ci = law.get("ci")
             interval = f"  95% CI {interval_text(ci['a'])} ({law['dof']} dof)" if ci else ""
             print(
-                f"  {col}_opt = {law['k']:.4g} {name}^{law['a']:.4g}{interval}  from {law['points']} optima"
+                f"  {col}_opt = {fmt.number(law['k'])} {name}^{fmt.number(law['a'])}{interval}  "
+                f"from {law['points']} optima"
             )
 
 
@@ -277,7 +288,10 @@ def run(args: argparse.Namespace) -> int:
 
             base = args.path if args.path.is_dir() else args.path.parent
             out = args.out or base / "figures"
-            for path in plots.plot_all(args.path, out, columns=_columns(args), tuned_over=args.tuned_over):
+            figures = plots.plot_all(
+                args.path, out, columns=_columns(args), tuned_over=args.tuned_over, style_name=args.style
+            )
+            for path in figures:
                 print(path)
         elif args.command == "report":
             from analysis import report
@@ -289,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
                 args.out or args.path / "report",
                 columns=_columns(args),
                 tuned_over=args.tuned_over,
+                style=args.style,
             )
             for path in written.values():
                 print(path)

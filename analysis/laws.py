@@ -12,9 +12,17 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
+from analysis import numbers as fmt
 from analysis.load import AnalysisError, tokens_from_compute
 
 CI_LEVEL = 0.95
+# What a reader calls each law (`Fit.law`), in the report, its figures and its held-out predictions.
+LAW_NAMES = {
+    "power": "Frontier law",
+    "approach1": "Approach 1",
+    "approach2": "Approach 2",
+    "chinchilla": "Approach 3",
+}
 JSON_EXTRA = ("bootstrap", "fitted_to", "window", "noise", "isoflop", "excluded", "frontier", "tuned")
 
 
@@ -116,18 +124,20 @@ def flag_bounds(fit: Fit, lowest_loss: float) -> None:
     if "E" in fit.params:
         limits["E"] = (0.0, lowest_loss, lowest_loss)
     for name, (low, high, scale) in limits.items():
-        value, named = fit.params[name], {low: "0", high: f"the lowest loss ({lowest_loss:.4g})"}
+        value, named = fit.params[name], {low: "0", high: f"the lowest loss ({fmt.number(lowest_loss)})"}
         if _on(value, low, False, scale):
             why = (
                 "the fit degenerated to a pure power law"
                 if name == "E"
                 else "the loss does not fall with scale"
             )
-            fit.warnings.append(f"{name} = {value:.3g} is at or below its bound, 0: {why} in these points.")
+            fit.warnings.append(
+                f"{name} = {fmt.number(value)} is at or below its bound, 0: {why} in these points."
+            )
         if _on(value, high, True, scale):
             fit.warnings.append(
-                f"{name} = {value:.4g} is at or above its bound, {named[high]}: the law cannot pass below "
-                "its best point, so the irreducible loss is not identified by these points."
+                f"{name} = {fmt.number(value)} is at or above its bound, {named[high]}: the law cannot pass "
+                "below its best point, so the irreducible loss is not identified by these points."
             )
         if name not in fit.ci:
             continue
@@ -140,14 +150,13 @@ def flag_bounds(fit: Fit, lowest_loss: float) -> None:
                 for side, b, e in zip(("lower", "upper"), (low, high), edges, strict=True)
                 if e
             )
-            fit.warnings.append(
-                f"{name}'s 95% interval [{lo:.3g}, {hi:.3g}] has its {on}, on a bound; shown open."
-            )
+            interval = f"[{fmt.number(lo)}, {fmt.number(hi)}]"
+            fit.warnings.append(f"{name}'s 95% interval {interval} has its {on}, on a bound; shown open.")
         decades = np.log10(hi / lo) if lo > 0 else np.inf
         if name == "E" and decades > UNIDENTIFIED_DECADES and not _on(value, low, False, scale):
             fit.warnings.append(
-                f"E is not identified: its 95% interval [{lo:.3g}, {hi:.3g}] spans {decades:.1f} orders "
-                "of magnitude."
+                f"E is not identified: its 95% interval [{fmt.number(lo)}, {fmt.number(hi)}] spans "
+                f"{decades:.1f} orders of magnitude."
             )
 
 

@@ -1,8 +1,6 @@
 """Figures of a sweep, each saved as PNG and PDF: loss against compute, IsoFLOP profiles, compute-optimal
-allocation, L(N, D) contours, learning curves and emergence, drawn from the fits of a `Sweep`.
-
-Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never pyplot, so importing this module
-changes no global backend and leaks no open figures.
+allocation, L(N, D) contours, learning curves and emergence, drawn from the fits of a `Sweep`, in the
+style of `analysis.plot_style` (screen or paper).
 """
 
 from __future__ import annotations
@@ -12,27 +10,34 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.colors import Normalize
+from matplotlib.ticker import MaxNLocator
 
 from analysis.emergence_plots import plot_headline
 from analysis.fit import compute_optimal, frontier
+from analysis.holdout import Holdout, prediction_band
 from analysis.isoflop import isoflop_groups
-from analysis.laws import Fit
+from analysis.laws import LAW_NAMES, Fit
 from analysis.load import AnalysisError, six_nd, tokens_from_compute
+from analysis.plot_style import (
+    COMPUTE,
+    PARAMS,
+    TOKENS,
+    figure,
+    latex_number,
+    loss_label,
+    plain_loss_ticks,
+    save,
+    size_colorbar,
+    size_colours,
+    style,
+)
 from analysis.sweep import Sweep, analyse
 from analysis.tuned import Tuned
 
 log = logging.getLogger(__name__)
 
-FIGSIZE = (6.0, 4.0)  # inches: one column of a two-column paper page at readable font sizes
-DPI = 150
-COMPUTE = "Training compute C (FLOPs)"
-PARAMS = "Parameters N"
-TOKENS = "Training tokens D"
 METRIC_UNITS = {
     "exact_match": "fraction correct",
     "token_accuracy": "fraction of tokens",
@@ -40,93 +45,49 @@ METRIC_UNITS = {
     "logprob_sum": "nats",
     "logprob_per_token": "nats/token",
 }
-APPROACH_LABELS = {
-    "approach1": "Approach 1 (training-curve envelope)",
-    "approach2": "Approach 2 (IsoFLOP minima)",
-    "chinchilla": "Approach 3 (parametric L(N, D))",
-}
+APPROACH_STYLES = {"approach1": ("-", "o"), "approach2": ("--", "s"), "chinchilla": (":", "^")}  # grey-safe
+VISIBLE_BAND = 0.01  # a band narrower than 1% of the axis (in log units) is not drawn or named
 
 
-def loss_label(runs: pd.DataFrame) -> str:
-    """Axis label of the results' loss column, naming the split when the table says which it is."""
-    if "final_val_loss" in runs and np.allclose(runs["final_val_loss"], runs["loss"]):
-        return "Validation loss (nats/token)"
-    if "final_loss" in runs and np.allclose(runs["final_loss"], runs["loss"]):
-        return "Training loss (nats/token)"
-    return "Loss (nats/token)"
-
-
-def _figure(figsize: tuple[float, float] = FIGSIZE, **subplots) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=figsize, dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(squeeze=False, **subplots)
-
-
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=DPI)
-    return paths
-
-
-def _size_colours(params: pd.Series) -> tuple[LogNorm, str]:
-    lo, hi = float(params.min()), float(params.max())
-    return LogNorm(lo, hi if hi > lo else lo * 1.01), "viridis"
-
-
-def _plain_loss_ticks(ax) -> None:
-    """Loss axes are log-scaled but read best as plain numbers (3, 3.5, 4), not 3x10^0."""
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="y", which="minor", labelsize=7)
-
-
-def _band(fit: Fit, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """2.5-97.5 percentile band of the predictions of the bootstrap draws, or None without draws."""
-    if not fit.samples:
-        return None
-    draws = len(next(iter(fit.samples.values())))
-    preds = [
-        fit.predict(x, params={**fit.params, **{k: v[i] for k, v in fit.samples.items()}})
-        for i in range(draws)
-    ]
-    preds_SxX = np.asarray(preds, float)
-    return tuple(np.nanpercentile(preds_SxX, [2.5, 97.5], axis=0))
+def law_text(fit: Fit) -> str:
+    r"""The frontier law as mathtext: L(C) = 1.38 + 5.29\times10^{5}\,C^{-0.541}."""
+    p = fit.params
+    offset = f"{latex_number(p['E'])} + " if "E" in p else ""
+    return rf"$L(C) = {offset}{latex_number(p['A'])}\,C^{{-{latex_number(p['alpha'])}}}$"
 
 
 def plot_loss_vs_compute(
-    runs: pd.DataFrame, fit: Fit | None, out_dir: Path, name="loss_vs_compute"
+    runs: pd.DataFrame, fit: Fit | None, out_dir: Path, held: Holdout | None = None, name="loss_vs_compute"
 ) -> list[Path]:
-    """Every run's loss against compute, the best run per budget and its power law, one decade beyond."""
-    fig, ((ax,),) = _figure()
-    norm, cmap = _size_colours(runs["params"])
+    """Every run's loss against compute, the best run per budget, its power law one decade beyond with
+    its band where visible, and the held-out budgets' runs marked."""
+    fig, ((ax,),) = figure()
+    norm, cmap = size_colours(runs["params"])
     ax.scatter(runs["flops"], runs["loss"], c=runs["params"], norm=norm, cmap=cmap, s=22, zorder=3)
     edge = frontier(runs)
     ring = {"facecolors": "none", "edgecolors": "black", "s": 70, "zorder": 4}
     ax.scatter(edge["flops"], edge["loss"], label="best run per budget", **ring)
+    if held is not None and held.held_runs:
+        out = runs["flops"] > held.below
+        ax.scatter(runs.loc[out, "flops"], runs.loc[out, "loss"], marker="s", facecolors="none",
+                   edgecolors="black", s=110, lw=1.0, zorder=4, label="held out, then predicted")  # fmt: skip
     if fit is not None:
         c_max = float(runs["flops"].max())
         c_grid = np.logspace(np.log10(runs["flops"].min()), np.log10(c_max) + 1.0, 200)
-        p = fit.params
-        law = (
-            (f"{p['E']:.3g} + " if "E" in p else "") + f"{p['A']:.3g}" + r"\,C^{-" + f"{p['alpha']:.3f}" + "}"
-        )
-        ax.plot(c_grid, fit.predict(c_grid), color="black", lw=1.5, label=f"$L(C) = {law}$")
-        band = _band(fit, c_grid)
-        if band is not None:
+        pred = fit.predict(c_grid)
+        ax.plot(c_grid, pred, color="black", lw=1.5, label=law_text(fit))
+        band = prediction_band(fit, x=c_grid)
+        span = np.log(np.nanmax(runs["loss"]) / np.nanmin(pred))
+        if band is not None and np.nanmax(np.log(band[1] / band[0])) > VISIBLE_BAND * span:
             ax.fill_between(c_grid, *band, color="grey", alpha=0.3, lw=0, label="95% bootstrap band")
         ax.axvline(c_max, color="grey", ls=":", lw=1)
-        ax.text(c_max, 0.98, " extrapolation", va="top", fontsize=8, color="dimgrey",
+        ax.text(c_max, 0.02, " extrapolation", va="bottom", fontsize="small", color="dimgrey",
                 transform=ax.get_xaxis_transform())  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=loss_label(runs), title="Loss against compute")
-    _plain_loss_ticks(ax)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=PARAMS)
-    return _save(fig, out_dir, name)
+    plain_loss_ticks(ax, runs["loss"])
+    ax.legend(loc="best")  # the corner that hides the fewest points
+    size_colorbar(fig, ScalarMappable(norm, cmap), ax)
+    return save(fig, out_dir, name)
 
 
 def _budget_index(runs: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
@@ -143,7 +104,7 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     profiles = sorted(fit.extra["isoflop"], key=lambda p: p["C"])
     budgets = np.array([p["C"] for p in profiles])
     which = _budget_index(runs, budgets)
-    fig, ((ax,),) = _figure()
+    fig, ((ax,),) = figure()
     colours = ScalarMappable(Normalize(-0.15, max(len(profiles) - 1, 1) / 0.85), "plasma")  # no pale yellow
     for i, p in enumerate(profiles):
         colour = colours.to_rgba(i)
@@ -152,7 +113,11 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
         log_n = np.log(group["params"].to_numpy()) if len(group) else np.log([p["N_star"]])
         grid = np.linspace(log_n.min() - 0.2, log_n.max() + 0.2, 100)
         ax.plot(
-            np.exp(grid), np.polyval(p["coef"], grid), color=colour, lw=1.2, label=f"C = {p['C']:.2g} FLOPs"
+            np.exp(grid),
+            np.polyval(p["coef"], grid),
+            color=colour,
+            lw=1.2,
+            label=f"C = ${latex_number(p['C'])}$ FLOPs",
         )
         ax.scatter(
             [p["N_star"]], [p["loss_star"]], marker="*", s=120, color=colour, edgecolors="black", zorder=5
@@ -162,25 +127,26 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     gone = _budget_index(runs, np.array([e["C"] for e in excluded])) if excluded else []
     for i, e in enumerate(excluded):  # hollow, with the reason: a budget left out is shown, not hidden
         group = runs[gone == i]
-        label = f"C = {e['C']:.2g}, excluded: {e['reason']}"
+        label = f"C = ${latex_number(e['C'])}$, excluded: {e['reason']}"
         ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)
     ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
-    ax.legend(fontsize=7 if excluded else 8)
-    return _save(fig, out_dir, name)
+    ax.legend(fontsize="x-small" if excluded else "small")
+    return save(fig, out_dir, name)
 
 
 def plot_compute_optimal(
     fits: dict[str, Fit], c_range: tuple[float, float], out_dir: Path, name="compute_optimal"
 ) -> list[Path]:
     """N_opt and D_opt against C for each compute-optimal approach, extrapolated two decades, log-log."""
-    fig, ((ax_n, ax_d),) = _figure((9.0, 4.0), ncols=2)
+    fig, ((ax_n, ax_d),) = figure((9.0, 4.0), ncols=2)
     c_grid = np.logspace(np.log10(c_range[0]), np.log10(c_range[1]) + 2.0, 100)
     for i, (key, fit) in enumerate(fits.items()):
-        colour = f"C{i}"
+        colour, (ls, marker) = f"C{i}", APPROACH_STYLES.get(key, ("-", "o"))
         opt = compute_optimal(fit, c_grid)
-        label = f"{APPROACH_LABELS.get(key, key)}: a = {fit.params['a']:.2f}, b = {fit.params['b']:.2f}"
-        ax_n.plot(c_grid, opt["N_opt"], color=colour, label=label)
-        ax_d.plot(c_grid, opt["D_opt"], color=colour, label=label)
+        a, b = (latex_number(fit.params[k]) for k in ("a", "b"))
+        label = f"{LAW_NAMES[key]}: $a = {a}$, $b = {b}$"
+        ax_n.plot(c_grid, opt["N_opt"], color=colour, ls=ls, label=label)
+        ax_d.plot(c_grid, opt["D_opt"], color=colour, ls=ls, label=label)
         points = fit.extra.get("isoflop") or fit.extra.get("frontier") or []
         if points:
             c = np.array([p["C"] for p in points])
@@ -189,17 +155,17 @@ def plot_compute_optimal(
                 d = np.array([p.get("D_opt", np.nan) for p in points])
             else:
                 d = tokens_from_compute(c, n)
-            ax_n.scatter(c, n, color=colour, s=18, zorder=3)
-            ax_d.scatter(c, d, color=colour, s=18, zorder=3)
+            ax_n.scatter(c, n, color=colour, marker=marker, s=18, zorder=3)
+            ax_d.scatter(c, d, color=colour, marker=marker, s=18, zorder=3)
     panels = (
-        (ax_n, "Compute-optimal parameters N_opt", "N_opt ∝ C^a"),
-        (ax_d, "Compute-optimal tokens D_opt", "D_opt ∝ C^b"),
+        (ax_n, r"Compute-optimal parameters $N_{\rm opt}$", r"$N_{\rm opt} \propto C^{a}$"),
+        (ax_d, r"Compute-optimal tokens $D_{\rm opt}$", r"$D_{\rm opt} \propto C^{b}$"),
     )
     for ax, ylabel, title in panels:
         ax.axvline(c_range[1], color="grey", ls=":", lw=1)
         ax.set(xscale="log", yscale="log", xlabel=COMPUTE, ylabel=ylabel, title=title)
-    ax_n.legend(fontsize=7, loc="upper left")
-    return _save(fig, out_dir, name)
+    ax_n.legend(fontsize="x-small", loc="upper left")
+    return save(fig, out_dir, name)
 
 
 def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_contours") -> list[Path]:
@@ -208,7 +174,7 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     log_d = np.linspace(np.log10(runs["tokens"].min()) - 0.5, np.log10(runs["tokens"].max()) + 0.5, 150)
     n_DxN, d_DxN = np.meshgrid(10**log_n, 10**log_d)
     loss_DxN = np.asarray(fit.predict(N=n_DxN.ravel(), D=d_DxN.ravel()), float).reshape(n_DxN.shape)
-    fig, ((ax,),) = _figure()
+    fig, ((ax,),) = figure()
     levels = MaxNLocator(14).tick_values(loss_DxN.min(), np.quantile(loss_DxN, 0.95))  # round-number contours
     filled = ax.contourf(n_DxN, d_DxN, loss_DxN, levels=levels, cmap="viridis_r", extend="max")
     ax.contour(n_DxN, d_DxN, loss_DxN, levels=levels, colors="white", linewidths=0.4)
@@ -217,18 +183,24 @@ def plot_loss_contours(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="loss_c
     )
     c_lo, c_hi = six_nd(10 ** log_n[0], 10 ** log_d[0]), six_nd(10 ** log_n[-1], 10 ** log_d[-1])
     opt = compute_optimal(fit, np.logspace(np.log10(c_lo), np.log10(c_hi), 200))
-    ax.plot(opt["N_opt"], opt["D_opt"], color="red", lw=1.5, label="compute-optimal N_opt(C), D_opt(C)")
+    ax.plot(
+        opt["N_opt"],
+        opt["D_opt"],
+        color="red",
+        lw=1.5,
+        label=r"compute-optimal $N_{\rm opt}(C)$, $D_{\rm opt}(C)$",
+    )
     ax.set(xscale="log", yscale="log", xlabel=PARAMS, ylabel=TOKENS, title="Fitted L(N, D) (approach 3)")
     ax.set(xlim=(10 ** log_n[0], 10 ** log_n[-1]), ylim=(10 ** log_d[0], 10 ** log_d[-1]))
-    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
-    fig.colorbar(filled, ax=ax, label="Predicted loss (nats/token)")
-    return _save(fig, out_dir, name)
+    ax.legend(fontsize="small", loc="lower left", framealpha=0.9)  # the small-N, small-D corner has no runs
+    fig.colorbar(filled, ax=ax, label=f"Predicted {loss_label(runs)[0].lower()}{loss_label(runs)[1:]}")
+    return save(fig, out_dir, name)
 
 
 def plot_tuned(tuned: Tuned, out_dir: Path, name="tuned_optimum") -> list[Path]:
     """Each tuned setting against N and C: the values tried, the best run's, the optimum of a parabola
     through them and the power law fitted to the optima."""
-    fig, axes = _figure((9.0, 3.6 * len(tuned.optima)), nrows=len(tuned.optima), ncols=2)
+    fig, axes = figure((9.0, 3.6 * len(tuned.optima)), nrows=len(tuned.optima), ncols=2)
     for row, (col, opt) in zip(axes, tuned.optima.items(), strict=True):
         for ax, (x, label) in zip(row, (("params", PARAMS), ("flops", COMPUTE)), strict=True):
             tried, best = tuned.settings, pd.DataFrame(tuned.used)
@@ -245,24 +217,24 @@ def plot_tuned(tuned: Tuned, out_dir: Path, name="tuned_optimum") -> list[Path]:
                 ax.plot(grid, law["k"] * grid ** law["a"], color="C0", lw=1.2, label=text)
             ax.set(xscale="log", yscale="log", xlabel=label, ylabel=col, title=f"Optimal {col}")
             ax.legend(fontsize=7)
-    return _save(fig, out_dir, name)
+    return save(fig, out_dir, name)
 
 
 def plot_learning_curves(curves: pd.DataFrame, out_dir: Path, x: str = "tokens", name=None) -> list[Path]:
     """Training loss against tokens or compute, one line per run, coloured by parameter count."""
     if x not in ("tokens", "flops"):
         raise AnalysisError(f"learning curves: x must be 'tokens' or 'flops', got '{x}'")
-    fig, ((ax,),) = _figure()
-    norm, cmap = _size_colours(curves["params"])
+    fig, ((ax,),) = figure()
+    norm, cmap = size_colours(curves["params"])
     colours = ScalarMappable(norm, cmap)
     for _, run in curves.groupby("run_id", sort=False):
         run = run[run[x] > 0].sort_values("step")
         ax.plot(run[x], run["loss"], color=colours.to_rgba(run["params"].iloc[0]), lw=1.0)
     ax.set(xscale="log", yscale="log", ylabel="Training loss (nats/token)")
-    _plain_loss_ticks(ax)
+    plain_loss_ticks(ax, curves["loss"])
     ax.set(xlabel=TOKENS if x == "tokens" else COMPUTE, title="Learning curves")
-    fig.colorbar(colours, ax=ax, label=PARAMS)
-    return _save(fig, out_dir, name or f"learning_curves_{x}")
+    size_colorbar(fig, colours, ax)
+    return save(fig, out_dir, name or f"learning_curves_{x}")
 
 
 def _metric_label(metric: str) -> str:
@@ -281,8 +253,8 @@ def plot_emergence_training(
     tasks = sorted(data["task"].unique())
     ncols = min(4, len(tasks))
     nrows = -(-len(tasks) // ncols)
-    fig, axes = _figure((3.0 * ncols + 0.8, 2.4 * nrows + 0.6), nrows=nrows, ncols=ncols)
-    norm, cmap = _size_colours(data["params"])
+    fig, axes = figure((3.0 * ncols + 0.8, 2.4 * nrows + 0.6), nrows=nrows, ncols=ncols)
+    norm, cmap = size_colours(data["params"])
     colours = ScalarMappable(norm, cmap)
     for i, task in enumerate(tasks):
         ax = axes[i // ncols, i % ncols]
@@ -291,8 +263,7 @@ def plot_emergence_training(
         for _, run in cell[cell["shots"] == k].sort_values("params").groupby("run_id", sort=False):
             run = run[run["tokens"] > 0].sort_values("step")
             n = run["params"].iloc[0]
-            ax.plot(run["tokens"], run["value"], marker="o", ms=2.5, lw=1.0, color=colours.to_rgba(n),
-                    label=f"{n:.3g}")  # fmt: skip
+            ax.plot(run["tokens"], run["value"], marker="o", ms=2.5, lw=1.0, color=colours.to_rgba(n))
         ax.set_xscale("log")
         ax.set_title(f"{task}, {k}-shot", fontsize=9)
         ax.set_xlabel(TOKENS, fontsize=8)
@@ -300,15 +271,23 @@ def plot_emergence_training(
         ax.tick_params(which="both", labelsize=7)
     for j in range(len(tasks), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    axes[0, 0].legend(fontsize=6, title=PARAMS, title_fontsize=6)
     fig.suptitle(f"{metric} over training, at each kept checkpoint", fontsize=10)
-    return _save(fig, out_dir, name)
+    fig.tight_layout()
+    size_colorbar(fig, colours, axes.ravel().tolist())
+    return save(fig, out_dir, name, layout=False)
 
 
-def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
+def plot_sweep(
+    sweep: Sweep, out_dir: str | Path, held: Holdout | None = None, style_name: str = "screen"
+) -> tuple[list[Path], dict[str, str]]:
     """Every figure the sweep allows; returns the written paths and, per skipped figure, the reason."""
+    with style(style_name):
+        return _plot_sweep(sweep, out_dir, held)
+
+
+def _plot_sweep(sweep: Sweep, out_dir: str | Path, held: Holdout | None) -> tuple[list[Path], dict[str, str]]:
     out_dir, runs, fits, skipped = Path(out_dir), sweep.results.runs, sweep.fits, {}
-    paths: list[Path] = plot_loss_vs_compute(runs, fits.get("power"), out_dir)
+    paths: list[Path] = plot_loss_vs_compute(runs, fits.get("power"), out_dir, held)
     if "approach2" in fits:
         paths += plot_isoflop(runs, fits["approach2"], out_dir)
     else:
@@ -339,14 +318,14 @@ def plot_sweep(sweep: Sweep, out_dir: str | Path) -> tuple[list[Path], dict[str,
         skipped["emergence_training"] = sweep.missing["emergence_training"]
     if "power" not in fits:
         skipped["loss_vs_compute frontier law"] = sweep.missing["power"]
-    for figure, reason in skipped.items():
-        log.warning("skipped %s: %s", figure, reason)
+    for what, reason in skipped.items():
+        log.warning("skipped %s: %s", what, reason)
     return paths, skipped
 
 
 def plot_all(
     source: str | Path, out_dir: str | Path, bootstrap: int = 200, seed: int = 0, columns: dict | None = None,
-    tuned_over: list[str] | None = None,
+    tuned_over: list[str] | None = None, style_name: str = "screen",
 ) -> list[Path]:  # fmt: skip
     """Fit and draw every figure a sweep directory or CSV allows, as PNG and PDF; log what is skipped."""
-    return plot_sweep(analyse(source, bootstrap, seed, columns, tuned_over), out_dir)[0]
+    return plot_sweep(analyse(source, bootstrap, seed, columns, tuned_over), out_dir, None, style_name)[0]

@@ -12,7 +12,9 @@ from analysis.cli import _print_fit, main
 from analysis.fit import fit_frontier
 from analysis.laws import Fit, flag_bounds
 from analysis.load import load_results
-from analysis.report import _laws, fit_table
+from analysis.report_summary import warnings
+from analysis.report_tables import fit_table
+from analysis.sweep import Sweep
 from tests.test_isoflop_simulation import isoflop_grid
 
 
@@ -38,7 +40,7 @@ def test_approach2_prints_and_writes_each_budgets_minimum_the_excluded_ones_and_
     assert "objective" not in text  # approach 2 has none, not nan
     assert "95% CI from 100 of 100 bootstrap resamples (none dropped)" in text
     assert "a = 0.4" in text and "(100/100 resamples kept)" in text
-    assert text.count("N*=") == 8 and text.count("usable in") == 8
+    assert text.count("N* = ") == 8 and text.count("usable in") == 8
     result = json.loads(out.read_text())
     (excluded,) = result["excluded"]
     assert (
@@ -46,7 +48,7 @@ def test_approach2_prints_and_writes_each_budgets_minimum_the_excluded_ones_and_
         and excluded["reason"] in ("no minimum (concave profile)",)
         or (excluded["reason"].startswith("minimum outside the sampled sizes (beyond the smallest size"))
     )
-    assert f"C=1e+22: excluded, {excluded['reason']}" in text
+    assert f"C = 1×10²²: excluded, {excluded['reason']}" in text
     assert result["bootstrap"] == {"resamples": 100, "kept": 100, "dropped": {}}
     assert len(result["isoflop"]) == 8 and result["window"] == 2
     for p in result["isoflop"]:
@@ -67,15 +69,15 @@ def test_approach2_full_window_uses_every_size(isoflop_csv, tmp_path):
 
 def test_isoflop_figure_draws_excluded_budgets_hollow_with_their_reason(isoflop_csv, tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figures.append(fig) or [])
+    monkeypatch.setattr(plots, "save", lambda fig, out_dir, name: figures.append(fig) or [])
     from analysis.fit import approach2
 
     runs = load_results(isoflop_csv).runs
     plots.plot_isoflop(runs, approach2(runs), tmp_path)
     (ax,) = figures[0].axes
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(label.startswith("C = 1e+22, excluded: ") for label in labels)
-    hollow = [c for c in ax.collections if c.get_label().startswith("C = 1e+22")][0]
+    assert any(label.startswith("C = $1\\times10^{22}$, excluded: ") for label in labels)
+    hollow = [c for c in ax.collections if c.get_label().startswith("C = $1\\times10^{22}$")][0]
     assert len(hollow.get_offsets()) == 3 and (hollow.get_facecolors()[:, 3] == 0).all()
 
 
@@ -106,9 +108,10 @@ def test_report_warns_when_the_frontier_does_not_identify_E(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     power = fit_frontier(load_results(path).runs, bootstrap=50)  # the fit analyse() gives the report
     assert any(w.startswith("E ") and "not identified" in w for w in power.warnings), power.warnings
-    blocks = _laws({"power": power})
-    (warnings,) = [payload for kind, payload in blocks if kind == "list"]
-    assert warnings == power.warnings
+    box = warnings(Sweep(None, None, None, {"power": power}, {}, {}), [])
+    assert [w for w in box if not w.startswith("Frontier law L(C): fitted without")] == [
+        f"Frontier law L(C): {w}" for w in power.warnings
+    ]
     assert power.ci_open.get("E", (False, False))[0]  # the lower edge sits on E's bound, 0
 
 
@@ -150,19 +153,17 @@ def test_estimates_and_interval_edges_on_a_bound_of_the_law_are_flagged_and_show
     flag_bounds(fit, lowest_loss=1.330)
     assert fit.ci_open == {"E": (True, True), "beta": (True, False)}  # alpha's 0.0612 is clear of 0
     assert any(
-        w.startswith("E = 1.381 is at or above its bound, the lowest loss (1.33)") for w in fit.warnings
+        w.startswith("E = 1.38 is at or above its bound, the lowest loss (1.33)") for w in fit.warnings
     )
-    assert any(w.startswith("beta = 0.0004 is at or below its bound, 0") for w in fit.warnings)
+    assert any(w.startswith("beta = 4×10⁻⁴ is at or below its bound, 0") for w in fit.warnings)
     assert any("lower edge at 0 and upper edge at the lowest loss (1.33)" in w for w in fit.warnings)
     out = fit.to_json()
     assert out["ci_open"]["E"] == [True, True] and out["warnings"] == fit.warnings
     _print_fit(out)
     text = capsys.readouterr().out
-    assert (
-        "E = 1.381  95% CI [< 7.46e-06, > 1.511]" in text and "beta = 0.0004  95% CI [< -0.02, 0.3]" in text
-    )
-    rows = {row[0]: row[2:] for row in fit_table(fit)[1]}
-    assert rows["E"] == ["< 7.46e-06", "> 1.511"] and rows["alpha"] == ["0.0612", "0.751"]
+    assert "E = 1.38  95% CI (< 7.46×10⁻⁶, > 1.51)" in text and "beta = 4×10⁻⁴  95% CI (< -0.02, 0.3]" in text
+    rows = {row[0]: row[2] for row in fit_table(fit)[1]}
+    assert rows["E"] == "(< 7.46×10⁻⁶, > 1.51)" and rows["alpha"] == "[0.0612, 0.751]"
 
 
 def test_rows_that_repeat_exactly_are_named_by_line_in_a_warning(isoflop_csv, tmp_path, capsys):

@@ -15,8 +15,9 @@ from matplotlib.image import imread
 
 from analysis.fit import frontier
 from analysis.load import AnalysisError
+from analysis.numbers import flops, interval, number
 from analysis.plots import plot_all
-from analysis.report import fmt, write_report
+from analysis.report import write_report
 from analysis.sweep import analyse
 from tests.test_emergence import logistic
 
@@ -37,6 +38,12 @@ FIGURES = (
     "emergence",
     "emergence_training",
 )
+
+
+def read_number(text: str) -> float:
+    """A number as the report writes it, 1.5 or 6.31×10⁷, read back."""
+    mantissa, _, power = text.strip().partition("×10")
+    return float(mantissa) * 10 ** int(power.translate(str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")) or 0)
 
 
 def true_loss(n, d):
@@ -178,21 +185,22 @@ def test_frontier_is_the_best_run_per_budget_that_beats_every_cheaper_budget():
 
 def test_report_states_exclusions_and_tables_the_fitted_values(sweep_dir, report):
     md = report["markdown"].read_text()
-    assert "15 completed runs fitted; 1 run excluded (status not `completed`)" in md
+    assert "15 completed runs fitted, 1 excluded" in md
+    assert "1 run(s) excluded from every fit (not completed): diverged." in md
     sweep = analyse(sweep_dir, bootstrap=BOOTSTRAP, seed=0)
     chin = sweep.fits["chinchilla"]
     assert chin.params["alpha"] == pytest.approx(ALPHA, rel=0.1)  # 0.2% noise: the law comes back
     for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
         lo, hi = chin.ci[name]
-        assert f"| {name} | {fmt(chin.params[name])} | {fmt(lo)} | {fmt(hi)} |" in md
+        assert f"| {name} | {number(chin.params[name])} | {interval(lo, hi)} |" in md
     a2 = sweep.fits["approach2"]
-    assert re.search(rf"\| approach2 \| {re.escape(fmt(a2.params['a']))} \| ", md)
+    assert re.search(rf"\| Approach 2 \| {re.escape(number(a2.params['a']))} \| ", md)
     assert abs(a2.params["a"] - BETA / (ALPHA + BETA)) < 0.05
-    assert "| approach2 | 1e+19 |" in md  # allocation at the largest budget
-    assert "## Extrapolation check" in md and "| approach3 |" in md
+    assert f"| Approach 2 | {flops(1e19)} |" in md  # allocation at the largest budget
+    assert "## Does the law predict the largest compute?" in md and "| Approach 3 | 5 |" in md
     # two kept budgets make a frontier of two points: the report says why the power law is not checked
-    assert "- frontier power(flops): 2 runs on the loss-compute frontier; need 3" in md
-    assert "## Skipped" not in md  # a full sweep supports every fit and figure
+    assert "- Frontier law: 2 runs on the loss-compute frontier; need 3" in md
+    assert "## What could not be drawn" not in md  # a full sweep supports every fit and figure
 
 
 def test_report_states_the_compute_convention_and_the_bootstrap_drops(report):
@@ -220,7 +228,7 @@ def test_report_lists_emergence_midpoints_near_the_true_scale(report):
     for shots, true_mid in EMERGENCE_LOG10_N.items():
         for metric, kind in (("exact_match", "discrete"), ("logprob_sum", "continuous")):
             row = next(line for line in lines if line.startswith(f"| copy | {shots} | {metric} | {kind} |"))
-            midpoint, ci_low, ci_high = (float(v) for v in row.split("|")[5:8])
+            midpoint, ci_low, ci_high = (read_number(v) for v in row.split("|")[5:8])
             assert abs(np.log10(midpoint) - true_mid) < 0.1, (shots, metric)
             assert ci_low <= midpoint <= ci_high
     flat = next(line for line in lines if line.startswith("| copy | 0 | edit_distance | continuous |"))

@@ -86,7 +86,8 @@ def test_the_report_of_an_lr_sweep_fits_its_frontier_to_the_best_runs_and_draws_
     lr_sweep(tmp_path)
     assert main(["report", str(tmp_path / "lr_cpu")]) == 0
     report = (tmp_path / "lr_cpu" / "report" / "report.md").read_text()
-    assert "3 of 9 completed runs fitted" in report and "## Tuned hyperparameters" in report
+    assert "3 of 9 completed runs fitted" in report
+    assert "## Which settings were best, and how they scale" in report
     assert "from 3 runs" in report  # the frontier law: the best lr of each size only
     assert (tmp_path / "lr_cpu" / "report" / "figures" / "tuned_optimum.png").exists()
 
@@ -123,11 +124,12 @@ def test_the_report_and_figure_show_each_optimum_and_its_law(tmp_path, monkeypat
     lr_sweep(tmp_path)
     tuned = tune(load_results(tmp_path / "lr_cpu"))
     blocks = _tuned(tuned)
-    tables = [payload for kind, payload in blocks if kind == "table"]
+    tables = [payload[-1] if kind == "details" else payload for kind, payload in blocks
+              if kind in ("table", "details")]  # fmt: skip
     assert [row[-1] for row in tables[0][1]] == [u["runs"][0] for u in tuned.used]
     assert [row[0] for row in tables[1][1]] == ["lr_opt = k·N^a", "lr_opt = k·C^a"]
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figures.append(fig) or [])
+    monkeypatch.setattr(plots, "save", lambda fig, out_dir, name: figures.append(fig) or [])
     plots.plot_tuned(tuned, tmp_path)
     labels = [t.get_text() for ax in figures[0].axes for t in ax.get_legend().get_texts()]
     assert any(label.startswith("lr_opt ∝ N^-0.") for label in labels)
