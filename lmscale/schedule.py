@@ -73,15 +73,34 @@ def check(t: TrainConfig, total_steps: int) -> None:
         )
 
 
-def learning_rates(t: TrainConfig, total_steps: int) -> np.ndarray:
-    """The schedule at every update 0..total_steps, float32, evaluated once on the host. The train step
-    takes its learning rate as an input rather than baking the schedule in as constants, so one compiled
-    step serves every budget of a shape: a cooldown trunk and all its branches compile once."""
-    import jax
-    import jax.numpy as jnp
+class LearningRates:
+    """The schedule's learning rate at each update 0..total_steps, float32, evaluated on the host in
+    blocks of BLOCK updates as the run reaches them. The train step takes its learning rate as an input
+    rather than baking the schedule in as constants, so one compiled step serves every budget of a shape:
+    a cooldown trunk and all its branches compile once. Block boundaries sit at multiples of BLOCK from
+    update 0, so two runs with one schedule read bitwise the same rates."""
 
-    with jax.default_device(jax.devices("cpu")[0]):
-        return np.asarray(schedule(t, total_steps)(jnp.arange(total_steps + 1)), np.float32)
+    BLOCK = 4096
+
+    def __init__(self, t: TrainConfig, total_steps: int):
+        self.fn, self.total = schedule(t, total_steps), total_steps
+        self._block: tuple[int, np.ndarray | None] = (-1, None)
+
+    def __len__(self) -> int:
+        return self.total + 1
+
+    def __getitem__(self, step: int) -> np.float32:
+        if not 0 <= step <= self.total:
+            raise IndexError(f"update {step} is outside the schedule's 0..{self.total}")
+        b = step // self.BLOCK
+        if self._block[0] != b:
+            import jax
+            import jax.numpy as jnp
+
+            lo, hi = b * self.BLOCK, min((b + 1) * self.BLOCK, self.total + 1)
+            with jax.default_device(jax.devices("cpu")[0]):
+                self._block = (b, np.asarray(self.fn(jnp.arange(lo, hi)), np.float32))
+        return self._block[1][step - b * self.BLOCK]
 
 
 def _decay(t: TrainConfig, steps: int) -> optax.Schedule:

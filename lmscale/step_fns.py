@@ -19,7 +19,7 @@ from lmscale import sharding
 from lmscale.config import Config
 from lmscale.model import Transformer, unstack_layers
 from lmscale.optim import optimizer
-from lmscale.schedule import learning_rates
+from lmscale.schedule import LearningRates
 
 
 @struct.dataclass
@@ -44,7 +44,7 @@ class StepFns:
     _init: Any
     _train: Any
     _eval: Any
-    lrs: np.ndarray  # the learning rate of each update 0..total_steps (lmscale.schedule.learning_rates)
+    lrs: LearningRates  # the learning rate of each update 0..total_steps
 
     @contextlib.contextmanager
     def context(self):
@@ -94,7 +94,7 @@ class CompiledStep:
     updates done so far (read from `state` when not given, which waits for the previous step)."""
 
     executable: Any
-    lrs: np.ndarray
+    lrs: LearningRates
 
     def __call__(self, state: TrainState, batch: jax.Array, step: int | None = None):
         return self.executable(state, batch, self.lrs[_updates_done(state, step)])
@@ -201,5 +201,5 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
         init,
         train,
         evaluate,
-        learning_rates(cfg.train, total_steps),
+        LearningRates(cfg.train, total_steps),
     )
