@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from analysis.emergence_cli import headline, size_text
 from analysis.panels import PT, Grid, save
@@ -49,6 +49,8 @@ def _axes_style(ax, x: str, ylabel: str | None, xlabel: bool) -> None:
     few = high / low < 100  # under two decades: label 1, 2 and 5 times each power of ten
     ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if few else (1,), numticks=6))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_text(v)))
+    # Unlabelled ticks at 2 and 5 times each decade; every tick costs a share of the drawing time.
+    ax.xaxis.set_minor_locator(NullLocator() if few else LogLocator(subs=(2, 5), numticks=12))
     ax.xaxis.set_minor_formatter(NullFormatter())
     plain = ScalarFormatter(useOffset=False)  # no offset text above the axes to collide with the title
     plain.set_scientific(False)

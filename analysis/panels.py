@@ -48,12 +48,15 @@ class Grid:
         if any(ax.get_ylabel() for ax in self.axes):
             left += (PT["label"] * 1.2) / INCH + GAP
         right = max(self._last_xtick_half(ax) for ax in self.axes) + GAP
-        room = self.box[0] + 2 * min(left, right) - GAP  # a title may reach over the margins, not beyond
-        fitted = [self._fit(t, room) for t in titles]
+        over = 2 * min(left, right) - GAP  # a title may reach over the margins, not beyond
+        # Panels widen (up to twice) until every title fits at 7 points or on two lines at 8.
+        need = max(min(self.width(t, PT["title"] - 2), self._two_lines(t)) for t in titles) - over
+        box_w = min(max(self.box[0], need), 2 * self.box[0])
+        fitted = [self._fit(t, box_w + over) for t in titles]
         lines = max(text.count("\n") + 1 for text, _ in fitted)
         top = 6.0 / INCH + lines * PT["title"] * 1.25 / INCH + GAP
         bottom = TICK + PT["tick"] * 1.25 / INCH + GAP + PT["label"] * 1.25 / INCH + GAP
-        cell_w, cell_h = left + self.box[0] + right, top + self.box[1] + bottom
+        cell_w, cell_h = left + box_w + right, top + self.box[1] + bottom
         width = self.ncols * cell_w
         handles, labels = zip(*entries, strict=True)
         ncol, rows = self._legend_shape(labels, width)
@@ -63,7 +66,7 @@ class Grid:
         for p, (ax, (text, size)) in enumerate(zip(self.axes, fitted, strict=True)):
             row, col = divmod(p, self.ncols)
             x0, y0 = col * cell_w + left, height - row * cell_h - top - self.box[1]
-            ax.set_position((x0 / width, y0 / height, self.box[0] / width, self.box[1] / height))
+            ax.set_position((x0 / width, y0 / height, box_w / width, self.box[1] / height))
             ax.set_title(text, fontsize=size)
         self.fig.legend(
             handles=handles, labels=labels, loc="lower center", bbox_to_anchor=(0.5, GAP / height), ncol=ncol,
@@ -89,6 +92,11 @@ class Grid:
         frac = (np.log10(hi) - np.log10(locs[-1])) / (np.log10(hi) - np.log10(lo))  # log x
         return max(reach - frac * self.box[0], 0.0)
 
+    def _two_lines(self, text: str) -> float:
+        """Width of `text` at 8 points broken after its colon."""
+        head, sep, tail = text.partition(": ")
+        return max(self.width(part, PT["title"] - 1) for part in (head + sep.strip(), tail))
+
     def _fit(self, text: str, room: float) -> tuple[str, float]:
         """The title at the largest size from 9 to 7 points that fits, else on two lines, else cut."""
         for size in (PT["title"], PT["title"] - 1, PT["title"] - 2):
@@ -104,10 +112,19 @@ class Grid:
         return "\n".join(parts), size
 
     def _legend_shape(self, labels: list[str], width: float) -> tuple[int, int]:
-        """Columns and rows of a legend whose widest entry sets every column's width."""
-        entry = (2.0 + 0.8 + 2.0) * PT["legend"] / INCH + max(self.width(s, PT["legend"]) for s in labels)
-        ncol = max(1, min(len(labels), int((width - 0.3) // entry)))
-        return ncol, -(-len(labels) // ncol)
+        """Columns and rows of the legend: as few rows as fit `width`, then as few columns as fill them
+        (matplotlib splits the entries into columns in order, as np.array_split does)."""
+        handle = (2.0 + 0.8) * PT["legend"] / INCH  # handle length and the pad before its text
+        spacing = 2.0 * PT["legend"] / INCH
+        widths = np.array([self.width(s, PT["legend"]) for s in labels])
+
+        def fits(ncol: int) -> bool:
+            columns = [c.max() + handle for c in np.array_split(widths, ncol)]
+            return sum(columns) + spacing * (ncol - 1) + 0.3 <= width
+
+        most = next((c for c in range(len(labels), 1, -1) if fits(c)), 1)
+        rows = -(-len(labels) // most)
+        return next(c for c in range(-(-len(labels) // rows), most + 1) if fits(c) or c == most), rows
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
