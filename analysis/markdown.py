@@ -12,7 +12,7 @@ import numpy as np
 Table = tuple[list[str], list[list[str]]]
 
 
-def cell(value) -> str:
+def fmt(value) -> str:
     """A number to 4 significant figures; NaN and None as an em dash."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "—"
@@ -25,7 +25,7 @@ def cell(value) -> str:
 
 def frame_table(df) -> Table:
     """A DataFrame as header and formatted rows."""
-    return [str(c) for c in df.columns], [[cell(v) for v in row] for row in df.itertuples(index=False)]
+    return [str(c) for c in df.columns], [[fmt(v) for v in row] for row in df.itertuples(index=False)]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
