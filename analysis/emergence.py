@@ -48,7 +48,7 @@ FLAT_RTOL = 0.01  # a free-bounds metric moving less than this fraction of its m
 MIN_COVERAGE = 0.5  # free-bound fits must span half their floor-to-ceiling range over the observed scales
 MIN_R2 = 0.5
 ALPHA = 0.05  # level of the test that the curve rises above chance and a flat trend
-CHUNK = 32  # bootstrap resamples per pass over the global grid (32 x 9680 doubles: 2.5 MB a temporary)
+CHUNK = 16  # bootstrap resamples per pass over the global grid (16 x 9680 doubles: 1.2 MB a temporary)
 
 
 def metric_kind(metric: str) -> str:
