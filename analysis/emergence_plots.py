@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 
 from analysis.emergence_cli import headline, size_text
 from analysis.panels import PT, Grid, save
+from analysis.significance import point_noise
 
 NCOLS = 4
 BOX = (2.3, 1.6)  # inches of one panel's plotting area; the margins come from its text
@@ -27,9 +28,21 @@ STYLES = ("-", "--", ":", "-.")
 X_LABELS = {"params": "Parameters", "flops": "Training compute (FLOPs)"}
 
 
+def _noise(t: pd.DataFrame) -> pd.Series:
+    """Each row's standard error as the fits take it: the table's, else binomial from n (accuracies)."""
+    se = pd.Series(np.nan, index=t.index)
+    for (metric, *_), rows in t.groupby(["metric", "group", "task", "shots"]):
+        n = rows["n"].to_numpy(float) if "n" in rows else np.full(len(rows), np.nan)
+        found = point_noise(metric, rows["value"].to_numpy(float), rows["stderr"].to_numpy(float), n)
+        if found is not None:
+            se[rows.index] = found
+    return se
+
+
 def _points(table: pd.DataFrame, x: str) -> pd.DataFrame:
     """Mean and stderr per (group, task, shots, metric, scale): repeated runs of a size pooled."""
-    t = table.assign(_var=table["stderr"] ** 2, group=table.get("group", ""))
+    t = table.assign(group=table.get("group", ""))
+    t["_var"] = _noise(t) ** 2
     keys = ["group", "task", "shots", "metric", x]
     out = t.groupby(keys).agg(value=("value", "mean"), _var=("_var", "mean"), k=("value", "size"))
     out["stderr"] = np.sqrt(out.pop("_var") / out.pop("k"))

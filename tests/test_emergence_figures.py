@@ -53,6 +53,8 @@ def test_headline_figure_has_a_panel_per_task_no_overlapping_text_and_names_ever
         f"{t}: acc_norm" for t in LONG.values()
     )
     assert all(ax.lines for ax in fig.axes[:3])  # no empty panel
+    heights = [np.ptp(s[:, 1]) for ax in fig.axes for c in ax.collections for s in c.get_segments()]
+    assert np.all(np.asarray(heights) > 0)  # error bars from the binomial n where no stderr is given
     texts = _texts(fig)
     assert _overlaps(texts) == []
     width, height = fig.canvas.get_width_height()
