@@ -151,7 +151,7 @@ def run_emergence(args: argparse.Namespace) -> list[Path]:
     from analysis import emergence_plots
     from analysis.emergence import emergence_midpoints
     from analysis.evaltable import load_table, table_path
-    from analysis.report import _markdown, frame_table
+    from analysis.markdown import frame_table, render
 
     if args.bootstrap < 0:
         raise AnalysisError(f"--bootstrap={args.bootstrap}: must be zero or positive")
@@ -183,7 +183,7 @@ def run_emergence(args: argparse.Namespace) -> list[Path]:
         print(f"{title}\n{frame.to_string(index=False)}")
     pngs = [p for p in figures if p.suffix == ".png"]
     blocks += [("figure", (p.name, p.with_suffix(".pdf").name, p.stem)) for p in pngs]
-    write_atomic(paths[2], _markdown(blocks))
+    write_atomic(paths[2], render(blocks))
     print(summary.to_string(index=False))
     return paths + figures
 

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from analysis.emergence_cli import headline, size_text
+from analysis.panels import PT, Grid, save
+from analysis.significance import point_noise
 
-DPI = 150
 NCOLS = 4
+BOX = (2.3, 1.6)  # inches of one panel's plotting area; the margins come from its text
 MAX_PAIRS = 6  # emerging tasks shown beside their continuous metric
 CONTINUOUS = ("logprob_per_token", "token_accuracy", "prob_correct", "logprob_sum", "perplexity", "brier")
 MARKERS = "osD^v"
@@ -27,20 +28,21 @@ STYLES = ("-", "--", ":", "-.")
 X_LABELS = {"params": "Parameters", "flops": "Training compute (FLOPs)"}
 
 
-def _grid(n: int, ncols: int = NCOLS, panel=(3.0, 2.4)) -> tuple[Figure, list]:
-    ncols = min(ncols, n)
-    nrows = -(-n // ncols)
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows + 0.7), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[n:]:
-        fig.delaxes(ax)
-    return fig, list(axes[:n])
+def _noise(t: pd.DataFrame) -> pd.Series:
+    """Each row's standard error as the fits take it: the table's, else binomial from n (accuracies)."""
+    se = pd.Series(np.nan, index=t.index)
+    for (metric, *_), rows in t.groupby(["metric", "group", "task", "shots"]):
+        n = rows["n"].to_numpy(float) if "n" in rows else np.full(len(rows), np.nan)
+        found = point_noise(metric, rows["value"].to_numpy(float), rows["stderr"].to_numpy(float), n)
+        if found is not None:
+            se[rows.index] = found
+    return se
 
 
 def _points(table: pd.DataFrame, x: str) -> pd.DataFrame:
     """Mean and stderr per (group, task, shots, metric, scale): repeated runs of a size pooled."""
-    t = table.assign(_var=table["stderr"] ** 2, group=table.get("group", ""))
+    t = table.assign(group=table.get("group", ""))
+    t["_var"] = _noise(t) ** 2
     keys = ["group", "task", "shots", "metric", x]
     out = t.groupby(keys).agg(value=("value", "mean"), _var=("_var", "mean"), k=("value", "size"))
     out["stderr"] = np.sqrt(out.pop("_var") / out.pop("k"))
@@ -54,78 +56,93 @@ def _curve(ax, pts: pd.DataFrame, x: str, colour: str, style: str, marker: str) 
     )
 
 
-def _axes_style(ax, x: str, title: str, ylabel: str | None, xlabel: bool) -> None:
+def _axes_style(ax, x: str, ylabel: str | None, xlabel: bool) -> None:
     ax.set_xscale("log")
     low, high = ax.get_xlim()
     few = high / low < 100  # under two decades: label 1, 2 and 5 times each power of ten
     ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if few else (1,), numticks=6))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_text(v)))
+    # Unlabelled ticks at 2 and 5 times each decade; every tick costs a share of the drawing time.
+    ax.xaxis.set_minor_locator(NullLocator() if few else LogLocator(subs=(2, 5), numticks=12))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.tick_params(labelsize=7)
-    ax.set_title(title, fontsize=9)
+    plain = ScalarFormatter(useOffset=False)  # no offset text above the axes to collide with the title
+    plain.set_scientific(False)
+    ax.yaxis.set_major_formatter(plain)
+    ax.tick_params(labelsize=PT["tick"])
     if ylabel:
-        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=PT["label"])
     if xlabel:
-        ax.set_xlabel(X_LABELS[x], fontsize=8)
+        ax.set_xlabel(X_LABELS[x], fontsize=PT["label"])
     ax.grid(alpha=0.25, lw=0.5)
 
 
-def _legend(fig: Figure, shots: list[int], groups: list[str], extra: list) -> None:
-    handles = [
-        Line2D([], [], color=f"C{i}", marker="o", ms=4, label=f"{k}-shot") for i, k in enumerate(shots)
-    ]
+def _midpoints(ax, rows, shots: list[int]) -> bool:
+    """Each midpoint a dotted line in its shot count's colour, its 95% interval shaded (lighter when
+    several overlap, so that every edge stays visible); True when any interval was drawn."""
+    found = rows[np.isfinite(rows["midpoint"])]
+    spans = found[np.isfinite(found["ci_low"])]
+    alpha = 0.12 if len(spans) <= 2 else 0.24 / len(spans)
+    for r in found.itertuples():
+        ax.axvline(r.midpoint, color=f"C{shots.index(r.shots)}", lw=0.8, ls=":")
+    for r in spans.itertuples():
+        ax.axvspan(r.ci_low, r.ci_high, color=f"C{shots.index(r.shots)}", alpha=alpha, lw=0)
+    return len(spans) > 0
+
+
+def _entries(shots: list[int], groups: list[str], extra: list) -> list[tuple]:
+    """Legend entries: a colour per shot count, a line style per group (when several), then `extra`."""
+    entries = [(Line2D([], [], color=f"C{i}", marker="o", ms=4), f"{k}-shot") for i, k in enumerate(shots)]
     if len(groups) > 1:
-        handles += [
-            Line2D([], [], color="0.3", ls=STYLES[j % 4], marker=MARKERS[j % 5], ms=4, label=g or "(none)")
+        entries += [
+            (Line2D([], [], color="0.3", ls=STYLES[j % 4], marker=MARKERS[j % 5], ms=4), g or "(none)")
             for j, g in enumerate(groups)
         ]
-    fig.legend(
-        handles=handles + extra, loc="outside lower center", ncol=min(len(handles + extra), 8), fontsize=8
-    )
+    return entries + extra
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path)
-    return paths
+def _ylabels(metrics: list[str], ncols: int) -> list[str | None]:
+    """A y label where a panel's metric differs from its left neighbour's (always in the first column)."""
+    return [m if p % ncols == 0 or metrics[p - 1] != m else None for p, m in enumerate(metrics)]
 
 
-def plot_headline(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str, metric=None) -> list[Path]:
+def headline_figure(table: pd.DataFrame, mids: pd.DataFrame, x: str, metric=None) -> Figure:
     """One panel per (task, headline metric): a line per shot count (and style per group), error bars,
-    a dashed chance line, each midpoint with its 95% interval shaded."""
+    a dashed chance line, each midpoint dotted with its 95% interval shaded."""
     head = headline(mids, metric)
-    pts = _points(table, x)
-    panels = list(head[["task", "metric"]].drop_duplicates().itertuples(index=False))
+    pts = {key: cell for key, cell in _points(table, x).groupby(["task", "metric", "shots", "group"])}
+    panels = list(head[["task", "metric"]].drop_duplicates().itertuples(index=False, name=None))
     shots, groups = sorted(head["shots"].unique()), sorted(head["group"].unique())
-    fig, axes = _grid(len(panels))
-    ncols, drew_chance = min(NCOLS, len(panels)), False
-    for p, (ax, (task, m)) in enumerate(zip(axes, panels, strict=True)):
-        for _, r in head[(head["task"] == task) & (head["metric"] == m)].iterrows():
-            i, j = shots.index(r["shots"]), groups.index(r["group"])
-            sel = pts[(pts["task"] == task) & (pts["metric"] == m)]
-            sel = sel[(sel["shots"] == r["shots"]) & (sel["group"] == r["group"])]
-            _curve(ax, sel, x, f"C{i}", STYLES[j % 4], MARKERS[j % 5])
-            if np.isfinite(r["midpoint"]):
-                ax.axvline(r["midpoint"], color=f"C{i}", lw=0.8, ls=":")
-                if np.isfinite(r["ci_low"]):
-                    ax.axvspan(r["ci_low"], r["ci_high"], color=f"C{i}", alpha=0.12, lw=0)
-        chance = head[(head["task"] == task) & (head["metric"] == m)]["chance"]
-        if np.isfinite(chance).any():
-            ax.axhline(float(chance.max()), color="0.4", ls="--", lw=0.9)
+    grid = Grid(len(panels), NCOLS, BOX)
+    ylabels = _ylabels([m for _, m in panels], grid.ncols)
+    drew_chance, drew_interval = False, False
+    for p, (ax, (task, m), rows) in enumerate(zip(grid.axes, panels, _cells(head, panels), strict=True)):
+        for r in rows.itertuples():
+            i, j = shots.index(r.shots), groups.index(r.group)
+            if (task, m, r.shots, r.group) in pts:
+                _curve(ax, pts[(task, m, r.shots, r.group)], x, f"C{i}", STYLES[j % 4], MARKERS[j % 5])
+        drew_interval |= _midpoints(ax, rows, shots)
+        if np.isfinite(rows["chance"]).any():
+            ax.axhline(float(rows["chance"].max()), color="0.4", ls="--", lw=0.9)
             drew_chance = True
-        last_row = p >= len(panels) - ncols
-        _axes_style(ax, x, f"{task}: {m}", m if p % ncols == 0 else None, last_row)
-    extra = [Line2D([], [], color="0.4", ls="--", label="chance")] if drew_chance else []
-    extra.append(Patch(color="0.5", alpha=0.3, label="midpoint, 95% CI"))
-    _legend(fig, shots, groups, extra)
-    return _save(fig, out_dir, "emergence")
+        _axes_style(ax, x, ylabels[p], grid.lowest_in_column(p))
+    extra = [(Line2D([], [], color="0.4", ls="--"), "chance")] if drew_chance else []
+    dotted = Line2D([], [], color="0.3", ls=":", lw=1.0)
+    if drew_interval:
+        extra.append(((Patch(color="0.5", alpha=0.3, lw=0), dotted), "midpoint, 95% CI"))
+    elif np.isfinite(head["midpoint"]).any():
+        extra.append((dotted, "midpoint"))
+    return grid.layout([f"{t}: {m}" for t, m in panels], _entries(shots, groups, extra))
 
 
-def plot_discrete_continuous(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str, metric=None):
+def _cells(head: pd.DataFrame, panels: list[tuple]) -> list[pd.DataFrame]:
+    by = dict(list(head.groupby(["task", "metric"], sort=False)))
+    return [by[key] for key in panels]
+
+
+def discrete_continuous_figure(table: pd.DataFrame, mids: pd.DataFrame, x: str, metric=None) -> Figure | None:
     """Each emerging task's headline metric beside its continuous counterpart (Schaeffer et al. 2023):
-    a sharp rise in the discrete metric over a smooth one in the continuous. At most MAX_PAIRS tasks."""
+    a sharp rise in the discrete metric over a smooth one in the continuous. At most MAX_PAIRS tasks;
+    None when no emerging task has a continuous metric."""
     head = headline(mids, metric)
     emerging = head[np.isfinite(head["midpoint"])]
     pts = _points(table, x)
@@ -136,25 +153,36 @@ def plot_discrete_continuous(table: pd.DataFrame, mids: pd.DataFrame, out_dir: P
         if twin:
             pairs.append((task, m, twin))
     if not pairs:
-        return []
+        return None
     pairs = pairs[:MAX_PAIRS]  # the first tasks by name: the figure stays one page
     shots, groups = sorted(head["shots"].unique()), sorted(head["group"].unique())
-    fig, axes = _grid(2 * len(pairs), ncols=2, panel=(3.4, 2.4))
+    grid = Grid(2 * len(pairs), 2, (BOX[0] + 0.4, BOX[1]))
+    titles = []
     for p, (task, m, twin) in enumerate(pairs):
         for c, name in enumerate((m, twin)):
-            ax = axes[2 * p + c]
+            ax = grid.axes[2 * p + c]
             sel = pts[(pts["task"] == task) & (pts["metric"] == name)]
             for (k, g), cell in sel.groupby(["shots", "group"]):
                 if k in shots:
                     j = groups.index(g) if g in groups else 0
                     _curve(ax, cell, x, f"C{shots.index(k)}", STYLES[j % 4], MARKERS[j % 5])
-            for _, r in emerging[(emerging["task"] == task) & (emerging["metric"] == m)].iterrows():
-                ax.axvline(r["midpoint"], color=f"C{shots.index(r['shots'])}", lw=0.8, ls=":")
-            kind = "discrete" if c == 0 else "continuous"
-            _axes_style(ax, x, f"{task}: {name} ({kind})", name, p == len(pairs) - 1)
-    extra = [Line2D([], [], color="0.4", ls=":", label="midpoint of the discrete metric")]
-    _legend(fig, shots, groups, extra)
-    return _save(fig, out_dir, "emergence_discrete_continuous")
+            for r in emerging[(emerging["task"] == task) & (emerging["metric"] == m)].itertuples():
+                ax.axvline(r.midpoint, color=f"C{shots.index(r.shots)}", lw=0.8, ls=":")
+            _axes_style(ax, x, name, grid.lowest_in_column(2 * p + c))
+            titles.append(f"{task}: {name} ({'discrete' if c == 0 else 'continuous'})")
+    extra = [(Line2D([], [], color="0.4", ls=":"), "midpoint of the discrete metric")]
+    return grid.layout(titles, _entries(shots, groups, extra))
+
+
+def plot_headline(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str, metric=None) -> list[Path]:
+    """`emergence.png` and `.pdf`: the headline figure."""
+    return save(headline_figure(table, mids, x, metric), out_dir, "emergence")
+
+
+def plot_discrete_continuous(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str, metric=None):
+    """`emergence_discrete_continuous.png` and `.pdf`, when some emerging task has a continuous metric."""
+    fig = discrete_continuous_figure(table, mids, x, metric)
+    return [] if fig is None else save(fig, out_dir, "emergence_discrete_continuous")
 
 
 def plot_emergence(table: pd.DataFrame, mids: pd.DataFrame, out_dir: Path, x: str, metric=None) -> list[Path]:

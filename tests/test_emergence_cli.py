@@ -193,3 +193,21 @@ def test_a_sweep_directory_is_read_with_its_chance_column_under_both_command_nam
     with pytest.raises(SystemExit) as help_exit:
         main(["emergence", "--help"])
     assert help_exit.value.code == 0 and "--group-col" in capsys.readouterr().out
+
+
+def test_a_fresh_emergence_process_loads_neither_jax_nor_scipy_stats_and_keeps_blas_to_one_thread(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    lm_eval_table(tasks=("sharp",)).to_csv(tmp_path / "e.csv", index=False)
+    argv = ["emergence", str(tmp_path / "e.csv"), *MAPPING, "--group-col", "Family", "--bootstrap", "0"]
+    code = (
+        "import os, sys; from lmscale.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] == 'jax' or m.startswith('scipy.stats')); "
+        "print(heavy, os.environ['OPENBLAS_NUM_THREADS']); sys.exit(rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[] 1"
