@@ -28,8 +28,9 @@ def frame_table(df) -> Table:
     return [str(c) for c in df.columns], [[fmt(v) for v in row] for row in df.itertuples(index=False)]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; `|` inside a cell is escaped."""
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(esc, row)) + " |" for row in rows])
 
@@ -45,7 +46,7 @@ def render(blocks: list[tuple]) -> str:
         elif kind == "list":
             out.append("\n".join(f"- {item}" for item in payload))
         elif kind == "table":
-            out.append(_table(*payload))
+            out.append(table(*payload))
         elif kind == "figure":
             png, pdf, caption = payload
             out.append(f"![{caption}]({png})\n\n*{caption}* ([PDF]({pdf}))")

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import html
 
+from analysis.markdown import render as plain_markdown
+from analysis.markdown import table as markdown_table
+
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -27,10 +30,7 @@ def contents(blocks: list[tuple]) -> list[tuple[str, str]]:
 
 # -- Markdown ------------------------------------------------------------------------------------
 def _md_table(table: Table) -> str:
-    header, rows = table
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(esc, row)) + " |" for row in rows])
+    return markdown_table(*table)
 
 
 def _md_figure(payload) -> str:
@@ -48,14 +48,8 @@ def markdown(blocks: list[tuple]) -> str:
         elif kind == "section":
             anchor, heading = payload
             out.append(f'<a id="{anchor}"></a>\n\n## {heading}')
-        elif kind in ("h2", "h3"):
-            out.append(f"{'#' * int(kind[1])} {payload}")
-        elif kind == "p":
-            out.append(payload)
-        elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in payload))
-        elif kind == "table":
-            out.append(_md_table(payload))
+        elif kind in ("h2", "h3", "p", "list", "table"):  # the plain blocks: analysis.markdown's own
+            out.append(plain_markdown([(kind, payload)]).rstrip("\n"))
         elif kind == "details":
             summary, table = payload
             out.append(
