@@ -203,6 +203,9 @@ def interval_text(ci, opened=None) -> str:
     return f"[{'< ' if low else ''}{ci[0]:.4g}, {'> ' if high else ''}{ci[1]:.4g}]"
 
 
+IN_FIT = "; no N* of its own, but its profile still enters the joint fit of a"
+
+
 def _print_isoflop(out: dict) -> None:
     if "isoflop" not in out:
         return
@@ -210,7 +213,8 @@ def _print_isoflop(out: dict) -> None:
     how = "every size" if window == "full" else f"the best size and up to {window} either side"
     noise = out.get("noise")
     level = f"; loss noise {noise['sigma_rel']:.2%} (pooled, {noise['dof']} dof)" if noise else ""
-    print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}):")
+    print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}; a from one fit of every")
+    print("  budget's parabola with its vertex on the line N* = k_n C^a):")
     for p in out["isoflop"]:
         ci = ""
         if "N_star_ci" in p:
@@ -219,7 +223,7 @@ def _print_isoflop(out: dict) -> None:
         used = f"{len(p['points'])} sizes {min(p['points']):.3g}-{max(p['points']):.3g}, {p['runs']} runs"
         print(f"    C={p['C']:.3g}: N*={p['N_star']:.4g}{ci}  loss*={p['loss_star']:.4g}  ({used})")
     for e in out.get("excluded", []):
-        print(f"    C={e['C']:.3g}: excluded, {e['reason']}")
+        print(f"    C={e['C']:.3g}: excluded, {e['reason']}{IN_FIT if e.get('in_fit') else ''}")
 
 
 def _print_tuned(out: dict) -> None:

@@ -164,9 +164,13 @@ def _laws(fits: dict[str, Fit]) -> list[tuple]:
         blocks.append(("table", fit_table(fit)))
         if "isoflop" in fit.extra:
             blocks += [("p", "IsoFLOP minima:"), ("table", isoflop_table(fit))]
-        excluded = [f"C = {fmt(e['C'])}: {e['reason']}" for e in fit.extra.get("excluded", [])]
+        excluded = [
+            f"C = {fmt(e['C'])}: {e['reason']}"
+            + ("; its profile still enters the joint fit of a" if e.get("in_fit") else "")
+            for e in fit.extra.get("excluded", [])
+        ]
         if excluded:
-            blocks += [("p", "IsoFLOP budgets excluded from the fit:"), ("list", excluded)]
+            blocks += [("p", "IsoFLOP budgets without a minimum of their own:"), ("list", excluded)]
     return blocks
 
 
