@@ -218,6 +218,9 @@ def interval_text(ci, opened=None, kind=fmt.number) -> str:
     return fmt.interval(ci[0], ci[1], opened, kind)
 
 
+IN_FIT = "; no N* of its own, but its profile still enters the joint fit of a"
+
+
 def _print_isoflop(out: dict) -> None:
     if "isoflop" not in out:
         return
@@ -225,7 +228,8 @@ def _print_isoflop(out: dict) -> None:
     how = "every size" if window == "full" else f"the best size and up to {window} either side"
     noise = out.get("noise")
     level = f"; loss noise {fmt.percent(noise['sigma_rel'])} (pooled, {noise['dof']} dof)" if noise else ""
-    print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}):")
+    print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}; a from one fit of every")
+    print("  budget's parabola with its vertex on the line N* = k_n C^a):")
     for p in out["isoflop"]:
         ci = ""
         if "N_star_ci" in p:
@@ -236,7 +240,7 @@ def _print_isoflop(out: dict) -> None:
         loss = fmt.number(p["loss_star"])
         print(f"    C = {fmt.flops(p['C'])}: N* = {fmt.size(p['N_star'])}{ci}  loss* = {loss}  ({used})")
     for e in out.get("excluded", []):
-        print(f"    C = {fmt.flops(e['C'])}: excluded, {e['reason']}")
+        print(f"    C = {fmt.flops(e['C'])}: excluded, {e['reason']}{IN_FIT if e.get('in_fit') else ''}")
 
 
 def _print_tuned(out: dict) -> None:

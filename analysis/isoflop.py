@@ -1,6 +1,7 @@
 """IsoFLOP budgets: runs grouped by compute, the best run of each budget, whole budgets held out, and
-approach 2: a parabola in log N near each budget's minimum gives N*(C) (Hoffmann et al. 2022, 3.2), and a
-power law through the N* values gives the compute-optimal allocation.
+approach 2: a parabola in log N near each budget's minimum gives N*(C) (Hoffmann et al. 2022, 3.2), and
+the power law N* = k_n C^a, fitted to every profile at once (`analysis.isoflop_line`), gives the
+compute-optimal allocation.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from analysis.isoflop_line import joint_line
 from analysis.laws import Fit, allocation_fit
 from analysis.load import AnalysisError
 
@@ -183,26 +185,17 @@ def resampled_losses(P: Profiles, base_GxM, sigma: float, resamples: int, seed: 
     return base_GxM * np.exp(sigma * eps)
 
 
-def slopes(logC_G: np.ndarray, y_RxG: np.ndarray, ok_RxG: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares y = s log C + k over the usable budgets of each resample: s, k [R]."""
-    w = ok_RxG.astype(float)
-    n = w.sum(-1)
-    y = np.where(ok_RxG, y_RxG, 0.0)
-    with np.errstate(all="ignore"):
-        xm, ym = (w * logC_G).sum(-1) / n, (w * y).sum(-1) / n
-        dx = logC_G - xm[:, None]
-        s = (w * dx * (y - ym[:, None])).sum(-1) / (w * dx**2).sum(-1)
-    return s, ym - s * xm
-
-
 # -- approach 2: IsoFLOP profiles ----------------------------------------------------------------
 def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0, window: int | None = WINDOW) -> Fit:
-    """For each IsoFLOP budget, a parabola in log N near its minimum gives N*(C); a power law through
-    the N* values. `window` sizes either side of the best one enter the parabola (None: every size).
+    """For each IsoFLOP budget, a parabola in log N near its minimum gives N*(C); the power law
+    N* = k_n C^a is one fit of every budget's profile with its vertex on that line
+    (`isoflop_line`). `window` sizes either side of the best one enter each parabola (None: every size).
 
-    A budget is used only where its minimum is bracketed (see `isoflop.minima`). Intervals come from a
-    parametric bootstrap: the profiles, smoothed, with fresh noise at the level pooled across budgets;
-    every resample goes through the same rules, and is dropped only when fewer than 2 budgets remain.
+    A budget's own N* is reported where its minimum is bracketed (see `isoflop.minima`); one whose
+    minimum is not still enters the joint fit, since leaving it out biases a. The law needs 2 or more
+    bracketed budgets. Intervals come from a parametric bootstrap: the profiles, smoothed, with fresh
+    noise at the level pooled across budgets; every resample goes through the same rules, and is
+    dropped only when fewer than 2 bracketed budgets remain.
     """
     P, excluded = profiles(runs)
     code = np.full(len(P.C_G), CONCAVE)
@@ -210,19 +203,31 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0, window: int
         m = minima(P, P.loss_GxM[None], window)
         code = m["code"][0]
     usable = np.flatnonzero(code == OK)
+    for e in excluded:
+        e["in_fit"] = False
     excluded += [
-        {"C": float(P.C_G[g]), "reason": reason(code[g], window, P, g)} for g in np.flatnonzero(code)
+        {"C": float(P.C_G[g]), "reason": reason(code[g], window, P, g), "in_fit": True}
+        for g in np.flatnonzero(code)
     ]
     excluded.sort(key=lambda e: e["C"])
     if len(usable) < 2:
         raise isoflop_refusal(excluded, len(usable))
     isoflop = [_isoflop_point(P, m, g) for g in usable]
-    C, N_star = P.C_G[usable], np.exp(m["logN_star"][0, usable])
+    a, log_n = _line(P, P.loss_GxM[None], m["used"])
+    C = P.C_G
+    N_line = np.exp(log_n[0] + a[0] * (np.log(C) - np.log(C).mean()))
     extra = {"isoflop": isoflop, "excluded": excluded, "window": "full" if window is None else window}
-    fit = allocation_fit("approach2", C, N_star, len(runs), extra)
+    fit = allocation_fit("approach2", C, N_line, len(runs), extra)
     if bootstrap:
         _approach2_bootstrap(fit, P, window, bootstrap, seed)
     return fit
+
+
+def _line(P: Profiles, loss_RxGxM: np.ndarray, used_RxGxM: np.ndarray):
+    """a and log N* at the mean log C of the line through every profile's vertex [R]."""
+    with np.errstate(divide="ignore"):
+        log_loss = np.where(P.count_GxM > 0, np.log(loss_RxGxM), 0.0)
+    return joint_line(np.log(P.C_G), P.logN_GxM, log_loss, used_RxGxM * P.count_GxM)
 
 
 def _isoflop_point(P, m: dict, g: int) -> dict:
@@ -247,9 +252,11 @@ def _approach2_bootstrap(fit: Fit, P, window: int | None, resamples: int, seed: 
             "sizes in some budget are needed)."
         )
         return
-    m = minima(P, resampled_losses(P, base, sigma, resamples, seed), window)
+    losses = resampled_losses(P, base, sigma, resamples, seed)
+    m = minima(P, losses, window)
     ok = m["code"] == OK
-    a, k = slopes(np.log(P.C_G), m["logN_star"], ok)
+    a, log_n = _line(P, losses, m["used"])
+    k = log_n - a * np.log(P.C_G).mean()
     keep = ok.sum(-1) >= 2
     samples = {"a": a[keep], "b": 1 - a[keep], "k_n": np.exp(k[keep]), "k_d": np.exp(-k[keep]) / 6}
     fit.set_bootstrap(samples, resamples, {"fewer than 2 usable budgets": int((~keep).sum())})

@@ -127,7 +127,9 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     gone = _budget_index(runs, np.array([e["C"] for e in excluded])) if excluded else []
     for i, e in enumerate(excluded):  # hollow, with the reason: a budget left out is shown, not hidden
         group = runs[gone == i]
-        label = f"C = ${latex_number(e['C'])}$, excluded: {e['reason']}"
+        label = f"C = ${latex_number(e['C'])}$, excluded: {e['reason']}" + (
+            " (in the fit of a)" if e.get("in_fit") else ""
+        )
         ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)
     ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
     ax.legend(fontsize="x-small" if excluded else "small")

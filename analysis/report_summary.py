@@ -140,7 +140,9 @@ def warnings(sweep: Sweep, excluded_runs: list[str]) -> list[str]:
         if key == "power" and "E" not in fit.params:
             out.append(f"{NAMES[key]}: fitted without E: fewer than 5 frontier points cannot identify it.")
         out += [
-            f"{NAMES[key]}: the budget at {fmt.flops(e['C'])} FLOPs is left out: {e['reason'].rstrip('.')}."
+            f"{NAMES[key]}: the budget at {fmt.flops(e['C'])} FLOPs has no N* of its own: "
+            + e["reason"].rstrip(".")
+            + ("; its profile still enters the joint fit of a." if e.get("in_fit") else "; it is left out.")
             for e in fit.extra.get("excluded", [])
         ]
     for key in ("power", "chinchilla", "approach1", "approach2"):

@@ -175,7 +175,8 @@ def _bench_fit(csv: Path | None) -> dict:
     row = fit_bench.bench_fit(points) | {"data": str(csv) if csv else "synthetic (published law, 240 points)"}
     print(
         f"fit approach3: {row['jax_fit_s']:.2f} s for {row['starts']} starts vs scipy "
-        f"{row['scipy_loop_s_estimated']:.0f} s ({row['speedup_vs_scipy']:.0f}x); "
+        f"{row['scipy_loop_s_estimated']:.0f} s ({row['speedup_vs_scipy']:.0f}x, rounds "
+        f"{min(row['speedup_per_round']):.0f}-{max(row['speedup_per_round']):.0f}x); "
         f"bootstrap x{row['bootstrap_resamples']}: {row['bootstrap_s']:.1f} s",
         file=sys.stderr,
     )

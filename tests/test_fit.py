@@ -145,6 +145,7 @@ def test_approach2_excludes_a_budget_whose_minimum_lies_outside_its_sizes():
     assert [p["C"] for p in fit.extra["isoflop"]] == [1e18, 1e19]
     assert fit.extra["excluded"][0]["C"] == 1e20
     assert "minimum outside the sampled sizes" in fit.extra["excluded"][0]["reason"]
+    assert fit.extra["excluded"][0]["in_fit"]  # no N* of its own, but its profile still informs a
 
 
 def test_approach2_excludes_a_budget_with_two_distinct_sizes():
@@ -153,7 +154,8 @@ def test_approach2_excludes_a_budget_with_two_distinct_sizes():
     runs = pd.concat([runs[runs["flops"] < 1e20], top, top])
     fit = fits.approach2(runs)
     assert len(fit.extra["isoflop"]) == 2
-    assert fit.extra["excluded"] == [{"C": 1e20, "reason": "2 distinct sizes; a parabola needs 3"}]
+    reason = "2 distinct sizes; a parabola needs 3"
+    assert fit.extra["excluded"] == [{"C": 1e20, "reason": reason, "in_fit": False}]
 
 
 def test_approach1_follows_the_lower_envelope():
