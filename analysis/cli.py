@@ -229,7 +229,7 @@ def _print_isoflop(out: dict) -> None:
     noise = out.get("noise")
     level = f"; loss noise {fmt.percent(noise['sigma_rel'])} (pooled, {noise['dof']} dof)" if noise else ""
     print(f"  IsoFLOP budgets (N* from a parabola in log N through {how}{level}; a from one fit of every")
-    print("  budget's parabola with its vertex on the line N* = k_n C^a):")
+    print("  budget's parabola, the vertices held on one power law in C):")
     for p in out["isoflop"]:
         ci = ""
         if "N_star_ci" in p:
