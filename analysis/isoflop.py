@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from analysis.isoflop_line import joint_line
+from analysis.isoflop_line import A_RANGE, joint_line
 from analysis.laws import Fit, allocation_fit
 from analysis.load import AnalysisError
 
@@ -218,6 +218,12 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0, window: int
     N_line = np.exp(log_n[0] + a[0] * (np.log(C) - np.log(C).mean()))
     extra = {"isoflop": isoflop, "excluded": excluded, "window": "full" if window is None else window}
     fit = allocation_fit("approach2", C, N_line, len(runs), extra)
+    if not 0 < a[0] < 1:  # N* and D* = C / 6N* both grow with compute only for a in (0, 1)
+        on_bound = " (on its search bound)" if np.isclose(a[0], A_RANGE, atol=1e-3).any() else ""
+        fit.warnings.append(
+            f"a = {a[0]:.3g}{on_bound} lies outside (0, 1), where N_opt and D_opt both grow with compute: "
+            "the IsoFLOP minima do not identify the compute-optimal exponent."
+        )
     if bootstrap:
         _approach2_bootstrap(fit, P, window, bootstrap, seed)
     return fit

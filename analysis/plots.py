@@ -104,7 +104,7 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     profiles = sorted(fit.extra["isoflop"], key=lambda p: p["C"])
     budgets = np.array([p["C"] for p in profiles])
     which = _budget_index(runs, budgets)
-    fig, ((ax,),) = figure()
+    fig, ((ax,),) = figure((8.0, 4.2))  # room for the legend beside the axes
     colours = ScalarMappable(Normalize(-0.15, max(len(profiles) - 1, 1) / 0.85), "plasma")  # no pale yellow
     for i, p in enumerate(profiles):
         colour = colours.to_rgba(i)
@@ -127,12 +127,14 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     gone = _budget_index(runs, np.array([e["C"] for e in excluded])) if excluded else []
     for i, e in enumerate(excluded):  # hollow, with the reason: a budget left out is shown, not hidden
         group = runs[gone == i]
-        label = f"C = ${latex_number(e['C'])}$, excluded: {e['reason']}" + (
+        reason = e["reason"].split(" (")[0]  # the sizes it would need are in the fit's text and JSON
+        reason = "fewer than 3 sizes" if reason.endswith("a parabola needs 3") else reason
+        label = f"C = ${latex_number(e['C'])}$, excluded: {reason}" + (
             " (in the fit of a)" if e.get("in_fit") else ""
         )
         ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)
     ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
-    ax.legend(fontsize="x-small" if excluded else "small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return save(fig, out_dir, name)
 
 

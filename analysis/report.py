@@ -93,7 +93,12 @@ def _laws(fits: dict[str, Fit]) -> list[tuple]:
         note = f"{fit.n_points} points.{bootstrap_note(fit)}"
         if "fitted_to" in fit.extra:
             note += f" Fitted to {fit.extra['fitted_to']}."
-        blocks += [("h3", title), ("p", note), ("table", tables.fit_table(fit))]
+        # the summary states each law with its intervals; the full table (A, B, G, ...) is one click away
+        blocks += [
+            ("h3", title),
+            ("p", note),
+            ("details", ("Parameters with 95% intervals", tables.fit_table(fit))),
+        ]
         if "isoflop" in fit.extra:
             blocks.append(("details", ("IsoFLOP minima, per budget", tables.isoflop_table(fit))))
     return blocks

@@ -131,6 +131,26 @@ def emergence_sentence(sweep: Sweep) -> str:
     return f"Emergence (where each task's headline metric is halfway up): {text}{rest}."
 
 
+def _excluded_budgets(name: str, excluded: list[dict]) -> list[str]:
+    """One sentence per reason: the IsoFLOP budgets without an N* of their own, and whether they still
+    enter the joint fit of the exponent."""
+    by_reason: dict[tuple[str, bool], list[float]] = {}
+    for e in excluded:
+        reason = e["reason"].split(" (")[0].rstrip(".")
+        if reason.endswith("a parabola needs 3"):
+            reason = "fewer than 3 distinct sizes"
+        by_reason.setdefault((reason, bool(e.get("in_fit"))), []).append(e["C"])
+    out = []
+    for (reason, in_fit), Cs in by_reason.items():
+        where = ", ".join(fmt.flops(C) for C in Cs)
+        what = (
+            "1 budget has no N* of its own" if len(Cs) == 1 else f"{len(Cs)} budgets have no N* of their own"
+        )
+        fate = "still in the joint fit of a" if in_fit else "left out"
+        out.append(f"{name}: {what} ({reason}) at {where} FLOPs; {fate}.")
+    return out
+
+
 def warnings(sweep: Sweep, excluded_runs: list[str]) -> list[str]:
     """One sentence each: unidentified parameters and intervals on bounds (from each fit), fits refused
     and budgets or runs left out."""
@@ -139,12 +159,7 @@ def warnings(sweep: Sweep, excluded_runs: list[str]) -> list[str]:
         out += [f"{NAMES[key]}: {strip_prefix(w)}" for w in fit.warnings]
         if key == "power" and "E" not in fit.params:
             out.append(f"{NAMES[key]}: fitted without E: fewer than 5 frontier points cannot identify it.")
-        out += [
-            f"{NAMES[key]}: the budget at {fmt.flops(e['C'])} FLOPs has no N* of its own: "
-            + e["reason"].rstrip(".")
-            + ("; its profile still enters the joint fit of a." if e.get("in_fit") else "; it is left out.")
-            for e in fit.extra.get("excluded", [])
-        ]
+        out += _excluded_budgets(NAMES[key], fit.extra.get("excluded", []))
     for key in ("power", "chinchilla", "approach1", "approach2"):
         if key in sweep.missing:
             out.append(f"{NAMES[key]} not fitted: {brief(strip_prefix(sweep.missing[key])).rstrip('.')}.")
