@@ -181,12 +181,14 @@ def load_fewshot_training(path: str | Path) -> pd.DataFrame:
 
 
 def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
-    """Training curves of every completed run: run_id, params, step, tokens, flops, loss.
+    """Training curves of every completed run: run_id, params, step, tokens, flops, loss, split.
 
     `flops` is 6 * params * tokens, the convention of results.csv's `flops_6nd` (metrics.jsonl logs the
     detailed count), so that the envelope of the curves and the final points share one compute axis.
     A cooldown sweep's curve of a size is its branches' end points, under the trunk's run id: every
-    point there has finished its schedule, where the trunk's own points (constant lr) have not.
+    point there has finished its schedule, where the trunk's own points (constant lr) have not. Each end
+    point is the branch's final validation loss, since one training batch's loss is too noisy for a point
+    that stands alone (on a mixture corpus it swings by 0.3 nats from batch to batch).
     """
     sweep_dir = Path(sweep_dir)
     frames = []
@@ -197,7 +199,10 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
         if summary.get("trunk"):  # a cooldown branch
             N, D = summary["params"], summary["tokens"]
             end = {"run_id": summary["trunk"], "params": N, "step": summary["steps"], "tokens": D}
-            frames.append(pd.DataFrame([end | {"flops": six_nd(N, D), "loss": summary["final_loss"]}]))
+            loss = summary.get("final_val_loss")
+            loss = summary["final_loss"] if loss is None or not np.isfinite(loss) else loss
+            split = "train" if loss == summary["final_loss"] else "val"
+            frames.append(pd.DataFrame([end | {"flops": six_nd(N, D), "loss": loss, "split": split}]))
             continue
         metrics = summary_path.parent / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -207,7 +212,8 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
         train["run_id"] = summary_path.parent.name
         train["params"] = summary["params"]
         train["flops"] = six_nd(train["params"], train["tokens"])
-        frames.append(train[["run_id", "params", "step", "tokens", "flops", "loss"]])
+        train["split"] = "train"
+        frames.append(train[["run_id", "params", "step", "tokens", "flops", "loss", "split"]])
     if not frames:
         raise AnalysisError(f"'{sweep_dir}': no completed runs with metrics.jsonl")
     return pd.concat(frames, ignore_index=True)

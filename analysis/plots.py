@@ -225,7 +225,8 @@ def plot_tuned(tuned: Tuned, out_dir: Path, name="tuned_optimum") -> list[Path]:
 
 
 def plot_learning_curves(curves: pd.DataFrame, out_dir: Path, x: str = "tokens", name=None) -> list[Path]:
-    """Training loss against tokens or compute, one line per run, coloured by parameter count."""
+    """Training loss against tokens or compute, one line per run, coloured by parameter count (a cooldown
+    sweep's size: its branches' final validation losses, as `load_curves` gives them)."""
     if x not in ("tokens", "flops"):
         raise AnalysisError(f"learning curves: x must be 'tokens' or 'flops', got '{x}'")
     fig, ((ax,),) = figure()
@@ -234,7 +235,11 @@ def plot_learning_curves(curves: pd.DataFrame, out_dir: Path, x: str = "tokens",
     for _, run in curves.groupby("run_id", sort=False):
         run = run[run[x] > 0].sort_values("step")
         ax.plot(run[x], run["loss"], color=colours.to_rgba(run["params"].iloc[0]), lw=1.0)
-    ax.set(xscale="log", yscale="log", ylabel="Training loss (nats/token)")
+    splits = set(curves["split"]) if "split" in curves else {"train"}
+    what = {frozenset({"train"}): "Training loss", frozenset({"val"}): "Validation loss"}.get(
+        frozenset(splits), "Loss"
+    )
+    ax.set(xscale="log", yscale="log", ylabel=f"{what} (nats/token)")
     plain_loss_ticks(ax, curves["loss"])
     ax.set(xlabel=TOKENS if x == "tokens" else COMPUTE, title="Learning curves")
     size_colorbar(fig, colours, ax)
