@@ -156,6 +156,12 @@ def reason(code: int, window: int | None, P: Profiles, g: int) -> str:
     return f"minimum outside the sampled sizes (beyond the {side} size used, N in {span})"
 
 
+def brief_reason(reason: str) -> str:
+    """An exclusion reason without the sizes it sampled, for a legend or a one-line warning."""
+    reason = reason.split(" (")[0].rstrip(".")
+    return "fewer than 3 distinct sizes" if reason.endswith("a parabola needs 3") else reason
+
+
 # The noise level behind the N* intervals. A parabola through 3 points has no residual to estimate
 # it from, so it is pooled over budgets: the residual of a cubic in log N through log loss of every
 # budget with 5 or more sizes (a quadratic with 4), which follows the asymmetric profile closely.

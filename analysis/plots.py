@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.emergence_plots import plot_headline
 from analysis.fit import compute_optimal, frontier
 from analysis.holdout import Holdout, prediction_band
-from analysis.isoflop import isoflop_groups
+from analysis.isoflop import brief_reason, isoflop_groups
 from analysis.laws import LAW_NAMES, Fit
 from analysis.load import AnalysisError, six_nd, tokens_from_compute
 from analysis.plot_style import (
@@ -127,9 +127,7 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     gone = _budget_index(runs, np.array([e["C"] for e in excluded])) if excluded else []
     for i, e in enumerate(excluded):  # hollow, with the reason: a budget left out is shown, not hidden
         group = runs[gone == i]
-        reason = e["reason"].split(" (")[0]  # the sizes it would need are in the fit's text and JSON
-        reason = "fewer than 3 sizes" if reason.endswith("a parabola needs 3") else reason
-        label = f"C = ${latex_number(e['C'])}$, excluded: {reason}" + (
+        label = f"C = ${latex_number(e['C'])}$, excluded: {brief_reason(e['reason'])}" + (
             " (in the fit of a)" if e.get("in_fit") else ""
         )
         ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)

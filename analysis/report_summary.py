@@ -11,6 +11,7 @@ import pandas as pd
 from analysis import numbers as fmt
 from analysis.fit import compute_optimal
 from analysis.holdout import Holdout
+from analysis.isoflop import brief_reason
 from analysis.laws import LAW_NAMES, Fit
 from analysis.report_tables import overlap_sentence, residual_rms, seed_spread
 from analysis.sweep import Sweep
@@ -136,10 +137,7 @@ def _excluded_budgets(name: str, excluded: list[dict]) -> list[str]:
     enter the joint fit of the exponent."""
     by_reason: dict[tuple[str, bool], list[float]] = {}
     for e in excluded:
-        reason = e["reason"].split(" (")[0].rstrip(".")
-        if reason.endswith("a parabola needs 3"):
-            reason = "fewer than 3 distinct sizes"
-        by_reason.setdefault((reason, bool(e.get("in_fit"))), []).append(e["C"])
+        by_reason.setdefault((brief_reason(e["reason"]), bool(e.get("in_fit"))), []).append(e["C"])
     out = []
     for (reason, in_fit), Cs in by_reason.items():
         where = ", ".join(fmt.flops(C) for C in Cs)

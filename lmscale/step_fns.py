@@ -75,9 +75,10 @@ class StepFns:
         with self.context():
             return self._train.lower(self.abstract_state, self.abstract_batch(), lr)
 
-    def compile_train_step(self) -> CompiledStep:
-        """Ahead-of-time compiled train step, so step times never include compilation."""
-        return CompiledStep(self.lower_train_step().compile(), self.lrs)
+    def compile_train_step(self, lowered=None) -> CompiledStep:
+        """Ahead-of-time compiled train step, so step times never include compilation (from `lowered`,
+        this StepFns' `lower_train_step()`, when the caller has it already)."""
+        return CompiledStep((lowered or self.lower_train_step()).compile(), self.lrs)
 
     def abstract_batch(self) -> jax.ShapeDtypeStruct:
         shape = (self.cfg.train.batch_size, self.cfg.model.seq_len + 1)

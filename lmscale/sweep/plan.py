@@ -34,7 +34,7 @@ from lmscale.fewshot import evaluate, tasks
 from lmscale.fewshot.decode import bucket
 from lmscale.fewshot.requests import Request, build_requests
 from lmscale.flops import step_flops
-from lmscale.step_fns import CompiledStep, StepFns, build
+from lmscale.step_fns import StepFns, build
 from lmscale.sweep import cooldown, grid
 from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
@@ -97,7 +97,7 @@ def time_shape(cfg: Config) -> tuple[Timing, StepFns, object]:
     t1 = time.perf_counter()
     lowered = steps.lower_train_step()
     t_lower = time.perf_counter() - t1
-    compiled = CompiledStep(lowered.compile(), steps.lrs)
+    compiled = steps.compile_train_step(lowered)
     t2 = time.perf_counter()
     state = _zeros(steps)
     state, metrics = compiled(state, steps.put_batch(next(source)), 0)  # warm-up: first-touch allocations
