@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from lmscale import config, flops, peak, sharding
 from lmscale.data.pipeline import make_source, prepare
@@ -28,6 +32,7 @@ SEQ_LEN, BATCH = 128, 16
 # nanoGPT's README CPU recipe (Shakespeare-char): the shape a PyTorch user knows, for the peer ratio.
 RECIPE = {"n_layers": 4, "d_model": 128, "n_heads": 4, "seq_len": 64, "vocab_size": 257, "pos_emb": "learned"}
 RECIPE_BATCH = 12
+SETTLE_S = 0.05  # between the two sides' turns: thread pools that spin after work go idle
 
 
 def _config(model: dict, batch: int) -> config.Config:
@@ -81,34 +86,74 @@ def bench_training(name: str, shape: dict, steps: int) -> dict:
     }
 
 
-def bench_peer(name: str, model: dict, batch: int, rounds: int, steps_per_round: int = 5) -> dict:
-    """lmscale's train step against the PyTorch eager peer (lmscale/peer_torch.py) on the same batches,
-    alternating `steps_per_round` steps of each per round; the ratio is the median of the rounds' ratios
-    of median step times (above 1: lmscale is faster). Accelerators compare in bfloat16."""
-    import torch
+class PeerProcess:
+    """The PyTorch eager peer (lmscale/peer_torch.py) in a worker process of its own, stepping on
+    request: in one process, torch's and XLA's thread pools take cores from each other (on a 2-core
+    machine the peer's recipe step read 56 ms in-process against 33 ms alone)."""
 
-    from lmscale.peer_torch import TorchStep
+    def __init__(self, raw: dict, batches: list, on_cpu: bool, workdir: Path):
+        np.save(workdir / "batches.npy", np.stack(batches))
+        spec = {
+            "config": raw,
+            "batches": str(workdir / "batches.npy"),
+            "device": "cpu" if on_cpu else "cuda",
+            "dtype": "float32" if on_cpu else "bfloat16",
+            "threads": len(os.sched_getaffinity(0)),  # torch's own default: every usable core
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmscale.peer_torch", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(workdir / "peer.err", "w"),  # noqa: SIM115 - the process owns it
+            text=True,
+        )
+        self.err = workdir / "peer.err"
+        self._ask(spec)
+
+    def _ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            last = (self.err.read_text().strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"the torch peer process exited: {last}")
+        return json.loads(line)
+
+    def steps(self, n: int) -> list[float]:
+        return self._ask({"steps": n})["times"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def bench_peer(name: str, model: dict, batch: int, rounds: int, steps_per_round: int = 5) -> dict:
+    """lmscale's train step against the PyTorch eager peer on the same batches, alternating
+    `steps_per_round` steps of each per round, the peer in its own process (`PeerProcess`); the ratio is
+    the median of the rounds' ratios of median step times (above 1: lmscale is faster). Accelerators
+    compare in bfloat16."""
+    import torch
 
     on_cpu = jax.devices()[0].platform == "cpu"
     dtype = {} if on_cpu else {"compute_dtype": "bfloat16"}
-    cfg = _config({**model, **dtype}, batch)
+    raw = {"model": {**model, **dtype}, "train": {"batch_size": batch}}
+    cfg = _config(raw["model"], batch)
     batches = _batches(cfg)
     ours = _lmscale_step(cfg, batches)
-    peer = TorchStep(cfg, "cpu" if on_cpu else "cuda", torch.float32 if on_cpu else torch.bfloat16)
-
-    def theirs(n: int) -> float:
-        t0 = time.perf_counter()
-        peer.sync(peer(batches[n % len(batches)]))
-        return time.perf_counter() - t0
-
-    theirs(0)  # warm-up
-    ours_s, theirs_s, ratios = [], [], []
-    for r in range(rounds):
-        a = statistics.median(ours() for _ in range(steps_per_round))
-        b = statistics.median(theirs(r * steps_per_round + i) for i in range(steps_per_round))
-        ours_s.append(a)
-        theirs_s.append(b)
-        ratios.append(b / a)
+    with tempfile.TemporaryDirectory(prefix="lmscale-peer-") as workdir:
+        peer = PeerProcess(raw, batches, on_cpu, Path(workdir))
+        try:
+            ours_s, theirs_s, ratios = [], [], []
+            for _ in range(rounds):
+                a = statistics.median(ours() for _ in range(steps_per_round))
+                time.sleep(SETTLE_S)
+                b = statistics.median(peer.steps(steps_per_round))
+                time.sleep(SETTLE_S)
+                ours_s.append(a)
+                theirs_s.append(b)
+                ratios.append(b / a)
+        finally:
+            peer.close()
     tokens = batch * cfg.model.seq_len
     step_s, peer_s = statistics.median(ours_s), statistics.median(theirs_s)
     return {
@@ -116,7 +161,8 @@ def bench_peer(name: str, model: dict, batch: int, rounds: int, steps_per_round:
         **model,
         "batch_size": batch,
         "compute_dtype": cfg.model.compute_dtype,
-        "peer": f"torch {torch.__version__} eager",
+        "devices": jax.device_count(),
+        "peer": f"torch {torch.__version__} eager, {'its own process' if on_cpu else 'cuda'}",
         "rounds": rounds,
         "step_time_s": step_s,
         "peer_step_time_s": peer_s,

@@ -155,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
     runlog.check_writable(out, "--out", directory=True)
     from lmscale import sharding  # jax is imported only once the config has parsed
 
+    sharding.use_cpu_devices(cfg.mesh.cpu_devices)
     sharding.initialize_distributed(cfg.mesh.distributed)
     import jax
 
@@ -204,6 +205,7 @@ def _load_sweep(args: argparse.Namespace):
     sweep = grid.load(args.sweep, args.overrides)
     from lmscale import sharding  # jax is imported only once the spec has parsed
 
+    sharding.use_cpu_devices(sweep.cells[0].cfg.mesh.cpu_devices)
     sharding.initialize_distributed(sweep.cells[0].cfg.mesh.distributed)
     import jax
 

@@ -102,6 +102,7 @@ class MeshConfig:
     tensor: MeshSize = 1
     rules: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_RULES))
     distributed: Literal["auto", "true", "false"] = "auto"  # call jax.distributed.initialize()
+    cpu_devices: PosInt = 1  # JAX devices this host's CPU is split into (sharding.use_cpu_devices)
 
     def shape(self, n_devices: int) -> dict[str, int]:
         sizes = {a: getattr(self, a) for a in MESH_AXES}

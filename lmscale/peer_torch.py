@@ -105,10 +105,42 @@ class TorchStep:
         return sum(p.numel() for p in self.model.parameters() if id(p) not in skip)
 
 
+def serve(stdin, stdout) -> None:
+    """The peer as a worker process of `lmscale bench`: the first line of `stdin` is JSON {config (a
+    raw config dict), batches (an .npy file of [n, B, L+1] rows), device, dtype, threads}; after a
+    warm-up step it answers {"ready": true}, then each {"steps": k} with {"times": [...]}, k steps' seconds. The
+    bench's own process is idle while the peer steps and the peer idle while the bench steps, so
+    neither side's threads take cores from the other."""
+    import json
+    import time
+
+    from lmscale.config import from_dict
+
+    spec = json.loads(stdin.readline())
+    torch.set_num_threads(spec["threads"])  # also MKL's: an inherited MKL_NUM_THREADS=1 would halve it
+    batches = np.load(spec["batches"])
+    step = TorchStep(from_dict(spec["config"]), spec["device"], getattr(torch, spec["dtype"]))
+    step.sync(step(batches[0]))
+    print(json.dumps({"ready": True}), file=stdout, flush=True)
+    n = 1
+    for line in stdin:
+        times = []
+        for _ in range(json.loads(line)["steps"]):
+            t0 = time.perf_counter()
+            step.sync(step(batches[n % len(batches)]))
+            times.append(time.perf_counter() - t0)
+            n += 1
+        print(json.dumps({"times": times}), file=stdout, flush=True)
+
+
 def main(argv: list[str]) -> None:
     """`python -m lmscale.peer_torch CONFIG [key=value ...]`: train the peer on the batches `lmscale train`
     would draw, for the config's steps (with the config's constant peak lr), printing the last loss:
-    launch-to-exit timings beside `lmscale train` with the same config."""
+    launch-to-exit timings beside `lmscale train` with the same config. `--serve`: see `serve`."""
+    if argv == ["--serve"]:
+        import sys
+
+        return serve(sys.stdin, sys.stdout)
     from lmscale.config import load
     from lmscale.data.pipeline import make_source
 

@@ -28,6 +28,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lmsc
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import jax  # noqa: E402
+
+# Start JAX's backend with one CPU device now, so that a config's mesh.cpu_devices (the experiments set
+# 2) never splits a test process that later tests share; they get the warning that says so.
+jax.devices()
+
 
 def lmscale_env(devices: int = 1, xla_cache: bool = True) -> dict:
     """This process's environment for a fresh interpreter with `devices` CPU devices; `xla_cache=False`

@@ -278,4 +278,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file '{path}': expected a mapping")
-    return expand(raw, path.stem, overrides)
+    sweep = expand(raw, path.stem, overrides)
+    counts = sorted({cell.cfg.mesh.cpu_devices for cell in sweep.cells})
+    if len(counts) > 1:  # one JAX backend, started once, serves every run of the process
+        raise ConfigError(f"mesh.cpu_devices={counts}: a sweep's runs share one process, so one value")
+    return sweep
