@@ -108,8 +108,8 @@ class TorchStep:
 def serve(stdin, stdout) -> None:
     """The peer as a worker process of `lmscale bench`: the first line of `stdin` is JSON {config (a
     raw config dict), batches (an .npy file of [n, B, L+1] rows), device, dtype, threads}; after a
-    warm-up step it answers {"ready": true}, then each {"steps": k} with {"times": [...]}, k steps' seconds. The
-    bench's own process is idle while the peer steps and the peer idle while the bench steps, so
+    warm-up step it answers {"ready": true}, then each {"steps": k} with {"times": [...]}, k steps'
+    seconds. The bench's own process is idle while the peer steps and the peer idle while the bench steps, so
     neither side's threads take cores from the other."""
     import json
     import time

@@ -54,7 +54,8 @@ def use_cpu_devices(n: int) -> None:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:
         have = len(jax.devices("cpu"))
-        warnings.warn(f"mesh.cpu_devices={n} not applied: JAX's CPU backend started with {have}", stacklevel=3)
+        note = f"mesh.cpu_devices={n} not applied: JAX's CPU backend started with {have}"
+        warnings.warn(note, stacklevel=3)
 
 
 def initialize_distributed(setting: str) -> bool:
