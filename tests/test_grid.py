@@ -37,6 +37,34 @@ def test_explicit_shapes_cross_fixed_budgets_and_seeds_cheapest_first():
     assert cell.cfg.train.batch_size == 8  # untouched base keys pass through
 
 
+def test_repeats_train_the_named_sizes_again_at_every_budget_with_each_extra_seed():
+    shapes = [{"n_layers": 2, "d_model": 64, "n_heads": 4}, {"n_layers": 1, "d_model": 32, "n_heads": 2}]
+    spec = {"sizes": {"shapes": shapes}, "tokens": {"fixed": [2560, 5120]}}
+    sweep = expand({**spec, "repeats": {"seeds": [1, 2], "sizes": ["L2-D64"]}})
+    ids = {c.run_id for c in sweep.cells}
+    assert len(sweep.cells) == 4 + 2 * 2
+    assert {f"L2-D64-T{t}-s{s}" for t in ("2.56K", "5.12K") for s in (1, 2)} <= ids
+    assert not any(i.startswith("L1-D32") and not i.endswith("-s0") for i in ids)
+    again = next(c for c in sweep.cells if c.run_id == "L2-D64-T5.12K-s2")
+    assert (again.cfg.train.seed, again.cfg.train.tokens, again.cfg.model.d_model) == (2, 5120, 64)
+
+
+@pytest.mark.parametrize(
+    "repeats, message",
+    [
+        (
+            {"seeds": [1], "sizes": ["L3-D64"]},
+            "sweep.repeats.sizes: no size 'L3-D64' in the grid; its sizes: L2-D64",
+        ),
+        ({"seeds": [0], "sizes": ["L2-D64"]}, "sweep.repeats.seeds: seed 0 is already in sweep.seeds"),
+        ({"sizes": ["L2-D64"]}, "sweep.repeats.seeds"),
+    ],
+)
+def test_bad_repeats_name_the_key(repeats, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        expand({"sizes": {"shapes": [{"n_layers": 2, "d_model": 64, "n_heads": 4}]}, "repeats": repeats})
+
+
 def test_param_targets_become_shapes_near_the_target_and_the_aspect_ratio():
     targets = [1e5, 1e6, 1e7, 1e8]
     sweep = expand({"sizes": {"params": targets, **RULE}})
@@ -201,7 +229,7 @@ print(len(sweep.cells), "jax" in sys.modules)
     assert proc.returncode == 0, proc.stderr[-2000:]
     error, loaded = proc.stdout.splitlines()
     assert error.startswith("unknown sweep key 'sweep.sizes.x'; expected one of shapes, params")
-    assert loaded == "30 False"  # 6 trunks and their 24 branches
+    assert loaded == "40 False"  # 6 trunks and their 24 branches, 2 repeated sizes (2 trunks, 8 branches)
 
     for command in ("sweep", "plan"):
         proc = subprocess.run(

@@ -186,8 +186,9 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
                 budget_list += [{form: x, "key": key, "decay": c.decay_frac} for x in values or ()]
         pairs = list(itertools.product(size_list or [{}], budget_list or [{}]))
 
+    seeds = spec.seeds or (base_cfg.train.seed,)
     cells = []
-    for values in itertools.product(*axes.values(), spec.seeds or (base_cfg.train.seed,)):
+    for values in itertools.product(*axes.values(), seeds):
         *axis_values, seed = values
         coords = dict(zip(axis_keys, axis_values, strict=True))
         cell_raw = copy.deepcopy(base)
@@ -198,6 +199,8 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
             cells.append(_cell(cell_raw, size, budget, rule, spec.lr, coords))
     if not cells:
         raise ConfigError(f"sweep '{name}': the grid is empty")
+    if spec.repeats:
+        cells += _repeats(cells, spec.repeats, seeds)
     cells = _name(cells, axis_keys)
     _check_eval_fits(spec.eval, cells)
     from lmscale.sweep import cooldown
@@ -239,6 +242,31 @@ def _cell(
     if lr is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(train, lr=lr.peak(cfg)))
     return cfg, coords
+
+
+def _size_label(cfg: Config) -> str:
+    return f"L{cfg.model.n_layers}-D{cfg.model.d_model}"
+
+
+def _repeats(cells: list[tuple[Config, dict]], repeats, seeds: tuple[int, ...]) -> list[tuple[Config, dict]]:
+    """The cells of `repeats.sizes` (every budget and axis value of the first seed) again with each of
+    `repeats.seeds`."""
+    labels = sorted({_size_label(cfg) for cfg, _ in cells})
+    for label in repeats.sizes:
+        if label not in labels:
+            raise ConfigError(
+                f"sweep.repeats.sizes: no size '{label}' in the grid; its sizes: {', '.join(labels)}"
+            )
+    again = sorted(set(repeats.seeds) & set(seeds))
+    if again:
+        raise ConfigError(f"sweep.repeats.seeds: seed {again[0]} is already in sweep.seeds")
+    first = [(cfg, coords) for cfg, coords in cells if cfg.train.seed == seeds[0]]
+    return [
+        (dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed)), coords)
+        for seed in repeats.seeds
+        for cfg, coords in first
+        if _size_label(cfg) in repeats.sizes
+    ]
 
 
 def _name(cells: list[tuple[Config, dict]], axis_keys: list[str]) -> list[Cell]:

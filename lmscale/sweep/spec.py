@@ -144,12 +144,23 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Repeats:
+    """`sweep.repeats`: some sizes trained again with more seeds, every budget of each, so that the
+    report can set the run-to-run spread of the final loss beside the fit's residuals at a fraction of
+    the cost of seeding the whole grid."""
+
+    seeds: tuple[NonNegInt, ...]
+    sizes: tuple[str, ...]  # run-id size labels, L<n_layers>-D<d_model>
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepSpec:
     """The whole `sweep:` section; None means a section was not given."""
 
     sizes: Sizes | None = None
     tokens: Tokens | None = None
     seeds: tuple[NonNegInt, ...] | None = None  # None: the base config's train.seed
+    repeats: Repeats | None = None
     lr: Lr | None = None
     axes: dict[str, tuple[Any, ...]] | None = None  # dotted config key -> its values
     eval: EvalSpec | None = EvalSpec()  # None: `sweep.eval: false`, no evaluation
@@ -164,7 +175,7 @@ class SweepSpec:
             taken["train.tokens"] = "sweep.tokens"
         if tokens.cooldowns:
             taken |= dict.fromkeys(("train.schedule", "train.decay_frac"), "sweep.tokens.cooldowns")
-        if self.seeds is not None:
+        if self.seeds is not None or self.repeats is not None:
             taken["train.seed"] = "sweep.seeds"
         if self.lr is not None:
             taken["train.lr"] = "sweep.lr"
