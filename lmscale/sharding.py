@@ -36,6 +36,19 @@ def _is_multihost_launch() -> bool:
     return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")  # set on every host of a TPU pod
 
 
+def settle(tree: Any) -> Any:
+    """`tree` once every device has finished the program that computed it.
+
+    XLA:CPU runs each device's part of a program on its own, and two *different* programs with
+    collectives in flight at once on a multi-device CPU (`mesh.cpu_devices` > 1) can deadlock in their
+    rendezvous: XLA aborts the process after 40 s ("Expected 2 threads to join the rendezvous"). Reading
+    a replicated result (`jax.device_get`) waits for one device only. So every program other than the
+    train step, which only ever follows itself through its donated state, is settled before another is
+    dispatched. On an accelerator this costs a host round trip per evaluation batch, nothing per step.
+    """
+    return jax.block_until_ready(tree)
+
+
 def use_cpu_devices(n: int) -> None:
     """Split this host's CPU into `n` JAX devices (`mesh.cpu_devices`) before anything starts JAX's
     backend; `mesh.data: -1` then trains data-parallel over them. XLA:CPU runs most fused elementwise

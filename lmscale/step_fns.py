@@ -53,7 +53,7 @@ class StepFns:
 
     def init(self, seed: int) -> TrainState:
         with self.context():
-            return self._init(jax.random.PRNGKey(seed))
+            return sharding.settle(self._init(jax.random.PRNGKey(seed)))
 
     def train_step(
         self, state: TrainState, batch: jax.Array, step: int | None = None
@@ -64,7 +64,7 @@ class StepFns:
 
     def eval_loss(self, params: Any, batch: jax.Array) -> jax.Array:
         with self.context():
-            return self._eval(params, batch)
+            return sharding.settle(self._eval(params, batch))
 
     def put_batch(self, local_batch: np.ndarray) -> jax.Array:
         """Assemble the global batch from this process's rows."""

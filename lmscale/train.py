@@ -301,6 +301,7 @@ class _Loop:
                 continue
             self._record(*pending)
             pending = None
+            sharding.settle(self.state)  # every device is done with the step: see sharding.settle
             if self.diverged:
                 status = "diverged"  # the diverged state is never checkpointed
                 break

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lmscale import sharding
 from lmscale.config import ModelConfig
 from lmscale.model import Transformer, init_cache, unstack_layers
 
@@ -47,7 +48,7 @@ class Decoder:
         self.model = Transformer(cfg)
         # Decoding runs the layers unrolled (same params, unstacked), so the cache is updated in place.
         self.unrolled = Transformer(dataclasses.replace(cfg, scan_layers=False))
-        self.unrolled_params = unstack_layers(params, cfg)
+        self.unrolled_params = sharding.settle(unstack_layers(params, cfg))
         # Results come back replicated: on a multi-host mesh every process can then read all of them.
         out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._score = jax.jit(self._score_fn, out_shardings=out)
@@ -55,7 +56,7 @@ class Decoder:
 
     def load(self, params: Any) -> None:
         """Swap in other params of the same model (another checkpoint): nothing recompiles."""
-        self.params, self.unrolled_params = params, unstack_layers(params, self.cfg)
+        self.params, self.unrolled_params = params, sharding.settle(unstack_layers(params, self.cfg))
 
     @contextlib.contextmanager
     def _context(self):
@@ -182,7 +183,8 @@ class Decoder:
                 tokens_BxL[row, : len(seqs[i]) - 1] = seqs[i][:-1]
                 targets_BxL[row, : len(seqs[i]) - 1] = seqs[i][1:]
             with self._context():
-                logp_BxL, greedy_BxL = jax.device_get(self._score(self.params, tokens_BxL, targets_BxL))
+                scored = sharding.settle(self._score(self.params, tokens_BxL, targets_BxL))
+                logp_BxL, greedy_BxL = jax.device_get(scored)
             for row, i in enumerate(idx):
                 ctx_len, n = len(requests[i][0]), len(seqs[i]) - 1
                 out[i] = Score(logp_BxL[row, ctx_len - 1 : n], greedy_BxL[row, ctx_len - 1 : n])
@@ -240,7 +242,7 @@ class Decoder:
                     self.params, self.unrolled_params, tokens_BxS, len_B, cont_BxA, cont_len_B,
                     limit_B, stop_V, max_new=steps, cache_len=cache_len,
                 )  # fmt: skip
-                logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(result)
+                logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(sharding.settle(result))
             for row, i in enumerate(idx):
                 n = len(requests[i][1])
                 first = first_BxV[row] if n else None
