@@ -39,14 +39,24 @@ def _is_multihost_launch() -> bool:
 def settle(tree: Any) -> Any:
     """`tree` once every device has finished the program that computed it.
 
-    XLA:CPU runs each device's part of a program on its own, and two *different* programs with
-    collectives in flight at once on a multi-device CPU (`mesh.cpu_devices` > 1) can deadlock in their
-    rendezvous: XLA aborts the process after 40 s ("Expected 2 threads to join the rendezvous"). Reading
-    a replicated result (`jax.device_get`) waits for one device only. So every program other than the
-    train step, which only ever follows itself through its donated state, is settled before another is
-    dispatched. On an accelerator this costs a host round trip per evaluation batch, nothing per step.
+    XLA:CPU runs each device's part of a program on a shared pool of worker threads, and a part waiting
+    in a collective holds its thread. Two programs with collectives in flight at once on a multi-device
+    CPU (`mesh.cpu_devices` > 1) can therefore deadlock, and XLA aborts the process after 40 s ("Expected
+    2 threads to join the rendezvous"); so can one program whose collectives do not depend on each other
+    (see `unordered_collectives`). Reading a replicated result (`jax.device_get`) waits for one device
+    only. So every program other than the train step, which only ever follows itself through its donated
+    state, is settled before another is dispatched. On an accelerator this costs a host round trip per
+    evaluation batch, nothing per step.
     """
     return jax.block_until_ready(tree)
+
+
+def unordered_collectives(mesh: Mesh) -> bool:
+    """Whether `mesh` is several CPU devices of one process, where XLA:CPU may run a program's
+    independent collectives in another order on each device and deadlock (reproduced: a decoding
+    program with 2 all-reduces and 7 all-gathers). The train and eval steps have one combined
+    all-reduce each; programs with more run on one device there instead."""
+    return mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu" and jax.process_count() == 1
 
 
 def use_cpu_devices(n: int) -> None:

@@ -53,3 +53,48 @@ def test_a_sweep_gives_every_run_one_cpu_device_count(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "lmscale plan: error: mesh.cpu_devices=[1, 2]: a sweep's runs share one process, so one value"
     ]
+
+
+DECODE_ON_TWO_DEVICES = """
+import re, jax
+jax.config.update("jax_num_cpu_devices", 2)
+import numpy as np
+from lmscale import config, sharding
+from lmscale.fewshot.decode import Decoder
+from lmscale.fewshot.evaluate import new_decoder
+from lmscale.step_fns import build
+raw = {"model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "seq_len": 32},
+       "train": {"batch_size": 4, "tokens": 4096}}
+cfg = config.validate(config.from_dict(raw), 2)
+built = build(cfg, sharding.make_mesh(cfg.mesh))
+params = built.init(0).params
+on_mesh, alone = new_decoder(built, params, 4), Decoder(cfg.model, jax.device_get(params), 4)
+hlo = {}
+for name in ("_run", "_score"):
+    jitted = getattr(on_mesh, name)
+    def traced(*a, _jitted=jitted, _name=name, **k):
+        hlo[_name] = _jitted.lower(*a, **k).compile().as_text()
+        return _jitted(*a, **k)
+    setattr(on_mesh, name, traced)
+requests = [([1, 2, 3], [4, 5]), ([3, 4], [5])]
+got = [on_mesh.score_and_generate(requests, 4, [7]), on_mesh.score(requests)]
+want = [alone.score_and_generate(requests, 4, [7]), alone.score(requests)]
+for (g_score, g_gen), (w_score, w_gen) in zip(got[0], want[0]):
+    assert g_gen == w_gen
+    np.testing.assert_allclose(g_score.logprobs, w_score.logprobs, rtol=1e-5)
+for g, w in zip(got[1], want[1]):
+    np.testing.assert_allclose(g.logprobs, w.logprobs, rtol=1e-5)
+collective = r"(all-reduce|all-gather|collective-permute|all-to-all)(-start)?\\("
+print({n: len(re.findall(collective, t)) for n, t in hlo.items()})
+"""
+
+
+def test_decoding_on_two_cpu_devices_runs_no_collectives():
+    """XLA:CPU may order a program's independent collectives differently per device and deadlock: a few-shot
+    evaluation on `mesh.cpu_devices: 2` aborted that way. Decoding there runs on one device, same results."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, "-c", DECODE_ON_TWO_DEVICES]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "{'_run': 0, '_score': 0}"

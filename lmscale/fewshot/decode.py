@@ -43,12 +43,14 @@ class Decoder:
     """Jitted scoring and generation for `params` of a `Transformer(cfg)`, under an optional mesh."""
 
     def __init__(self, cfg: ModelConfig, params: Any, batch_size: int = 64, mesh=None, rules: tuple = ()):
-        self.cfg, self.params, self.batch_size = cfg, params, batch_size
+        if mesh is not None and sharding.unordered_collectives(mesh):  # decoding gathers several outputs
+            mesh, rules = None, ()
+        self.cfg, self.batch_size = cfg, batch_size
         self.mesh, self.rules = mesh, rules
         self.model = Transformer(cfg)
         # Decoding runs the layers unrolled (same params, unstacked), so the cache is updated in place.
         self.unrolled = Transformer(dataclasses.replace(cfg, scan_layers=False))
-        self.unrolled_params = sharding.settle(unstack_layers(params, cfg))
+        self.load(params)
         # Results come back replicated: on a multi-host mesh every process can then read all of them.
         out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self._score = jax.jit(self._score_fn, out_shardings=out)
@@ -56,7 +58,10 @@ class Decoder:
 
     def load(self, params: Any) -> None:
         """Swap in other params of the same model (another checkpoint): nothing recompiles."""
-        self.params, self.unrolled_params = params, sharding.settle(unstack_layers(params, self.cfg))
+        if self.mesh is None:  # params on a mesh the decoder does not use: onto one device
+            params = jax.device_put(params, jax.local_devices()[0])
+        self.params = params
+        self.unrolled_params = sharding.settle(unstack_layers(params, self.cfg))
 
     @contextlib.contextmanager
     def _context(self):
