@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, help="also write the results to this JSON file")
     b.add_argument("--steps", type=int, default=6, help="timed steps per size (default: 6)")
     b.add_argument("--sizes", help="comma-separated subset of size names to run")
+    b.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the CPU into N JAX devices and train data-parallel over them, as mesh.cpu_devices "
+        "does (default: 1)",
+    )
     b.add_argument("--no-fit", action="store_true", help="skip the scaling-law fitting benchmark")
     b.add_argument(
         "--no-peer",
@@ -247,8 +255,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from lmscale import bench
+    from lmscale import bench, sharding
 
+    if args.cpu_devices < 1:
+        raise ConfigError(f"--cpu-devices={args.cpu_devices}: must be positive")
+    sharding.use_cpu_devices(args.cpu_devices)
     if args.json is not None:
         runlog.check_writable(args.json, "--json", directory=False)
     return bench.main(args)

@@ -53,6 +53,13 @@ def test_bench_rejects_unknown_sizes(capsys):
     assert "xxl" in capsys.readouterr().err
 
 
+def test_bench_rejects_a_cpu_device_count_below_one(capsys):
+    assert main(["bench", "--cpu-devices", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lmscale bench: error: --cpu-devices=0: must be positive"
+    ]
+
+
 def test_device_peak_table_matches_device_kind_prefixes():
     assert peak.table_peak("NVIDIA H100 80GB HBM3") == 989e12
     assert peak.table_peak("NVIDIA H100 PCIe") == 756e12

@@ -171,6 +171,30 @@ def test_seed_orders_the_windows_and_the_mixture_follows_its_weights(tmp_path, c
     assert abs(share - 0.75) < 0.02  # weights 3:1, 3200 rows: binomial sd 0.008
 
 
+def test_every_seed_and_batch_size_is_scored_on_one_validation_set(tmp_path, corpus_dir):
+    pipe = pipeline.prepare(make_cfg(tmp_path, kinds(corpus_dir)["mixture"]))
+    by_seed = [np.concatenate([next(src) for _ in range(3)]) for src in
+               (pipe.source("val", 8, seed=s) for s in (0, 1, 7))]  # fmt: skip
+    np.testing.assert_array_equal(by_seed[1], by_seed[0])
+    np.testing.assert_array_equal(by_seed[2], by_seed[0])
+    halves = pipe.source("val", 4, seed=3)
+    np.testing.assert_array_equal(np.concatenate([next(halves) for _ in range(6)]), by_seed[0])
+    # Weights 3:1: after every batch each component holds its share of the rows to within one.
+    src = pipe.source("val", 5, seed=0)
+    for batches in range(1, 9):
+        next(src)
+        rows = 5 * batches
+        assert abs(src.consumed[0] - 0.75 * rows) <= 1 and sum(src.consumed) == rows
+
+
+def test_stratified_rows_hold_every_share_to_within_one_row():
+    w = np.array([0.38, 0.12, 0.17, 0.33])
+    comp = pipeline.stratified_rows(w, 500)
+    for rows in range(1, 501):
+        counts = np.bincount(comp[:rows], minlength=4)
+        assert np.all(np.abs(counts - w * rows) <= 1), (rows, counts)
+
+
 def test_second_prepare_reads_the_cache_without_tokenizing(tmp_path, corpus_dir, monkeypatch):
     cfg = make_cfg(tmp_path, kinds(corpus_dir)["files-txt"])
     first = pipeline.prepare(cfg)

@@ -229,7 +229,7 @@ print(len(sweep.cells), "jax" in sys.modules)
     assert proc.returncode == 0, proc.stderr[-2000:]
     error, loaded = proc.stdout.splitlines()
     assert error.startswith("unknown sweep key 'sweep.sizes.x'; expected one of shapes, params")
-    assert loaded == "30 False"  # 6 trunks and their 24 branches
+    assert loaded == "40 False"  # 6 trunks and their 24 branches; 2 sizes again at seed 1: 2 + 8 more
 
     for command in ("sweep", "plan"):
         proc = subprocess.run(
