@@ -309,9 +309,8 @@ def process_rows(batch_size: int, process_index: int, process_count: int) -> sli
 def stratified_rows(weights: np.ndarray, rows: int) -> np.ndarray:
     """Components of the first `rows` rows of a sequence in which, after any number R of rows,
     component k holds w_k R rows to within one: each row goes to the component furthest below its
-    share. A validation set drawn row by row at random instead carries the spread of a multinomial draw
-    (a 16K-token set of the cpu_demo mixture: about 4% of its loss). The sequence does not depend on
-    the batch size, so runs with other batch sizes share its rows."""
+    share. Rows drawn at random would carry a multinomial spread (about 4% of the cpu_demo mixture's loss
+    on 16K tokens). The sequence does not depend on the batch size, so every batch size shares it."""
     w = np.asarray(weights, float) / np.sum(weights)
     held = np.zeros(len(w))
     out = np.empty(rows, np.int64)
