@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -59,6 +60,7 @@ DECODE_ON_TWO_DEVICES = """
 import re, jax
 jax.config.update("jax_num_cpu_devices", 2)
 import numpy as np
+import pandas as pd
 from lmscale import config, sharding
 from lmscale.fewshot.decode import Decoder
 from lmscale.fewshot.evaluate import new_decoder
@@ -98,3 +100,34 @@ def test_decoding_on_two_cpu_devices_runs_no_collectives():
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "{'_run': 0, '_score': 0}"
+
+
+TASKS = ["reverse", "cycle", "unscramble", "repeat", "recall", "modarith", "modlin"]  # cpu_demo's
+
+
+@pytest.mark.slow  # ~35 s: a cooldown sweep with few-shot evaluation in a fresh 2-device process
+def test_a_cooldown_sweep_with_evaluation_completes_on_two_cpu_devices(tmp_path):
+    """The path that deadlocked `make demo` on 2 CPU devices: trunk, branches restored from it, evaluation
+    every few steps, checkpoints, then few-shot scoring and generation of the branches. With decoding on
+    both devices (before the fix) this sweep aborted in XLA's rendezvous after 80 s."""
+    spec = tmp_path / "two.yaml"
+    spec.write_text(
+        "model: {n_layers: 2, d_model: 32, n_heads: 2, seq_len: 128, vocab_size: 320}\n"
+        "train: {batch_size: 8, lr: 0.01, warmup_steps: 4, eval_every: 5, eval_batches: 4}\n"
+        "mesh: {cpu_devices: 2}\n"
+        "checkpoint: {every_steps: 5}\n"
+        "sweep:\n"
+        "  sizes: {shapes: [{n_layers: 1, d_model: 32, n_heads: 2},\n"
+        "                   {n_layers: 2, d_model: 32, n_heads: 2}]}\n"
+        "  tokens: {cooldowns: {budgets: [5120, 10240]}}\n"
+        f"  eval: {{tasks: [{', '.join(TASKS)}], shots: [0, 1, 2, 4], examples: 100}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, "-m", "lmscale", "sweep", str(spec), "--out", str(tmp_path), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rendezvous" not in proc.stderr
+    fewshot = pd.read_csv(tmp_path / "two" / "fewshot.csv")
+    assert set(fewshot["task"]) == set(TASKS)
+    assert fewshot["run_id"].str.contains("-T").all()  # branches are evaluated, trunks are not
