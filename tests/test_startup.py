@@ -43,3 +43,15 @@ def test_a_run_without_a_final_checkpoint_saves_only_at_its_interval(tmp_path, t
     overrides = [*tiny_overrides, "train.tokens=2304", "checkpoint.every_steps=4", "checkpoint.final=false"]
     assert main(["train", "experiments/tiny.yaml", "--out", str(out), "--no-progress", *overrides]) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "8"]
+
+
+def test_the_cached_cpu_peak_keeps_the_highest_calibration(tmp_path, monkeypatch):
+    """A calibration on a busy machine reads low; remeasuring (`lmscale bench`) replaces it with a higher
+    one and never with a lower one."""
+    readings = iter([100e9, 300e9, 200e9])
+    monkeypatch.setattr(peak, "calibrated_cpu_peak", lambda: next(readings))
+    assert peak.cached_cpu_peak(tmp_path) == 100e9
+    assert peak.cached_cpu_peak(tmp_path) == 100e9  # read from the file, not measured
+    assert peak.cached_cpu_peak(tmp_path, remeasure=True) == 300e9
+    assert peak.cached_cpu_peak(tmp_path, remeasure=True) == 300e9  # 200e9 measured, 300e9 kept
+    assert peak.cached_cpu_peak(tmp_path) == 300e9
