@@ -68,14 +68,13 @@ def _batches(cfg: config.Config, n: int = 4) -> list:
     return [next(source) for _ in range(n)]
 
 
-def bench_training(name: str, shape: dict, steps: int) -> dict:
+def bench_training(name: str, shape: dict, steps: int, peak_flops: float | None) -> dict:
     cfg = _config({**shape, "seq_len": SEQ_LEN}, BATCH)
     step = _lmscale_step(cfg, _batches(cfg, 1))
     times = [step() for _ in range(steps)]
     step_s = statistics.median(times)
     tokens = BATCH * SEQ_LEN
     flops_step = flops.step_flops(cfg)
-    peak_flops, _ = host_peak()
     counts = flops.param_counts(cfg.model)
     return {
         "size": name,
@@ -334,7 +333,7 @@ def main(args: argparse.Namespace) -> int:
     device = jax.devices()[0]
     rows = []
     for name in names:
-        row = bench_training(name, SIZES[name], args.steps)
+        row = bench_training(name, SIZES[name], args.steps, peak_flops)
         rows.append(row)
         print(
             f"train {name}: {row['params'] / 1e6:6.2f}M params  {row['tokens_per_s']:10,.0f} tok/s  "

@@ -44,9 +44,10 @@ def settle(tree: Any) -> Any:
     CPU (`mesh.cpu_devices` > 1) can therefore deadlock, and XLA aborts the process after 40 s ("Expected
     2 threads to join the rendezvous"); so can one program whose collectives do not depend on each other
     (see `unordered_collectives`). Reading a replicated result (`jax.device_get`) waits for one device
-    only. So every program other than the train step, which only ever follows itself through its donated
-    state, is settled before another is dispatched. On an accelerator this costs a host round trip per
-    evaluation batch, nothing per step.
+    only. So every program with collectives other than the train step, which only ever follows itself
+    through its donated state, is settled before another is dispatched; few-shot decoding runs on one
+    device there instead. On an accelerator this costs a host round trip per evaluation batch, nothing
+    per step.
     """
     return jax.block_until_ready(tree)
 

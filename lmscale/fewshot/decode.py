@@ -61,7 +61,7 @@ class Decoder:
         if self.mesh is None:  # params on a mesh the decoder does not use: onto one device
             params = jax.device_put(params, jax.local_devices()[0])
         self.params = params
-        self.unrolled_params = sharding.settle(unstack_layers(params, self.cfg))
+        self.unrolled_params = unstack_layers(params, self.cfg)
 
     @contextlib.contextmanager
     def _context(self):
@@ -188,8 +188,7 @@ class Decoder:
                 tokens_BxL[row, : len(seqs[i]) - 1] = seqs[i][:-1]
                 targets_BxL[row, : len(seqs[i]) - 1] = seqs[i][1:]
             with self._context():
-                scored = sharding.settle(self._score(self.params, tokens_BxL, targets_BxL))
-                logp_BxL, greedy_BxL = jax.device_get(scored)
+                logp_BxL, greedy_BxL = jax.device_get(self._score(self.params, tokens_BxL, targets_BxL))
             for row, i in enumerate(idx):
                 ctx_len, n = len(requests[i][0]), len(seqs[i]) - 1
                 out[i] = Score(logp_BxL[row, ctx_len - 1 : n], greedy_BxL[row, ctx_len - 1 : n])
@@ -247,7 +246,7 @@ class Decoder:
                     self.params, self.unrolled_params, tokens_BxS, len_B, cont_BxA, cont_len_B,
                     limit_B, stop_V, max_new=steps, cache_len=cache_len,
                 )  # fmt: skip
-                logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(sharding.settle(result))
+                logp_BxA, greedy_BxA, first_BxV, tokens_BxT = jax.device_get(result)
             for row, i in enumerate(idx):
                 n = len(requests[i][1])
                 first = first_BxV[row] if n else None
