@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from analysis import atomic, emergence_cli  # noqa: E402
 from analysis import numbers as fmt  # noqa: E402
 from analysis.atomic import write_atomic  # noqa: E402
-from analysis.load import AnalysisError  # noqa: E402
+from analysis.errors import AnalysisError  # noqa: E402
 
 LAWS = ("power", "approach1", "approach2", "approach3", "chinchilla")
 WINDOW = 2  # analysis.isoflop.WINDOW, repeated so that --help does not import JAX

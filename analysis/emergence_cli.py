@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from analysis.atomic import write_atomic
-from analysis.load import AnalysisError
+from analysis.errors import AnalysisError
+
+if TYPE_CHECKING:  # imported where used: the command line registers `emergence` without pandas
+    import pandas as pd
 
 ROLE_HELP = {
     "model": "model name (default: model, else run_id)",
@@ -148,6 +151,8 @@ def summary_table(midpoints: pd.DataFrame, metric: str | None = None) -> pd.Data
 
 
 def run_emergence(args: argparse.Namespace) -> list[Path]:
+    import pandas as pd
+
     from analysis import emergence_plots
     from analysis.emergence import emergence_midpoints
     from analysis.evaltable import load_table, table_path

@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-class AnalysisError(ValueError):
-    """Bad input to the analysis; the message is one line and names the file, column or value."""
-
+from analysis.errors import AnalysisError
 
 # Where each canonical column comes from in lmscale's results.csv, in order of preference. Compute is
 # 6ND FLOPs, the convention of the allocation fits (D_opt = C / 6 N_opt): the detailed `flops` count,

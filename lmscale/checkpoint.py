@@ -18,8 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from lmscale.config import CheckpointConfig, ConfigError
 
@@ -72,26 +70,53 @@ def retained_steps(steps: int, every: int, keep: int, keep_period: int = 0, keep
 
 class Checkpointer:
     """Keep-last-k, plus every `keep_period` steps and the `keep_steps`; atomic (Orbax writes to a
-    temporary directory and renames on commit)."""
+    temporary directory and renames on commit).
+
+    In one process the Orbax manager (and Orbax's 0.2 s import) waits for the first save or for a
+    checkpoint directory on disk, so a run that saves nothing never loads it. Several processes build it
+    at once: its construction synchronises them.
+    """
 
     def __init__(self, directory: Path, keep: int, async_save: bool, keep_period: int = 0, keep_steps=()):
+        self.directory = Path(directory).absolute()
+        self._options = (keep, async_save, keep_period, tuple(keep_steps))
+        self._manager = None
+        if jax.process_count() > 1:
+            self._build()
+
+    def _build(self) -> Any:
+        import orbax.checkpoint as ocp
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+        keep, async_save, keep_period, keep_steps = self._options
         keeping = {"max_to_keep": keep, "keep_period": keep_period or None}
         if keep_steps:  # Orbax takes explicit steps only as a policy, which replaces the two options
             policies = [pp.LatestN(keep), pp.CustomSteps(list(keep_steps))]
             policies += [pp.EveryNSteps(keep_period)] if keep_period else []
             keeping = {"preservation_policy": pp.AnyPreservationPolicy(policies)}
         options = ocp.CheckpointManagerOptions(**keeping, enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
+
+    @property
+    def manager(self) -> Any:
+        return self._manager if self._manager is not None else self._build()
+
+    def _on_disk(self) -> bool:
+        """Whether there can be anything to read or clean: a manager, or a checkpoint directory."""
+        return self._manager is not None or self.directory.exists()
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        return self.manager.latest_step() if self._on_disk() else None
 
     def all_steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return sorted(self.manager.all_steps()) if self._on_disk() else []
 
     def save(self, step: int, state: Any, extra: dict, probe_loss: float | None = None) -> None:
         """Save `state` and `extra`, with the state's digest and `probe_loss` (its parameters' loss on the
         fixed validation batch) under extra's `verify` key."""
+        import orbax.checkpoint as ocp
+
         extra = extra | {"verify": {"digest": digest(state), "probe_loss": probe_loss}}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra))
         self.manager.save(step, args=args, force=True)
@@ -99,6 +124,8 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs); CheckpointCorrupt
         if the state's digest differs from the one saved. extra's `verify` holds the saved probe loss."""
+        import orbax.checkpoint as ocp
+
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), extra=ocp.args.JsonRestore()
         )
@@ -136,6 +163,8 @@ class Checkpointer:
         """Delete the temporary directories of saves that never committed (a kill or a full disk mid-save):
         they are no checkpoint, and Orbax would count them against `keep`. Only for the run's one writer,
         with no save in flight."""
+        if not self._on_disk():
+            return
         for tmp in Path(self.manager.directory).glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
         self.manager.reload()
@@ -151,5 +180,7 @@ class Checkpointer:
         return target
 
     def close(self) -> None:
+        if self._manager is None:
+            return
         self.manager.wait_until_finished()
         self.manager.close()

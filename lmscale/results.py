@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from lmscale import flops, runlog, schedule
 from lmscale.config import Config
 from lmscale.fewshot import tasks
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CELL = "cell.json"  # the run's id and sweep coordinates (columns of results.csv beyond the summary)
 # `chance` (last, so older readers by position still work) is the metric's value for a uniform guess
@@ -206,6 +208,8 @@ def _over_training(run_id: str, summary: dict, fewshot: dict) -> Iterator[dict]:
 def tables(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """results.csv, fewshot.csv and fewshot_training.csv (the runs evaluated at earlier checkpoints
     too), built from every run directory's summary.json."""
+    import pandas as pd  # here, not at the top: a single run never builds tables, and pandas takes 0.3 s
+
     results, fewshot, training = [], [], []
     for path in sorted(Path(sweep_dir).glob("*/summary.json")):
         summary = read_json(path)

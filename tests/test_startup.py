@@ -1,6 +1,9 @@
 """What a run pays before and after its steps: the CPU peak kept per host, the layers unrolled on CPU,
 an optional last checkpoint."""
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 
@@ -55,3 +58,19 @@ def test_the_cached_cpu_peak_keeps_the_highest_calibration(tmp_path, monkeypatch
     assert peak.cached_cpu_peak(tmp_path, remeasure=True) == 300e9
     assert peak.cached_cpu_peak(tmp_path, remeasure=True) == 300e9  # 200e9 measured, 300e9 kept
     assert peak.cached_cpu_peak(tmp_path) == 300e9
+
+
+def test_a_run_that_saves_nothing_imports_neither_orbax_nor_datasets_nor_pandas(tmp_path, tiny_overrides):
+    """Their imports cost ~0.7 s of every start: a run whose token cache exists and that writes no
+    checkpoint needs none of them, and makes no checkpoint directory."""
+    overrides = [*tiny_overrides, "train.tokens=2304", "checkpoint.every_steps=99", "checkpoint.final=false"]
+    args = ["train", "experiments/tiny.yaml", "--no-progress", *overrides]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0  # builds the token cache if it is missing
+    code = (
+        "import sys; from lmscale.cli import main; "
+        f"rc = main({[*args, '--out', str(tmp_path / 'run')]!r}); "
+        "print(rc, sorted(m for m in ('orbax.checkpoint', 'datasets', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr[-2000:]
+    assert (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "checkpoints").exists()

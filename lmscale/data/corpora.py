@@ -13,14 +13,17 @@ import platform
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import pyarrow.parquet as pq
 
 from lmscale.config import Config, ConfigError, SourceConfig
 from lmscale.data.synthetic import VERSION as SYNTHETIC_VERSION
 from lmscale.data.synthetic import SyntheticSource
+
+if TYPE_CHECKING:  # datasets is imported where a cache is built: it and pandas take ~0.5 s to import
+    import datasets
 
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -143,6 +146,8 @@ def _check_field(path: Path, src: SourceConfig, prefix: str) -> None:
 
 
 def _load_builder(builder: str, files: list[Path], src: SourceConfig, prefix: str, cache: Path):
+    import datasets
+
     kwargs = {"sample_by": "document", "encoding_errors": src.decode_errors} if builder == "text" else {}
     try:
         ds = datasets.load_dataset(
@@ -171,6 +176,8 @@ def _files_identity(src: SourceConfig, prefix: str) -> dict:
 
 
 def _load_files(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
+    import datasets
+
     files = expand_paths(src, prefix)
     by_builder: dict[str, list[Path]] = {}
     for f in files:
@@ -193,6 +200,8 @@ def _hub_identity(src: SourceConfig, prefix: str) -> dict:
 
 
 def _load_hub(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
+    import datasets
+
     local = Path(src.name).expanduser()
     try:
         if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
@@ -234,6 +243,8 @@ def _stdlib_identity(src: SourceConfig, prefix: str) -> dict:
 
 
 def _load_stdlib(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
+    import datasets
+
     # A few stdlib modules carry Latin-1 fixtures; the corpus is ours to read, so they are replaced.
     _, files = stdlib_files()
     return datasets.Dataset.from_dict({"text": [f.read_bytes().decode("utf-8", "replace") for f in files]})
@@ -246,6 +257,8 @@ def _synthetic_identity(src: SourceConfig, prefix: str) -> dict:
 
 
 def _load_synthetic(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset:
+    import datasets
+
     docs = list(synthetic_source(src).documents(src.synthetic.documents))
     return datasets.Dataset.from_dict({"text": docs})
 
@@ -294,7 +307,7 @@ def _load_tasks(src: SourceConfig, prefix: str, cache: Path) -> datasets.Dataset
     return tasks.task_corpus(t.documents, t.seed, _task_names(src, prefix), t.max_shots)
 
 
-Loader = Callable[[SourceConfig, str, Path], datasets.Dataset]
+Loader = Callable[[SourceConfig, str, Path], "datasets.Dataset"]
 KINDS: dict[str, tuple[Callable[[SourceConfig, str], dict], Loader]] = {
     "files": (_files_identity, _load_files),
     "hub": (_hub_identity, _load_hub),

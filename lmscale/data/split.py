@@ -12,11 +12,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 
 from lmscale.config import DataConfig
+
+if TYPE_CHECKING:  # datasets is imported where a cache is built: it and pandas take ~0.5 s to import
+    import datasets
 
 
 def is_val(texts: list[str], fraction: float) -> np.ndarray:
