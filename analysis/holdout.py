@@ -38,6 +38,38 @@ class Holdout:
         by_law = self.table.groupby("law", sort=False)["rel_error"]
         return {law: float(np.abs(e).mean()) for law, e in by_law}
 
+    def misses(self) -> dict[str, tuple[int, int, int]]:
+        """Per law with a band: (runs below its 95% interval, runs above it, runs with an interval)."""
+        t = self.table[self.table["ci_low"].notna() & self.table["ci_high"].notna()]
+        return {
+            law: (int((g["loss"] < g["ci_low"]).sum()), int((g["loss"] > g["ci_high"]).sum()), len(g))
+            for law, g in t.groupby("law", sort=False)
+        }
+
+    def warnings(self) -> list[str]:
+        """A law with most of its held-out runs (two or more) outside its 95% interval: that interval,
+        the spread of the refitted law, does not cover what the law predicts. All on one side is a bias."""
+        out = []
+        for law, (below, above, n) in self.misses().items():
+            k = below + above
+            if k < 2 or 2 * k <= n:
+                continue
+            if max(below, above) == n:
+                side, verb = ("below", "over") if below == n else ("above", "under")
+                mean = float(self.table.loc[self.table["law"] == law, "rel_error"].mean())
+                out.append(
+                    f"{law}: all {n} held-out runs lie {side} its 95% interval (mean error "
+                    f"{100 * mean:+.2g}%): it {verb}-predicts the largest compute, so its extrapolation "
+                    "is biased on these runs."
+                )
+            else:
+                out.append(
+                    f"{law}: {k} of {n} held-out runs lie outside its 95% interval ({below} below, {above} "
+                    "above): the law does not describe the largest compute, and its interval understates "
+                    "the error."
+                )
+        return out
+
 
 def prediction_band(fit: Fit, **inputs) -> tuple[np.ndarray, np.ndarray] | None:
     """2.5-97.5 percentiles of the bootstrap draws' predictions at `inputs`, or None without draws."""

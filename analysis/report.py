@@ -205,7 +205,7 @@ def blocks_of(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_di
     sentences += summary.allocation_sentences(fits, float(runs["flops"].max()))
     sentences += [summary.floor_sentence(fits, runs), summary.noise_sentence(fits, runs)]
     sentences.append(summary.emergence_sentence(sweep))
-    warnings = summary.warnings(sweep, _excluded_runs(res.source))
+    warnings = summary.warnings(sweep, _excluded_runs(res.source)) + (held.warnings() if held else [])
     blocks: list[tuple] = [("h1", f"Scaling report: {name}"), ("section", ("summary", "Summary"))]
     blocks.append(("summary", ([s.replace("**", "") for s in sentences], warnings)))
     blocks.append(("section", ("loss-compute", "How loss falls with compute")))

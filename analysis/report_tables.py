@@ -78,12 +78,14 @@ def overlap_sentence(fits: dict[str, Fit]) -> str:
 
 
 def holdout_summary_table(h: Holdout) -> Table:
+    misses = h.misses()
     rows = [
         [law, str(len(g)), fmt.percent(float(np.abs(g["rel_error"]).mean())),
-         fmt.percent(float(g["rel_error"].abs().max()))]
+         fmt.percent(float(g["rel_error"].abs().max())),
+         f"{misses[law][0] + misses[law][1]} of {misses[law][2]}" if law in misses else "no interval"]
         for law, g in h.table.groupby("law", sort=False)
     ]  # fmt: skip
-    return ["law", "runs predicted", "mean |error|", "largest |error|"], rows
+    return ["law", "runs predicted", "mean |error|", "largest |error|", "outside its 95% interval"], rows
 
 
 def holdout_table(h: Holdout) -> Table:
