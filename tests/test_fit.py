@@ -354,3 +354,16 @@ def test_approach3_refuses_runs_whose_tokens_follow_their_params(tokens):
     with pytest.raises(AnalysisError, match="approach3: log tokens is a linear function of log params"):
         fits.fit_chinchilla(N, D, loss)
     fits._check_separable(N, D * np.array([1.0, 3.0, 0.5, 2.0, 1.0, 0.4]))  # budgets varied per size: fine
+
+
+def test_approach2_warns_when_the_interval_of_a_reaches_outside_zero_one():
+    clean = fits.approach2(_isoflop_runs(), bootstrap=100, seed=0)
+    assert 0 < clean.ci["a"][0] < clean.ci["a"][1] < 1
+    assert not [w for w in clean.warnings if "reaches outside" in w]
+    noisy = _isoflop_runs()
+    noisy["loss"] *= 1 + 0.04 * np.random.default_rng(1).normal(size=len(noisy))  # flat, noisy valleys
+    fit = fits.approach2(noisy, bootstrap=100, seed=0)
+    lo, hi = fit.ci["a"]
+    assert 0 < fit.params["a"] < 1 and not 0 < lo <= hi < 1  # the case the warning is for
+    (warning,) = [w for w in fit.warnings if "reaches outside" in w]
+    assert warning.startswith(f"a's 95% interval [{lo:.3g}, {hi:.3g}]")
