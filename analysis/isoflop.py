@@ -232,8 +232,8 @@ def approach2(runs: pd.DataFrame, bootstrap: int = 0, seed: int = 0, window: int
         )
     if bootstrap:
         _approach2_bootstrap(fit, P, window, bootstrap, seed)
-        lo, hi = fit.ci.get("a", (0.5, 0.5))
-        if 0 < a[0] < 1 and not 0 < lo <= hi < 1:  # the point inside, its interval reaching out
+        lo, hi = fit.ci.get("a", (np.nan, np.nan))  # none when no resample gave a line
+        if "a" in fit.ci and 0 < a[0] < 1 and not 0 < lo <= hi < 1:  # the point inside, the interval out
             fit.warnings.append(
                 f"a's 95% interval [{lo:.3g}, {hi:.3g}] reaches outside (0, 1): the IsoFLOP minima do "
                 "not pin down the compute-optimal exponent."
