@@ -153,6 +153,11 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
         targets_BxL = tokens_BxL1[:, 1:]
         return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL).mean()
 
+    # Inner jits: JAX caches a jitted function's trace by its argument types, so the model is traced
+    # once per batch shape, for the train step's gradient and the eval loss alike, and init once for
+    # its shapes and its sharded program. A Flax trace is the costly part of a run's start-up.
+    loss_fn = jax.jit(loss_fn)
+    init_boxed = jax.jit(init_boxed)
     grad_fn = jax.value_and_grad(loss_fn)
 
     def train_step(state: TrainState, batch_BxL1: jax.Array, lr: jax.Array) -> tuple[TrainState, dict]:
