@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,10 @@ def load_results(
         found = next((c for c in DEFAULT_SOURCES[canon] if c in df.columns), None)
         if found is not None:
             out[canon], sources[canon] = df[found], found
+    component = re.fullmatch(r"final_val_loss_(\w+)", sources.get("loss", ""))
+    if component and f"data_entropy_rate_{component[1]}" in df.columns:
+        # one component's loss of a mixture: its floor is that component's entropy rate
+        out["data_entropy_rate"] = df[f"data_entropy_rate_{component[1]}"]
     if "flops" not in out and {"tokens", "params"} <= set(out):
         out["flops"], sources["flops"] = six_nd(out["params"], out["tokens"]), SIX_ND
     if "flops" not in out and "flops" in df.columns:

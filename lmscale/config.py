@@ -162,6 +162,9 @@ class SourceConfig:
 @dataclasses.dataclass
 class MixtureComponent(SourceConfig):
     weight: NonNegFloat = 1.0  # share of training sequences; weights are normalised by their sum
+    # names this component's validation loss (summary.json's final_val_loss_<label>); "" = the corpus,
+    # suffixed with the component's index when another component has the same corpus
+    label: Annotated[str, Check(lambda x: x == "" or x.isidentifier(), "must be a Python identifier")] = ""
 
 
 @dataclasses.dataclass
@@ -181,7 +184,18 @@ class DataConfig(SourceConfig):
             return [MixtureComponent(**fields, weight=1.0)]
         parts = [build(MixtureComponent, raw, f"data.mixture[{i}].") for i, raw in enumerate(self.mixture)]
         total = sum(p.weight for p in parts) if normalised else 1.0
-        return [dataclasses.replace(p, weight=p.weight / total) for p in parts]
+        corpora = [p.corpus for p in parts]
+        labels = [
+            p.label or (p.corpus if corpora.count(p.corpus) == 1 else f"{p.corpus}_{i}")
+            for i, p in enumerate(parts)
+        ]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ConfigError(f"data.mixture[{i}].label={label!r}: another component has this label")
+        return [
+            dataclasses.replace(p, weight=p.weight / total, label=label)
+            for p, label in zip(parts, labels, strict=True)
+        ]
 
 
 @dataclasses.dataclass

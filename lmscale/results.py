@@ -95,10 +95,13 @@ def run_summary(
     data_entropy_rate: float | None,
     data_epochs: int,
     data_fingerprint: str,
+    components: dict[str, dict] | None = None,
 ) -> dict:
     """`summary.json` of a run `steps` steps in, non-finite values as None; evaluation fills `fewshot`.
 
-    `train_time_s` is time in train steps only, the denominator of throughput and MFU.
+    `train_time_s` is time in train steps only, the denominator of throughput and MFU. `components`
+    maps a mixture component's label to its `final_val_loss` and `data_entropy_rate`, which become
+    `final_val_loss_<label>` and `data_entropy_rate_<label>`: a law can be fitted to one component.
     """
     tokens = steps * cfg.train.batch_size * cfg.model.seq_len
     spent = steps * flops.step_flops(cfg)
@@ -122,6 +125,7 @@ def run_summary(
         "data_entropy_rate": data_entropy_rate,
         "data_epochs": data_epochs,
         "data_fingerprint": data_fingerprint,
+        **{f"{key}_{label}": v for label, values in (components or {}).items() for key, v in values.items()},
         "fewshot": {},
     }
     return runlog.finite_or_none(summary)

@@ -43,7 +43,7 @@ class StepFns:
     abstract_state: Any  # ShapeDtypeStructs carrying shardings: the restore target for Orbax
     _init: Any
     _train: Any
-    _eval: Any
+    _eval: Any  # each sequence's loss
     lrs: LearningRates  # the learning rate of each update 0..total_steps
 
     @contextlib.contextmanager
@@ -62,9 +62,14 @@ class StepFns:
         with self.context():
             return self._train(state, batch, self.lrs[_updates_done(state, step)])
 
-    def eval_loss(self, params: Any, batch: jax.Array) -> jax.Array:
+    def eval_rows(self, params: Any, batch: jax.Array) -> jax.Array:
+        """Each sequence's mean loss, [B], replicated on every device (and every process)."""
         with self.context():
             return sharding.settle(self._eval(params, batch))
+
+    def eval_loss(self, params: Any, batch: jax.Array) -> float:
+        """The batch's mean loss over its tokens."""
+        return float(np.mean(jax.device_get(self.eval_rows(params, batch)), dtype=np.float64))
 
     def put_batch(self, local_batch: np.ndarray) -> jax.Array:
         """Assemble the global batch from this process's rows."""
@@ -148,15 +153,19 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
         # The optimizer state mirrors the boxed params, so it inherits their logical axes.
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)
 
-    def loss_fn(params: Any, tokens_BxL1: jax.Array) -> jax.Array:
+    # Inner jits: JAX caches a jitted function's trace by its argument types, so the model is traced
+    # once per batch shape, for the train step's gradient and the eval losses alike, and init once for
+    # its shapes and its sharded program. A Flax trace is the costly part of a run's start-up.
+    @jax.jit
+    def row_losses(params: Any, tokens_BxL1: jax.Array) -> jax.Array:
+        """Mean next-token loss of each sequence, [B]."""
         logits_BxLxV = apply(params, tokens_BxL1[:, :-1])
         targets_BxL = tokens_BxL1[:, 1:]
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL).mean(-1)
 
-    # Inner jits: JAX caches a jitted function's trace by its argument types, so the model is traced
-    # once per batch shape, for the train step's gradient and the eval loss alike, and init once for
-    # its shapes and its sharded program. A Flax trace is the costly part of a run's start-up.
-    loss_fn = jax.jit(loss_fn)
+    def loss_fn(params: Any, tokens_BxL1: jax.Array) -> jax.Array:
+        return row_losses(params, tokens_BxL1).mean()  # every row has L targets: the mean over tokens
+
     init_boxed = jax.jit(init_boxed)
     grad_fn = jax.value_and_grad(loss_fn)
 
@@ -199,7 +208,7 @@ def build(cfg: Config, mesh: Mesh, total_steps: int | None = None) -> StepFns:
         donate_argnums=0,
     )
     evaluate = jax.jit(
-        loss_fn, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated
+        row_losses, in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated
     )
     return StepFns(
         cfg,

@@ -35,6 +35,7 @@ class LoopState:
     train_time_s: float = 0.0  # time in train steps, of every process: not compiles, evaluations or saves
     last_loss: float = math.nan
     last_val_loss: float = math.nan
+    last_val_losses: dict = dataclasses.field(default_factory=dict)  # a mixture's, by component label
 
     @property
     def wall_time_s(self) -> float:
@@ -48,6 +49,7 @@ class LoopState:
             "train_time_s": self.train_time_s,
             "last_loss": self.last_loss,
             "last_val_loss": self.last_val_loss,
+            "last_val_losses": self.last_val_losses,
         }
 
     @classmethod
@@ -59,6 +61,7 @@ class LoopState:
             extra.get("train_time_s", 0.0),
             extra.get("last_loss", math.nan),
             extra.get("last_val_loss", math.nan),
+            extra.get("last_val_losses", {}),
         )
 
 
@@ -163,6 +166,10 @@ class _Loop:
         self.source = pipe.source("train", cfg.train.batch_size, cfg.train.seed, pi, pc)
         val = pipe.source("val", cfg.train.batch_size, cfg.train.seed, pi, pc)
         self.val_batches = [steps.put_batch(next(val)) for _ in range(cfg.train.eval_batches)]
+        # The component of every validation row (the global batch's, on every process): a mixture's
+        # validation loss is also reported per component.
+        n = len(self.val_batches)
+        self.val_rows = np.concatenate([val.layout(i) for i in range(n)]) if n else np.zeros(0, np.int64)
         # The fixed batch whose loss each checkpoint records and each restore reproduces.
         self.probe = self.val_batches[0] if self.val_batches else steps.put_batch(next(val))
         self.restart_from_scratch = restart_from_scratch
@@ -253,15 +260,23 @@ class _Loop:
     def _evaluate(self, step: int) -> None:
         if not self.val_batches:
             return
-        losses = [self.steps.eval_loss(self.state.params, b) for b in self.val_batches]
-        self.so_far.last_val_loss = float(np.mean(jax.device_get(losses)))
+        rows = [self.steps.eval_rows(self.state.params, b) for b in self.val_batches]
+        losses = np.concatenate(jax.device_get(rows)).astype(np.float64)
+        self.so_far.last_val_loss = float(losses.mean())
+        labels = self.pipe.labels
+        if len(labels) > 1:
+            self.so_far.last_val_losses = {
+                label: float(losses[self.val_rows == k].mean())
+                for k, label in enumerate(labels)
+                if (self.val_rows == k).any()
+            }
         row = {
             "step": step,
             "tokens": step * self.tokens_per_step,
             "flops": step * self.flops_per_step,
             "loss": self.so_far.last_val_loss,
             "split": "val",
-        }
+        } | {f"loss_{label}": v for label, v in self.so_far.last_val_losses.items()}
         if self.primary:
             self.log.write(row)
 
@@ -331,6 +346,10 @@ class _Loop:
             data_entropy_rate=self.pipe.entropy_rate,
             data_epochs=self.source.epochs,
             data_fingerprint=self.pipe.fingerprint,
+            components={
+                label: {"final_val_loss": loss, "data_entropy_rate": self.pipe.entropy_rates[label]}
+                for label, loss in self.so_far.last_val_losses.items()
+            },
         )
         if error or self.diverged:
             summary["error"] = error or self.diverged

@@ -204,6 +204,16 @@ class Pipeline:
         )
 
     @property
+    def labels(self) -> list[str]:
+        """Each component's name in per-component validation losses (`data.mixture[i].label`)."""
+        return [c.source.label for c in self.components]
+
+    @property
+    def entropy_rates(self) -> dict[str, float | None]:
+        """Each component's entropy rate in nats per token, where its generator makes it known."""
+        return {c.source.label: c.meta.get("entropy_rate") for c in self.components}
+
+    @property
     def entropy_rate(self) -> float | None:
         """Nats per token of the training stream when every component's is known, else None."""
         rates = [c.meta.get("entropy_rate") for c in self.components]
@@ -345,7 +355,7 @@ class Source:
             self._orders[(k, epoch)] = rng.permutation(self.n[k]).astype(np.int64)
         return self._orders[(k, epoch)]
 
-    def _layout(self, index: int) -> np.ndarray:
+    def layout(self, index: int) -> np.ndarray:
         """Component of each row of global batch `index`: drawn by the weights for training; for
         validation, each component's share of the rows so far is its weight to within one row."""
         if len(self.n) == 1:
@@ -362,7 +372,7 @@ class Source:
         return self
 
     def __next__(self) -> np.ndarray:
-        comp_B = self._layout(self.batch_index)
+        comp_B = self.layout(self.batch_index)
         pos_B = np.empty(self.batch_size, np.int64)
         for k in range(len(self.n)):
             rows = np.flatnonzero(comp_B == k)
