@@ -221,7 +221,7 @@ def test_the_loop_state_round_trips_through_a_checkpoints_extra_record():
     extra = {"data": {"position": 7}, "wall_time_s": 5.0, "train_time_s": 3.0, "last_loss": 2.5}
     extra |= {"last_val_loss": 2.75}
     t_start = time.perf_counter()
-    assert LoopState.from_extra(extra, t_start).last_val_losses == {}  # a record from before mixtures had them
+    assert LoopState.from_extra(extra, t_start).last_val_losses == {}  # older records: none
     extra |= {"last_val_losses": {"language": 2.5, "tasks": 3.0}}
     again = LoopState.from_extra(extra, t_start).to_extra()
     assert list(again) == list(extra)
