@@ -153,7 +153,7 @@ def _fit(args: argparse.Namespace) -> dict:
         curves = runs
         if args.path.is_dir():
             try:
-                curves = load_curves(args.path)
+                curves = load_curves(args.path, args.loss_col)
             except AnalysisError:
                 pass  # no learning curves: approach1 refuses the final points with its reason
         fit = fits.approach1(curves)

@@ -182,7 +182,7 @@ def load_fewshot_training(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
+def load_curves(sweep_dir: str | Path, loss_col: str | None = None) -> pd.DataFrame:
     """Training curves of every completed run: run_id, params, step, tokens, flops, loss, split.
 
     `flops` is 6 * params * tokens, the convention of results.csv's `flops_6nd` (metrics.jsonl logs the
@@ -191,23 +191,26 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
     point there has finished its schedule, where the trunk's own points (constant lr) have not. Each end
     point is the branch's final validation loss, since one training batch's loss is too noisy for a point
     that stands alone (on a mixture corpus it swings by 0.3 nats from batch to batch).
+
+    With `loss_col` naming one mixture component's loss (`final_val_loss_<label>`), the curves are
+    that component's: a branch's end point is its `final_val_loss_<label>`, and a run's curve is its
+    validation rows' `loss_<label>` (training rows score the whole mixture).
     """
     sweep_dir = Path(sweep_dir)
+    component = re.fullmatch(r"final_val_loss_(\w+)", loss_col or "")
+    if component:
+        return _component_curves(sweep_dir, component[1])
     frames = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
         if summary.get("status") != "completed" or summary.get("role") == "trunk":
             continue
         if summary.get("trunk"):  # a cooldown branch
-            N, D = summary["params"], summary["tokens"]
-            end = {"run_id": summary["trunk"], "params": N, "step": summary["steps"], "tokens": D}
             loss = summary.get("final_val_loss")
             loss = summary["final_loss"] if loss is None or not np.isfinite(loss) else loss
-            split = "train" if loss == summary["final_loss"] else "val"
-            frames.append(pd.DataFrame([end | {"flops": six_nd(N, D), "loss": loss, "split": split}]))
+            frames.append(_end_point(summary, loss, "train" if loss == summary["final_loss"] else "val"))
             continue
-        metrics = summary_path.parent / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = runlog_rows(summary_path.parent / "metrics.jsonl")
         train = pd.DataFrame([r for r in rows if "split" not in r and r.get("loss") is not None])
         if train.empty:
             continue
@@ -219,3 +222,45 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
     if not frames:
         raise AnalysisError(f"'{sweep_dir}': no completed runs with metrics.jsonl")
     return pd.concat(frames, ignore_index=True)
+
+
+def _component_curves(sweep_dir: Path, label: str) -> pd.DataFrame:
+    """`load_curves` for the validation loss of the mixture component `label`."""
+    frames = []
+    for summary_path in sorted(sweep_dir.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") != "completed" or summary.get("role") == "trunk":
+            continue
+        if summary.get("trunk"):
+            loss = summary.get(f"final_val_loss_{label}")
+            if loss is not None and np.isfinite(loss):
+                frames.append(_end_point(summary, loss, "val"))
+            continue
+        rows = runlog_rows(summary_path.parent / "metrics.jsonl")
+        val = pd.DataFrame(
+            [r for r in rows if r.get("split") == "val" and r.get(f"loss_{label}") is not None]
+        )
+        if val.empty:
+            continue
+        val["run_id"], val["params"], val["loss"] = (
+            summary_path.parent.name,
+            summary["params"],
+            val[f"loss_{label}"],
+        )
+        val["flops"] = six_nd(val["params"], val["tokens"])
+        frames.append(val[["run_id", "params", "step", "tokens", "flops", "loss", "split"]])
+    if not frames:
+        raise AnalysisError(f"'{sweep_dir}': no completed run has a validation loss for component '{label}'")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _end_point(summary: dict, loss: float, split: str) -> pd.DataFrame:
+    """A cooldown branch's end point, on its trunk's curve."""
+    N, D = summary["params"], summary["tokens"]
+    end = {"run_id": summary["trunk"], "params": N, "step": summary["steps"], "tokens": D}
+    return pd.DataFrame([end | {"flops": six_nd(N, D), "loss": loss, "split": split}])
+
+
+def runlog_rows(path: Path) -> list[dict]:
+    """The JSON rows of a metrics.jsonl."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

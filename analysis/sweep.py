@@ -61,7 +61,7 @@ def analyse(
     source = Path(source)
     curves = fewshot = training = None
     if source.is_dir():
-        curves = _try(missing, "curves", lambda: load_curves(source))
+        curves = _try(missing, "curves", lambda: load_curves(source, (columns or {}).get("loss_col")))
         if (source / "fewshot_training.csv").is_file():  # absent unless runs kept earlier checkpoints
             training = _try(missing, "emergence_training", lambda: load_fewshot_training(source))
         if (source / "fewshot.csv").is_file():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.load import load_results
+from analysis.load import load_curves, load_results
 from lmscale import config
 from lmscale.data import pipeline
 from tests.conftest import run_cli
@@ -55,6 +55,14 @@ def test_a_mixture_reports_each_components_validation_loss_and_floor(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if r.get("split") == "val"][-1]
     assert [last[f"loss_{label}"] for label in labels] == losses.tolist()
+    # approach 1's curves of one component are its validation losses, not the mixture's training loss
+    curves = load_curves(tmp_path, "final_val_loss_tasks_2")
+    assert curves["step"].tolist() == [6, 12] and curves["loss"].iloc[-1] == losses[2]
+    assert load_curves(tmp_path)["loss"].iloc[-1] == last_train_loss(rows)
+
+
+def last_train_loss(rows: list[dict]) -> float:
+    return [r["loss"] for r in rows if "split" not in r][-1]
 
 
 def test_a_component_loss_column_is_fitted_against_that_components_floor(tmp_path):
