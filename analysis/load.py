@@ -49,6 +49,7 @@ class Results:
     flops_source: str  # the column `flops` came from, SIX_ND where it was derived, or "none"
     lines: np.ndarray | None = None  # the file line of each row of `runs` (the header is line 1)
     repeated: list[int] = dataclasses.field(default_factory=list)  # lines that repeat an earlier row exactly
+    loss_source: str = "final_val_loss"  # the column `loss` came from
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -144,7 +145,10 @@ def load_results(
         )
     lines = np.array([line(i) for i in out.index], int)
     repeated = [line(i) for i in df.index[df.duplicated()]]
-    return Results(out.reset_index(drop=True), excluded, csv, sources.get("flops", "none"), lines, repeated)
+    flops_source = sources.get("flops", "none")
+    return Results(
+        out.reset_index(drop=True), excluded, csv, flops_source, lines, repeated, sources.get("loss", "")
+    )
 
 
 def line(index) -> int:

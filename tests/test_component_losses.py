@@ -79,8 +79,9 @@ def test_a_component_loss_column_is_fitted_against_that_components_floor(tmp_pat
     table.to_csv(tmp_path / "results.csv", index=False)
     whole = load_results(tmp_path / "results.csv").runs
     assert whole["loss"].tolist() == [2.0, 1.9, 1.8] and whole["data_entropy_rate"].isna().all()
-    part = load_results(tmp_path / "results.csv", loss_col="final_val_loss_language").runs
-    assert part["loss"].tolist() == [1.0, 0.9, 0.8] and part["data_entropy_rate"].tolist() == [0.7] * 3
+    part = load_results(tmp_path / "results.csv", loss_col="final_val_loss_language")
+    assert part.runs["loss"].tolist() == [1.0, 0.9, 0.8] and part.loss_source == "final_val_loss_language"
+    assert part.runs["data_entropy_rate"].tolist() == [0.7] * 3
 
 
 @pytest.mark.parametrize(
