@@ -169,3 +169,17 @@ def test_later_runs_of_a_shape_pay_tracing_not_compilation(monkeypatch):
     steps = [c.cfg.steps for c in sweep.cells]
     assert first == pytest.approx(0.1 + 5.0 + 0.01 * steps[0], abs=0.2)
     assert second - 0.01 * steps[1] == pytest.approx(first - 0.01 * steps[0] - 4.5, abs=0.2)
+
+
+def test_a_branch_restores_instead_of_running_init_and_a_cached_shape_loads_its_eval():
+    """A cooldown branch starts from its trunk's checkpoint, so it pays no init; a shape compiled by an
+    earlier run of the sweep loads its eval loss from the compilation cache, as it does its step."""
+    cfg = config.from_dict({"train": {"steps": 100, "eval_every": 100, "eval_batches": 2}})
+    cfg.checkpoint.every_steps = 1000
+    timing = plan.Timing(compile_s=5.0, step_s=0.01, setup_s=0.1, measured=True, lower_s=0.5)
+    costs = plan.RunCosts(init_compile_s=1.0, eval_compile_s=0.4, save_s=0.2, process_s=0.0)
+    evals = 2 * plan.EVAL_COST * 0.01
+    fresh = plan.estimate_s(cfg, timing, costs)
+    assert fresh == pytest.approx(0.1 + 5.0 + 1.0 + 100 * 0.01 + evals + 0.4 + 0.2)
+    branch = plan.estimate_s(cfg, timing, costs, start=80, cached=True)
+    assert branch == pytest.approx(0.1 + 0.5 + 20 * 0.01 + evals + 0.2)
