@@ -96,10 +96,10 @@ def load_results(
         found = next((c for c in DEFAULT_SOURCES[canon] if c in df.columns), None)
         if found is not None:
             out[canon], sources[canon] = df[found], found
-    component = re.fullmatch(r"final_val_loss_(\w+)", sources.get("loss", ""))
-    if component and f"data_entropy_rate_{component[1]}" in df.columns:
+    label = component_label(sources.get("loss"))
+    if label and f"data_entropy_rate_{label}" in df.columns:
         # one component's loss of a mixture: its floor is that component's entropy rate
-        out["data_entropy_rate"] = df[f"data_entropy_rate_{component[1]}"]
+        out["data_entropy_rate"] = df[f"data_entropy_rate_{label}"]
     if "flops" not in out and {"tokens", "params"} <= set(out):
         out["flops"], sources["flops"] = six_nd(out["params"], out["tokens"]), SIX_ND
     if "flops" not in out and "flops" in df.columns:
@@ -186,6 +186,12 @@ def load_fewshot_training(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def component_label(loss_col: str | None) -> str | None:
+    """The mixture component whose validation loss `loss_col` names (`final_val_loss_<label>`), or None."""
+    match = re.fullmatch(r"final_val_loss_(\w+)", loss_col or "")
+    return match[1] if match else None
+
+
 def load_curves(sweep_dir: str | Path, loss_col: str | None = None) -> pd.DataFrame:
     """Training curves of every completed run: run_id, params, step, tokens, flops, loss, split.
 
@@ -200,71 +206,35 @@ def load_curves(sweep_dir: str | Path, loss_col: str | None = None) -> pd.DataFr
     that component's: a branch's end point is its `final_val_loss_<label>`, and a run's curve is its
     validation rows' `loss_<label>` (training rows score the whole mixture).
     """
-    sweep_dir = Path(sweep_dir)
-    component = re.fullmatch(r"final_val_loss_(\w+)", loss_col or "")
-    if component:
-        return _component_curves(sweep_dir, component[1])
+    sweep_dir, label = Path(sweep_dir), component_label(loss_col)
     frames = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
         if summary.get("status") != "completed" or summary.get("role") == "trunk":
             continue
-        if summary.get("trunk"):  # a cooldown branch
-            loss = summary.get("final_val_loss")
-            loss = summary["final_loss"] if loss is None or not np.isfinite(loss) else loss
-            frames.append(_end_point(summary, loss, "train" if loss == summary["final_loss"] else "val"))
-            continue
-        rows = runlog_rows(summary_path.parent / "metrics.jsonl")
-        train = pd.DataFrame([r for r in rows if "split" not in r and r.get("loss") is not None])
-        if train.empty:
-            continue
-        train["run_id"] = summary_path.parent.name
-        train["params"] = summary["params"]
-        train["flops"] = six_nd(train["params"], train["tokens"])
-        train["split"] = "train"
-        frames.append(train[["run_id", "params", "step", "tokens", "flops", "loss", "split"]])
-    if not frames:
-        raise AnalysisError(f"'{sweep_dir}': no completed runs with metrics.jsonl")
-    return pd.concat(frames, ignore_index=True)
-
-
-def _component_curves(sweep_dir: Path, label: str) -> pd.DataFrame:
-    """`load_curves` for the validation loss of the mixture component `label`."""
-    frames = []
-    for summary_path in sorted(sweep_dir.glob("*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") != "completed" or summary.get("role") == "trunk":
-            continue
-        if summary.get("trunk"):
-            loss = summary.get(f"final_val_loss_{label}")
+        if summary.get("trunk"):  # a cooldown branch: its end point on the trunk's curve
+            loss, split = summary.get(f"final_val_loss_{label}" if label else "final_val_loss"), "val"
+            if label is None and (loss is None or not np.isfinite(loss)):
+                loss, split = summary["final_loss"], "train"
             if loss is not None and np.isfinite(loss):
-                frames.append(_end_point(summary, loss, "val"))
+                N, D = summary["params"], summary["tokens"]
+                end = {"run_id": summary["trunk"], "params": N, "step": summary["steps"], "tokens": D}
+                frames.append(pd.DataFrame([end | {"flops": six_nd(N, D), "loss": loss, "split": split}]))
             continue
-        rows = runlog_rows(summary_path.parent / "metrics.jsonl")
-        val = pd.DataFrame(
-            [r for r in rows if r.get("split") == "val" and r.get(f"loss_{label}") is not None]
-        )
-        if val.empty:
+        metrics = summary_path.parent / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if label is None:
+            rows = [r | {"split": "train"} for r in rows if "split" not in r and r.get("loss") is not None]
+        else:
+            rows = [r | {"loss": r[f"loss_{label}"]} for r in rows if r.get(f"loss_{label}") is not None]
+        curve = pd.DataFrame(rows)
+        if curve.empty:
             continue
-        val["run_id"], val["params"], val["loss"] = (
-            summary_path.parent.name,
-            summary["params"],
-            val[f"loss_{label}"],
-        )
-        val["flops"] = six_nd(val["params"], val["tokens"])
-        frames.append(val[["run_id", "params", "step", "tokens", "flops", "loss", "split"]])
+        curve["run_id"] = summary_path.parent.name
+        curve["params"] = summary["params"]
+        curve["flops"] = six_nd(curve["params"], curve["tokens"])
+        frames.append(curve[["run_id", "params", "step", "tokens", "flops", "loss", "split"]])
     if not frames:
-        raise AnalysisError(f"'{sweep_dir}': no completed run has a validation loss for component '{label}'")
+        whose = f"a validation loss for component '{label}'" if label else "metrics.jsonl"
+        raise AnalysisError(f"'{sweep_dir}': no completed runs with {whose}")
     return pd.concat(frames, ignore_index=True)
-
-
-def _end_point(summary: dict, loss: float, split: str) -> pd.DataFrame:
-    """A cooldown branch's end point, on its trunk's curve."""
-    N, D = summary["params"], summary["tokens"]
-    end = {"run_id": summary["trunk"], "params": N, "step": summary["steps"], "tokens": D}
-    return pd.DataFrame([end | {"flops": six_nd(N, D), "loss": loss, "split": split}])
-
-
-def runlog_rows(path: Path) -> list[dict]:
-    """The JSON rows of a metrics.jsonl."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -200,14 +200,15 @@ def blocks_of(sweep: Sweep, figures: list[Path], skipped: dict[str, str], fig_di
         f"D {fmt.size(runs['tokens'].min())}–{fmt.size(runs['tokens'].max())} tokens, "
         f"C {fmt.flops(runs['flops'].min())}–{fmt.flops(runs['flops'].max())} FLOPs"
     )
-    loss = "" if res.loss_source == "final_val_loss" else f", loss from column `{res.loss_source}`"
+    other_loss = res.loss_source != "final_val_loss"  # a report of another column says which, twice
+    loss = f", loss from column `{res.loss_source}`" if other_loss else ""
     sentences = [f"**Runs:** {counts}; {scope}. Source: `{res.source}`{loss}."]
     sentences += summary.law_sentences(fits, runs) + [summary.holdout_sentence(held, held_why)]
     sentences += summary.allocation_sentences(fits, float(runs["flops"].max()))
     sentences += [summary.floor_sentence(fits, runs), summary.noise_sentence(fits, runs)]
     sentences.append(summary.emergence_sentence(sweep))
     warnings = summary.warnings(sweep, _excluded_runs(res.source)) + (held.warnings() if held else [])
-    title = name if res.loss_source == "final_val_loss" else f"{name}, {res.loss_source}"
+    title = f"{name}, {res.loss_source}" if other_loss else name
     blocks: list[tuple] = [("h1", f"Scaling report: {title}"), ("section", ("summary", "Summary"))]
     blocks.append(("summary", ([s.replace("**", "") for s in sentences], warnings)))
     blocks.append(("section", ("loss-compute", "How loss falls with compute")))
