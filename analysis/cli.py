@@ -98,8 +98,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             help="figure size and fonts: screen (6 x 4 in) or paper (one column of a two-column page)",
         )
     for parser in (f, p, r):
-        for col in ("params", "tokens", "flops", "loss"):
+        for col in ("params", "tokens", "flops"):
             parser.add_argument(f"--{col}-col", metavar="COLUMN", help=f"column holding {col}")
+        parser.add_argument(
+            "--loss-col",
+            metavar="COLUMN",
+            help="column holding loss (default final_val_loss); final_val_loss_<label> is one mixture "
+            "component's, compared with that component's entropy rate",
+        )
         parser.add_argument(
             "--tuned-over",
             type=_names,
