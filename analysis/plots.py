@@ -104,7 +104,7 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     profiles = sorted(fit.extra["isoflop"], key=lambda p: p["C"])
     budgets = np.array([p["C"] for p in profiles])
     which = _budget_index(runs, budgets)
-    fig, ((ax,),) = figure((8.0, 4.2))  # room for the legend beside the axes
+    fig, ((ax,),) = figure((6.4, 4.8))  # room for the legend below the axes
     colours = ScalarMappable(Normalize(-0.15, max(len(profiles) - 1, 1) / 0.85), "plasma")  # no pale yellow
     for i, p in enumerate(profiles):
         colour = colours.to_rgba(i)
@@ -125,14 +125,20 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     ax.scatter([], [], marker="*", s=120, color="white", edgecolors="black", label="fitted minimum")
     excluded = fit.extra.get("excluded", [])
     gone = _budget_index(runs, np.array([e["C"] for e in excluded])) if excluded else []
-    for i, e in enumerate(excluded):  # hollow, with the reason: a budget left out is shown, not hidden
-        group = runs[gone == i]
-        label = f"C = ${latex_number(e['C'])}$, excluded: {brief_reason(e['reason'])}" + (
-            " (in the fit of a)" if e.get("in_fit") else ""
-        )
+    reasons: dict[str, list[int]] = {}  # one legend entry per reason, naming its budgets
+    for i, e in enumerate(excluded):
+        reason = brief_reason(e["reason"]) + (" (in the fit of a)" if e.get("in_fit") else "")
+        reasons.setdefault(reason, []).append(i)
+    for reason, members in reasons.items():  # hollow: a budget left out is shown, not hidden
+        group = runs[np.isin(gone, members)]
+        budgets = ", ".join(f"${latex_number(excluded[i]['C'])}$" for i in members)
+        label = f"excluded, {reason}: C = {budgets}"
         ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)
     ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    # Below the axes, in as many columns as fit: beside them, long exclusion entries squeezed the plot.
+    labels = ax.get_legend_handles_labels()[1]
+    ncol = 1 if any(len(t) > 60 for t in labels) else min(3, len(labels))
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False)
     return save(fig, out_dir, name)
 
 

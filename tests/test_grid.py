@@ -65,6 +65,26 @@ def test_bad_repeats_name_the_key(repeats, message):
         expand({"sizes": {"shapes": [{"n_layers": 2, "d_model": 64, "n_heads": 4}]}, "repeats": repeats})
 
 
+def test_a_compute_ceiling_runs_small_sizes_to_budgets_the_largest_cannot_afford():
+    shapes = [{"n_layers": 1, "d_model": 32, "n_heads": 2}, {"n_layers": 2, "d_model": 64, "n_heads": 4}]
+    budgets = [2560, 5120, 10240, 20480]
+    base = {**BASE, "train": {**BASE["train"], "warmup_steps": 2}}
+    small, large = (
+        flops.flops_6nd(grid.from_dict({**base, "model": {**base["model"], **s}}).model, 1) for s in shapes
+    )
+    ceiling = large * 5120 * 1.01  # the large size keeps 2 budgets, the small one all 4
+    assert small * 20480 <= ceiling
+    tokens = {"cooldowns": {"budgets": budgets}, "max_flops": ceiling}
+    sweep = expand({"sizes": {"shapes": shapes}, "tokens": tokens}, base=base)
+    branches = {c.run_id: c.cfg.train.tokens for c in sweep.cells if c.role == "branch"}
+    assert sorted(t for i, t in branches.items() if i.startswith("L1-D32")) == budgets
+    assert sorted(t for i, t in branches.items() if i.startswith("L2-D64")) == budgets[:2]
+    trunks = {c.run_id: c.cfg.train.tokens for c in sweep.cells if c.role == "trunk"}
+    assert trunks["L2-D64-trunk-s0"] < 5120 < trunks["L1-D32-trunk-s0"]  # each to its own longest decay
+    plain = expand({"sizes": {"shapes": shapes}, "tokens": {"fixed": budgets, "max_flops": ceiling}})
+    assert len(plain.cells) == 6  # a cross of fixed budgets is capped the same way
+
+
 def test_param_targets_become_shapes_near_the_target_and_the_aspect_ratio():
     targets = [1e5, 1e6, 1e7, 1e8]
     sweep = expand({"sizes": {"params": targets, **RULE}})
@@ -175,6 +195,22 @@ def test_overrides_reach_the_base_config_and_the_sweep_section():
         ({"seeds": [0, 1]}, ["train.seed=3"], "train.seed is set by sweep.seeds"),
         ({"tokens": {"fixed": [512, 512]}}, [], "two cells share the run id 'L2-D64-T512-s0'"),
         ({"tokens": {"isoflop": {"budgets": [1e11]}}, "sizes": {"params": [1e4], **RULE}}, [], "IsoFLOP"),
+        (
+            {"tokens": {"fixed": [2560, 5120], "max_flops": 1e3}},
+            [],
+            "sweep.tokens.max_flops=1e+03: size L2-D64 has no budget under it",
+        ),
+        ({"tokens": {"max_flops": 1e12}}, [], "sweep.tokens.max_flops: caps a cross of sizes and budgets"),
+        (
+            {"tokens": {"isoflop": {"budgets": [1e11]}, "max_flops": 1e12}, "sizes": RULE},
+            [],
+            "an IsoFLOP sweep's budgets are its compute",
+        ),
+        (
+            {"tokens": {"fixed": [2560], "max_flops": -1}},
+            [],
+            "sweep.tokens.max_flops=-1: must be a positive number",
+        ),
         ({"lr": {"rule": "sqrt"}}, [], "sweep.lr.rule='sqrt'"),
         ({"axes": ["model.mlp"]}, [], "sweep.axes=['model.mlp']: expected a mapping"),
         ({"axes": ["model.mlp"]}, ["sweep.axes.model.mlp=[gelu]"], "sweep.axes=['model.mlp']"),

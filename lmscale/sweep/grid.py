@@ -197,6 +197,8 @@ def expand(raw: dict, name: str, overrides: list[str] = ()) -> Sweep:
         set_dotted(cell_raw, "train.seed", seed)
         for size, budget in pairs:
             cells.append(_cell(cell_raw, size, budget, rule, spec.lr, coords))
+    if tokens.max_flops is not None:
+        cells = _under_ceiling(cells, tokens.max_flops)
     if not cells:
         raise ConfigError(f"sweep '{name}': the grid is empty")
     if spec.repeats:
@@ -242,6 +244,20 @@ def _cell(
     if lr is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(train, lr=lr.peak(cfg)))
     return cfg, coords
+
+
+def _under_ceiling(cells: list[tuple[Config, dict]], max_flops: float) -> list[tuple[Config, dict]]:
+    """The cells whose 6ND (total parameters) is at most `max_flops`; every size must keep one."""
+    kept = [
+        (cfg, coords) for cfg, coords in cells if flops.flops_6nd(cfg.model, cfg.train.tokens) <= max_flops
+    ]
+    left = {_size_label(cfg) for cfg, _ in cells} - {_size_label(cfg) for cfg, _ in kept}
+    if left:
+        raise ConfigError(
+            f"sweep.tokens.max_flops={max_flops:.3g}: size {sorted(left)[0]} has no budget under it; "
+            "raise the ceiling or drop the size"
+        )
+    return kept
 
 
 def _size_label(cfg: Config) -> str:

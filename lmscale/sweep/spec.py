@@ -110,9 +110,13 @@ class Tokens:
     per_param: tuple[PosFloat, ...] | None = None
     isoflop: IsoFlop | None = None
     cooldowns: Cooldowns | None = None
+    # A compute ceiling on a cross of sizes and budgets: a cell above it (6ND, total parameters) is left
+    # out, so small sizes can run to budgets the largest cannot afford (an IsoFLOP-envelope grid).
+    max_flops: PosFloat | None = None
 
     def given(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        forms = ("fixed", "per_param", "isoflop", "cooldowns")
+        return [name for name in forms if getattr(self, name) is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +241,11 @@ def read(section: Any, overrides: list[tuple[str, Any]] = ()) -> SweepSpec:
         )
     if tokens.cooldowns:
         _check_cooldowns(tokens.cooldowns)
+    if tokens.max_flops is not None and (tokens.isoflop or not tokens.given()):
+        raise ConfigError(
+            "sweep.tokens.max_flops: caps a cross of sizes and budgets (fixed, per_param or cooldowns); "
+            "an IsoFLOP sweep's budgets are its compute"
+        )
     if spec.lr and spec.lr.rule == "width" and spec.lr.base_width is None:
         raise ConfigError("sweep.lr.base_width: required by the width rule (the d_model that gets lr = base)")
     if spec.eval is not None:
