@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps as plt_colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.ticker import MaxNLocator
 
 from analysis.emergence_plots import plot_headline
@@ -99,26 +100,25 @@ def _budget_index(runs: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
     return np.where(np.isclose(distance.min(1), 0.0), distance.argmin(1), -1)
 
 
+TRUNCATED_PLASMA = ListedColormap(plt_colormaps["plasma"](np.linspace(0.0, 0.85, 256)))  # no pale yellow
+
+
 def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") -> list[Path]:
     """Loss against N at each compute budget, the fitted parabolas in log N, and their minima."""
     profiles = sorted(fit.extra["isoflop"], key=lambda p: p["C"])
     budgets = np.array([p["C"] for p in profiles])
     which = _budget_index(runs, budgets)
-    fig, ((ax,),) = figure((6.4, 4.8))  # room for the legend below the axes
-    colours = ScalarMappable(Normalize(-0.15, max(len(profiles) - 1, 1) / 0.85), "plasma")  # no pale yellow
+    fig, ((ax,),) = figure((6.4, 4.6))  # room for the legend below the axes
+    # Budgets are coloured by compute, read off a colour bar: a legend entry per budget crowded the plot.
+    lo, hi = budgets.min(), budgets.max()
+    colours = ScalarMappable(LogNorm(lo, hi if hi > lo else lo * 1.01), TRUNCATED_PLASMA)
     for i, p in enumerate(profiles):
-        colour = colours.to_rgba(i)
+        colour = colours.to_rgba(p["C"])
         group = runs[which == i]
         ax.scatter(group["params"], group["loss"], color=colour, s=22, zorder=3)
         log_n = np.log(group["params"].to_numpy()) if len(group) else np.log([p["N_star"]])
         grid = np.linspace(log_n.min() - 0.2, log_n.max() + 0.2, 100)
-        ax.plot(
-            np.exp(grid),
-            np.polyval(p["coef"], grid),
-            color=colour,
-            lw=1.2,
-            label=f"C = ${latex_number(p['C'])}$ FLOPs",
-        )
+        ax.plot(np.exp(grid), np.polyval(p["coef"], grid), color=colour, lw=1.2)
         ax.scatter(
             [p["N_star"]], [p["loss_star"]], marker="*", s=120, color=colour, edgecolors="black", zorder=5
         )
@@ -131,14 +131,13 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
         reasons.setdefault(reason, []).append(i)
     for reason, members in reasons.items():  # hollow: a budget left out is shown, not hidden
         group = runs[np.isin(gone, members)]
-        budgets = ", ".join(f"${latex_number(excluded[i]['C'])}$" for i in members)
-        label = f"excluded, {reason}: C = {budgets}"
+        shown = ", ".join(f"${latex_number(excluded[i]['C'])}$" for i in members)
+        label = f"excluded, {reason}: C = {shown}"
         ax.scatter(group["params"], group["loss"], facecolors="none", edgecolors="grey", s=26, label=label)
     ax.set(xscale="log", xlabel=PARAMS, ylabel=loss_label(runs), title="IsoFLOP profiles (approach 2)")
-    # Below the axes, in as many columns as fit: beside them, long exclusion entries squeezed the plot.
-    labels = ax.get_legend_handles_labels()[1]
-    ncol = 1 if any(len(t) > 60 for t in labels) else min(3, len(labels))
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False)
+    fig.colorbar(colours, ax=ax, label="Compute budget C (FLOPs)")
+    # Below the axes: beside them, the long exclusion entries squeezed the plot.
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     return save(fig, out_dir, name)
 
 

@@ -74,10 +74,13 @@ def test_isoflop_figure_draws_excluded_budgets_hollow_with_their_reason(isoflop_
 
     runs = load_results(isoflop_csv).runs
     plots.plot_isoflop(runs, approach2(runs), tmp_path)
-    (ax,) = figures[0].axes
+    ax, bar = figures[0].axes  # the budgets are read off a colour bar of compute
+    assert bar.get_ylabel() == "Compute budget C (FLOPs)"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(label.startswith("C = $1\\times10^{22}$, excluded: ") for label in labels)
-    hollow = [c for c in ax.collections if c.get_label().startswith("C = $1\\times10^{22}$")][0]
+    excluded = [label for label in labels if label.startswith("excluded, ")]
+    assert len(excluded) == 1 and excluded[0].endswith(": C = $1\\times10^{22}$")  # a reason, then its budgets
+    assert not any(label.startswith("C = ") for label in labels)  # no legend entry per budget
+    hollow = [c for c in ax.collections if c.get_label() == excluded[0]][0]
     assert len(hollow.get_offsets()) == 3 and (hollow.get_facecolors()[:, 3] == 0).all()
 
 
