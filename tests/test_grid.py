@@ -280,3 +280,23 @@ print(len(sweep.cells), "jax" in sys.modules)
         errors = [line for line in proc.stderr.splitlines() if "|" not in line]
         assert proc.returncode == 2 and len(errors) == 1 and "sweep.sizes.x" in errors[0]
         assert "jax" not in imported
+
+
+def test_isoflop_cpu_runs_the_small_sizes_to_16m_tokens_and_the_largest_to_2m_under_its_ceiling():
+    sweep = grid.load(ROOT / "experiments" / "isoflop_cpu.yaml")
+    longest: dict[str, int] = {}
+    for cell in sweep.cells:
+        if cell.role == "branch":
+            size = cell.run_id.split("-T")[0]
+            longest[size] = max(longest.get(size, 0), cell.cfg.train.tokens)
+            assert flops.flops_6nd(cell.cfg.model, cell.cfg.train.tokens) <= 3.5e12
+    assert sum(c.role == "branch" for c in sweep.cells) == 54 and len(longest) == 6
+    in_m = {size: round(t / 1e6, 1) for size, t in longest.items()}
+    assert in_m == {
+        "L1-D16": 16.0,
+        "L4-D16": 16.0,
+        "L4-D24": 16.0,
+        "L4-D32": 8.0,
+        "L4-D48": 4.0,
+        "L5-D64": 2.0,
+    }
