@@ -114,9 +114,10 @@ class Tokens:
     # out, so small sizes can run to budgets the largest cannot afford (an IsoFLOP-envelope grid).
     max_flops: PosFloat | None = None
 
+    FORMS = ("fixed", "per_param", "isoflop", "cooldowns")  # the ways to give budgets: one at most
+
     def given(self) -> list[str]:
-        forms = ("fixed", "per_param", "isoflop", "cooldowns")
-        return [name for name in forms if getattr(self, name) is not None]
+        return [name for name in self.FORMS if getattr(self, name) is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +233,7 @@ def read(section: Any, overrides: list[tuple[str, Any]] = ()) -> SweepSpec:
                 f"model.n_heads={shape.n_heads}"
             )
     if len(tokens.given()) > 1:
-        forms = ", ".join(f.name for f in dataclasses.fields(Tokens))
+        forms = ", ".join(Tokens.FORMS)
         raise ConfigError(f"sweep.tokens: give one of {forms}, not {', '.join(tokens.given())}")
     if tokens.isoflop and (sizes.shapes or sizes.params):
         raise ConfigError(
