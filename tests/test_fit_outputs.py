@@ -78,7 +78,7 @@ def test_isoflop_figure_draws_excluded_budgets_hollow_with_their_reason(isoflop_
     assert bar.get_ylabel() == "Compute budget C (FLOPs)"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     excluded = [label for label in labels if label.startswith("excluded, ")]
-    assert len(excluded) == 1 and excluded[0].endswith(": C = $1\\times10^{22}$")  # a reason, then its budgets
+    assert len(excluded) == 1 and excluded[0].endswith(": C = $1\\times10^{22}$")  # the reason, its budgets
     assert not any(label.startswith("C = ") for label in labels)  # no legend entry per budget
     hollow = [c for c in ax.collections if c.get_label() == excluded[0]][0]
     assert len(hollow.get_offsets()) == 3 and (hollow.get_facecolors()[:, 3] == 0).all()
