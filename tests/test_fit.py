@@ -225,10 +225,15 @@ def test_bootstrap_resamples_that_stall_are_polished_to_convergence(monkeypatch)
     assert fit.extra["bootstrap"] == {"resamples": 8, "kept": 8, "dropped": {}}
     w = optimize.bootstrap_weights(len(pts), 8, 0)
     p = fit.samples
-    theta = np.stack([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]], axis=1)
+    # The gradient the solver converges on: in centred units, log N - mean log N (and so for D), where
+    # A/N^alpha = e^(log A - alpha mean) (N/e^mean)^-alpha. In raw units it is larger by up to ~mean.
+    logx = np.log(pts[["params", "tokens"]].to_numpy())
+    mean_n, mean_d = logx.mean(0)
+    log_a, log_b = np.log(p["A"]) - p["alpha"] * mean_n, np.log(p["B"]) - p["beta"] * mean_d
+    theta = np.stack([log_a, log_b, np.log(p["E"]), p["alpha"], p["beta"]], axis=1)
     objective = jax.grad(optimize.objective(laws.chinchilla_log_pred, 1e-3))
     with jax.enable_x64(True):
-        data = [jnp.asarray(a, jnp.float64) for a in (np.log(pts[["params", "tokens"]]), np.log(pts["loss"]))]
+        data = [jnp.asarray(a, jnp.float64) for a in (logx - logx.mean(0), np.log(pts["loss"]))]
         grads = [
             np.linalg.norm(objective(jnp.asarray(t), *data, jnp.asarray(v)))
             for t, v in zip(theta, w, strict=True)
