@@ -77,10 +77,15 @@ def save(fig: Figure, out_dir: Path, name: str, layout: bool = True) -> list[Pat
     return paths
 
 
+def log_norm(values) -> LogNorm:
+    """A log colour scale over the values' range; one value alone still gets a scale around it."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return LogNorm(lo, hi if hi > lo else lo * 1.01)
+
+
 def size_colours(params: pd.Series) -> tuple[LogNorm, str]:
     """Colours by parameter count: viridis, whose lightness rises monotonically, so it reads in grey."""
-    lo, hi = float(params.min()), float(params.max())
-    return LogNorm(lo, hi if hi > lo else lo * 1.01), "viridis"
+    return log_norm(params), "viridis"
 
 
 def size_colorbar(fig: Figure, mappable, ax) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps as plt_colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import ListedColormap, LogNorm
+from matplotlib.colors import ListedColormap
 from matplotlib.ticker import MaxNLocator
 
 from analysis.emergence_plots import plot_headline
@@ -27,6 +27,7 @@ from analysis.plot_style import (
     TOKENS,
     figure,
     latex_number,
+    log_norm,
     loss_label,
     plain_loss_ticks,
     save,
@@ -110,8 +111,7 @@ def plot_isoflop(runs: pd.DataFrame, fit: Fit, out_dir: Path, name="isoflop") ->
     which = _budget_index(runs, budgets)
     fig, ((ax,),) = figure((6.4, 4.6))  # room for the legend below the axes
     # Budgets are coloured by compute, read off a colour bar: a legend entry per budget crowded the plot.
-    lo, hi = budgets.min(), budgets.max()
-    colours = ScalarMappable(LogNorm(lo, hi if hi > lo else lo * 1.01), TRUNCATED_PLASMA)
+    colours = ScalarMappable(log_norm(budgets), TRUNCATED_PLASMA)
     for i, p in enumerate(profiles):
         colour = colours.to_rgba(p["C"])
         group = runs[which == i]
