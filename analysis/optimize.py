@@ -82,6 +82,21 @@ def _lbfgs_batch(theta_SxP, w_SxN, logx_NxK, logy_N, *, log_pred, delta, max_ite
     return jax.vmap(solve)(theta_SxP, w_SxN)
 
 
+def padded_points(logx_NxK, logy_N, w_SxN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points padded to a power of two (at least 16) with weight-0 copies of the first.
+
+    A weight-0 point adds nothing to the objective or its gradient (as a bootstrap resample's undrawn
+    points do), and one compiled solver then serves every data set up to that size: a report fits each
+    law to several subsets (all runs, the held-out refit, the frontier, a bootstrap's polish rounds), and
+    tracing and compiling the batched L-BFGS costs seconds where running it costs milliseconds.
+    """
+    logx_NxK, logy_N, w_SxN = np.asarray(logx_NxK), np.asarray(logy_N), np.asarray(w_SxN)
+    n = len(logy_N)
+    pad = max(16, 1 << (n - 1).bit_length()) - n
+    rows = np.concatenate([np.arange(n), np.zeros(pad, int)])
+    return logx_NxK[rows], logy_N[rows], np.pad(w_SxN, ((0, 0), (0, pad)))
+
+
 def minimize(
     log_pred: LogPred,
     starts_SxP: np.ndarray,
@@ -97,6 +112,7 @@ def minimize(
     """Run L-BFGS from every start (row), each with its own point weights. Returns theta, f, |grad|."""
     S = len(starts_SxP)
     w = np.ones((S, len(logy_N))) if weights_SxN is None else weights_SxN
+    logx_NxK, logy_N, w = padded_points(logx_NxK, logy_N, w)
     with jax.enable_x64(dtype == np.float64):
         cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
         theta, f, g = _lbfgs_batch(
@@ -107,16 +123,17 @@ def minimize(
 
 
 @functools.partial(jax.jit, static_argnames=("log_pred", "delta"))
-def _objective_batch(theta_SxP, logx_NxK, logy_N, *, log_pred, delta):
+def _objective_batch(theta_SxP, logx_NxK, logy_N, w_N, *, log_pred, delta):
     loss = objective(log_pred, delta)
-    return jax.vmap(lambda theta: loss(theta, logx_NxK, logy_N, jnp.ones_like(logy_N)))(theta_SxP)
+    return jax.vmap(lambda theta: loss(theta, logx_NxK, logy_N, w_N))(theta_SxP)
 
 
 def objectives(log_pred: LogPred, starts_SxP, logx_NxK, logy_N, delta: float = 1e-3) -> np.ndarray:
     """The objective at every start, in float64 [S]; inf where it overflows."""
+    logx_NxK, logy_N, w_1xN = padded_points(logx_NxK, logy_N, np.ones((1, len(logy_N))))
     with jax.enable_x64(True):
-        theta, logx, logy = (jnp.asarray(a) for a in (starts_SxP, logx_NxK, logy_N))
-        f = np.asarray(_objective_batch(theta, logx, logy, log_pred=log_pred, delta=delta), np.float64)
+        theta, logx, logy, w = (jnp.asarray(a) for a in (starts_SxP, logx_NxK, logy_N, w_1xN[0]))
+        f = np.asarray(_objective_batch(theta, logx, logy, w, log_pred=log_pred, delta=delta), np.float64)
     return np.where(np.isfinite(f), f, np.inf)
 
 
