@@ -2,7 +2,7 @@ import pytest
 
 from lmscale import config
 from lmscale.cli import main
-from tests.conftest import TINY, run_cli
+from tests.conftest import NO_SAVES, TINY, run_cli
 
 
 def test_overrides_reach_nested_keys_with_their_types():
@@ -156,7 +156,7 @@ def test_axes_the_rules_leave_unsplit_need_not_divide(overrides):
 def test_a_config_split_as_its_rules_say_trains(tmp_path, tiny_overrides):
     """vocab_size=321 is not divisible by mesh.tensor=2, but with mesh.rules.vocab=null nothing splits it."""
     out = tmp_path / "run"
-    overrides = [*tiny_overrides, "train.tokens=2560", "mesh.tensor=2", "mesh.rules.vocab=null"]
+    overrides = [*tiny_overrides, *NO_SAVES, "train.tokens=2560", "mesh.tensor=2", "mesh.rules.vocab=null"]
     proc = run_cli(
         "train", TINY, "--out", out, "--no-progress", *overrides, "model.vocab_size=321", devices=2
     )

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import NO_SAVES, ROOT, TINY, run_cli
 
 
 def _losses(run_dir) -> list[float]:
@@ -24,6 +24,7 @@ def _devices(run_dir) -> int:
 
 def test_two_cpu_devices_train_the_same_losses_as_one(tmp_path, tiny_overrides):
     one, two = tmp_path / "one", tmp_path / "two"
+    tiny_overrides = [*tiny_overrides, *NO_SAVES]
     assert run_cli("train", TINY, "--out", one, "--no-progress", *tiny_overrides).returncode == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("XLA_FLAGS", None)  # mesh.cpu_devices decides, as in a user's shell
@@ -38,7 +39,9 @@ def test_two_cpu_devices_train_the_same_losses_as_one(tmp_path, tiny_overrides):
 def test_a_process_whose_backend_started_keeps_its_devices_and_warns(tmp_path, tiny_overrides):
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match=r"mesh.cpu_devices=2 not applied: JAX's CPU backend started with 1"):
-        proc = run_cli("train", TINY, "--out", out, "--no-progress", *tiny_overrides, "mesh.cpu_devices=2")
+        proc = run_cli(
+            "train", TINY, "--out", out, "--no-progress", *tiny_overrides, *NO_SAVES, "mesh.cpu_devices=2"
+        )
     assert proc.returncode == 0 and _devices(out) == 1
 
 
