@@ -29,7 +29,9 @@ def _model(**variant):
             }
         }
     )
-    params = Transformer(cfg.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.jit(Transformer(cfg.model).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))[
+        "params"
+    ]
     return cfg.model, params
 
 

@@ -22,7 +22,7 @@ def lm():
     cfg = config.from_dict(
         {"model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": SEQ_LEN}}
     ).model
-    params = Transformer(cfg).init(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32))["params"]
     forward = jax.jit(lambda t: Transformer(cfg).apply({"params": params}, t))
     return LmscaleLM(decoder=Decoder(cfg, params, batch_size=4), tokenizer=Tokenizer.byte()), forward
 

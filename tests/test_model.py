@@ -20,7 +20,9 @@ VARIANTS = {  # every position encoding and both layer loops; the MLP rides alon
 def _model(**variant):
     model = {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": 32, **variant}
     cfg = config.from_dict({"model": model})
-    params = Transformer(cfg.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    params = jax.jit(Transformer(cfg.model).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))[
+        "params"
+    ]
     return cfg.model, params
 
 
@@ -41,24 +43,24 @@ def test_a_position_sees_no_later_token(variant):
 def test_a_cache_filled_in_chunks_matches_the_plain_forward_in_the_other_variants(variant):
     """The default (RoPE, scanned layers) is the test below; these are the other variants."""
     cfg, params = _model(**variant)
-    model = Transformer(cfg)
+    apply = jax.jit(Transformer(cfg).apply)
     tokens = jnp.array(np.random.default_rng(3).integers(0, 256, (2, 15)), jnp.int32)
-    plain = model.apply({"params": params}, tokens)
+    plain = apply({"params": params}, tokens)
     cache, pieces = init_cache(cfg, 2, 16), []
     for lo, hi in ((0, 5), (5, 6), (6, 15)):  # a prompt, one decoded token, then a continuation
-        logits, cache = model.apply({"params": params}, tokens[:, lo:hi], cache, jnp.full(2, lo, jnp.int32))
+        logits, cache = apply({"params": params}, tokens[:, lo:hi], cache, jnp.full(2, lo, jnp.int32))
         pieces.append(logits)
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), plain, atol=1e-5)
 
 
 def test_scanned_model_with_a_stacked_cache_matches_the_plain_forward():
     cfg, params = _model()
-    model = Transformer(cfg)
+    apply = jax.jit(Transformer(cfg).apply)
     tokens = jnp.array(np.random.default_rng(1).integers(0, 256, (2, 12)), jnp.int32)
-    plain = model.apply({"params": params}, tokens)
+    plain = apply({"params": params}, tokens)
     cache = init_cache(cfg, 2, 16)
-    first, cache = model.apply({"params": params}, tokens[:, :7], cache, jnp.zeros(2, jnp.int32))
-    rest, _ = model.apply({"params": params}, tokens[:, 7:], cache, jnp.full(2, 7, jnp.int32))
+    first, cache = apply({"params": params}, tokens[:, :7], cache, jnp.zeros(2, jnp.int32))
+    rest, _ = apply({"params": params}, tokens[:, 7:], cache, jnp.full(2, 7, jnp.int32))
     np.testing.assert_allclose(jnp.concatenate([first, rest], 1), plain, atol=1e-5)
 
 
