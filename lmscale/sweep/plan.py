@@ -40,6 +40,10 @@ from lmscale.sweep.grid import Cell, EvalSpec, Sweep, human
 
 CALIBRATION_S = 20.0  # wall-clock budget for timing shapes; the largest and smallest are always timed
 TIMED_STEPS = 3  # steps timed per shape after one warm-up step (fewer if a step takes over a second)
+# ... and more while they add up to less than this: the median of 3 steps of a 10 ms shape read
+# cpu_demo_full's smallest trunks at 2.0-2.3x their measured time (the first steps after a compile run
+# slow); 0.25 s of steps costs the plan about a second.
+TIMED_MIN_S, TIMED_MAX_STEPS = 0.25, 50
 EVAL_COST = 1 / 3  # an eval batch is a forward pass: a third of a train step's FLOPs
 EVAL_SAMPLE = 16  # examples per task and shot count that time the evaluator: enough for every compile
 
@@ -108,7 +112,9 @@ def time_shape(cfg: Config) -> tuple[Timing, StepFns, object]:
     # holds one step's dispatch and the wait for the step before it, so the first dispatch is untimed.
     state, pending = compiled(state, steps.put_batch(next(source)), 0)
     times, t = [], time.perf_counter()
-    while len(times) < TIMED_STEPS and sum(times) < 1.0:
+    while (len(times) < TIMED_STEPS and sum(times) < 1.0) or (
+        sum(times) < TIMED_MIN_S and len(times) < TIMED_MAX_STEPS
+    ):
         state, metrics = compiled(state, steps.put_batch(next(source)), 0)
         jax.device_get(pending)
         pending, now = metrics, time.perf_counter()
