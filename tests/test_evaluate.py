@@ -29,10 +29,8 @@ def _model(**variant):
             }
         }
     )
-    params = jax.jit(Transformer(cfg.model).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))[
-        "params"
-    ]
-    return cfg.model, params
+    init = jax.jit(Transformer(cfg.model).init)  # one compile; eager init compiles every op
+    return cfg.model, init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
 
 
 @pytest.fixture(scope="module")
