@@ -82,19 +82,38 @@ def _lbfgs_batch(theta_SxP, w_SxN, logx_NxK, logy_N, *, log_pred, delta, max_ite
     return jax.vmap(solve)(theta_SxP, w_SxN)
 
 
+MIN_POINTS, MIN_STARTS = 64, 8  # the smallest padded sizes: see padded_points and padded_starts
+
+
+def _bucket(n: int, least: int) -> int:
+    """n rounded up to a power of two, and to at least `least`."""
+    return max(least, 1 << (n - 1).bit_length())
+
+
 def padded_points(logx_NxK, logy_N, w_SxN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The points padded to a power of two (at least 16) with weight-0 copies of the first.
+    """The points padded to a power of two (at least MIN_POINTS) with weight-0 copies of the first.
 
     A weight-0 point adds nothing to the objective or its gradient (as a bootstrap resample's undrawn
     points do), and one compiled solver then serves every data set up to that size: a report fits each
     law to several subsets (all runs, the held-out refit, the frontier, a bootstrap's polish rounds), and
-    tracing and compiling the batched L-BFGS costs seconds where running it costs milliseconds.
+    tracing and compiling the batched L-BFGS costs seconds where running it costs milliseconds. Below
+    64 points a padded point costs less than a compile's share of the fit.
     """
     logx_NxK, logy_N, w_SxN = np.asarray(logx_NxK), np.asarray(logy_N), np.asarray(w_SxN)
     n = len(logy_N)
-    pad = max(16, 1 << (n - 1).bit_length()) - n
+    pad = _bucket(n, MIN_POINTS) - n
     rows = np.concatenate([np.arange(n), np.zeros(pad, int)])
     return logx_NxK[rows], logy_N[rows], np.pad(w_SxN, ((0, 0), (0, pad)))
+
+
+def padded_starts(starts_SxP, w_SxN) -> tuple[np.ndarray, np.ndarray]:
+    """The starts (and their weight rows) padded to a power of two (at least MIN_STARTS) with copies of
+    the first; the caller keeps the first S results. The number of starts varies from fit to fit (the
+    bootstrap's resamples, and among them those a polish round takes on), and each count would compile
+    the solver again. A copy runs in its own lane of the batch and changes no other lane's result."""
+    n = len(starts_SxP)
+    rows = np.concatenate([np.arange(n), np.zeros(_bucket(n, MIN_STARTS) - n, int)])
+    return np.asarray(starts_SxP)[rows], np.asarray(w_SxN)[rows]
 
 
 def minimize(
@@ -113,13 +132,14 @@ def minimize(
     S = len(starts_SxP)
     w = np.ones((S, len(logy_N))) if weights_SxN is None else weights_SxN
     logx_NxK, logy_N, w = padded_points(logx_NxK, logy_N, w)
+    starts_SxP, w = padded_starts(starts_SxP, w)
     with jax.enable_x64(dtype == np.float64):
         cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
         theta, f, g = _lbfgs_batch(
             cast(starts_SxP), cast(w), cast(logx_NxK), cast(logy_N),
             log_pred=log_pred, delta=delta, max_iter=max_iter, tol=tol, backtracking=backtracking,
         )  # fmt: skip
-        return np.asarray(theta, np.float64), np.asarray(f, np.float64), np.asarray(g, np.float64)
+        return tuple(np.asarray(a, np.float64)[:S] for a in (theta, f, g))
 
 
 @functools.partial(jax.jit, static_argnames=("log_pred", "delta"))

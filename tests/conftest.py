@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,19 @@ import jax  # noqa: E402
 # Start JAX's backend with one CPU device now, so that a config's mesh.cpu_devices (the experiments set
 # 2) never splits a test process that later tests share; they get the warning that says so.
 jax.devices()
+
+
+_ONE_MARKER = re.compile(r"(timing|browser)( and not slow)?")
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """`make test`'s serial passes select one marker (`-m "timing and not slow"`): a test module whose
+    source never names that marker holds nothing they run, so they skip importing it (collecting every
+    module costs seconds: matplotlib, datasets, Orbax, ...)."""
+    wanted = _ONE_MARKER.fullmatch(config.option.markexpr or "")
+    if wanted and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return f"mark.{wanted.group(1)}" not in collection_path.read_text()
+    return None
 
 
 def pytest_unconfigure(config) -> None:

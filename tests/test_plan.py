@@ -12,9 +12,9 @@ from lmscale.step_fns import build
 from lmscale.sweep import plan
 from tests.conftest import run_cli
 
-# The time estimates are checked against a measured run: both must see the same machine, so this module
-# runs alone, after `make test`'s parallel run.
-pytestmark = pytest.mark.timing
+# The time estimates are checked against a measured run: both must see the same machine, so those tests
+# (marked `timing`) run alone, after `make test`'s parallel run.
+timing = pytest.mark.timing
 
 SPEC = """
 model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32, vocab_size: 320}
@@ -38,6 +38,7 @@ def planned(tmp_path_factory):
     return tmp, proc.stdout, pd.read_csv(tmp / "plan.csv")
 
 
+@timing
 def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
     tmp, stdout, table = planned
     lines = stdout.strip().splitlines()
@@ -64,6 +65,7 @@ def test_plan_prints_every_cell_then_the_total_and_writes_no_run(planned):
     assert sorted(p.name for p in tmp.iterdir()) == ["pair.yaml", "plan.csv"]  # nothing trained
 
 
+@timing
 def test_time_estimates_are_within_2x_of_the_measured_run_and_its_evaluation(planned):
     tmp, _, table = planned
     only_first = "sweep.sizes.shapes=[{n_layers: 1, d_model: 32, n_heads: 2}]"  # the plan's first row
