@@ -55,6 +55,27 @@ def test_approach3_optimum_cannot_be_improved_by_scipy():
     assert polished.fun >= fit.objective * (1 - 1e-6)
 
 
+def test_approach3_does_at_least_as_well_as_the_law_that_made_the_data():
+    """The optimum's objective is never above the objective at the true parameters. Of twelve simulated
+    6 x 4 sweeps at CPU scale (entropy_cpu's fitted law, 1% noise), the 7th and 12th stopped in a basin
+    with B at a bound and 4 to 7 times the true law's objective when only the 256 starts lowest at the
+    outset were screened, and reported a = -0.03 and 0.9997 (the truth: 0.40). Those two are fitted
+    here (all twelve pass; tests/test_fit_coverage.py's simulations run many more)."""
+    law = {"E": 0.695, "A": 182.0, "B": 175.0, "alpha": 0.788, "beta": 0.524}
+    N, D = np.array([(n, d) for n in (8.2e3, 17.6e3, 35.5e3, 59.7e3, 126e3, 267e3) for d in (1, 2, 4, 8)]).T
+    D = D * 1e6
+    truth = law["E"] + law["A"] / N ** law["alpha"] + law["B"] / D ** law["beta"]
+    theta = np.array([np.log(law["A"]), np.log(law["B"]), np.log(law["E"]), law["alpha"], law["beta"]])
+    rng = np.random.default_rng(0)
+    for sweep in range(12):
+        loss = truth * np.exp(0.01 * rng.standard_normal(len(truth)))
+        if sweep not in (6, 11):
+            continue
+        fit = fits.fit_chinchilla(N, D, loss)
+        at_truth = numpy_objective(pd.DataFrame({"params": N, "tokens": D, "loss": loss}))(theta)
+        assert fit.objective <= at_truth * (1 + 1e-9), (sweep, fit.objective, at_truth, fit.params["a"])
+
+
 def test_approach3_recovers_a_known_law_and_its_allocation():
     pts = chinchilla_points(120, seed=1)
     fit = fits.fit_chinchilla(pts["params"], pts["tokens"], pts["loss"], bootstrap=100, seed=0)

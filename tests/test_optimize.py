@@ -20,7 +20,7 @@ def test_padded_points_leave_the_objective_and_its_gradient_unchanged():
     logx, logy = _points(23)
     w = optimize.bootstrap_weights(23, 3, 1)
     px, py, pw = optimize.padded_points(logx, logy, w)
-    assert px.shape == (64, 2) and py.shape == (64,) and pw.shape == (3, 64)
+    assert px.shape == (32, 2) and py.shape == (32,) and pw.shape == (3, 32)
     assert (pw[:, 23:] == 0).all() and (pw[:, :23] == w).all()
     loss = optimize.objective(laws.chinchilla_log_pred, 1e-3)
     theta = jnp.array([-0.5, 1.0, 0.7, 0.3, 0.4])
@@ -35,14 +35,14 @@ def test_padded_points_leave_the_objective_and_its_gradient_unchanged():
 def test_data_sets_of_nearby_sizes_share_one_compiled_solver():
     starts = np.tile([0.0, 1.0, 0.5, 0.3, 0.3], (4, 1))
     before = None
-    for n in (5, 23, 64):  # one bucket: 64 points
+    for n in (5, 23, 32):  # one bucket: 32 points
         logx, logy = _points(n, seed=n)
         theta, f, g = optimize.minimize(laws.chinchilla_log_pred, starts, logx, logy, max_iter=50)
         assert np.isfinite(theta).all() and np.isfinite(f).all()
         size = optimize._lbfgs_batch._cache_size()
         assert before is None or size == before, f"{n} points compiled the solver again"
         before = size
-    assert optimize.padded_points(*_points(65), np.ones((1, 65)))[1].shape == (128,)
+    assert optimize.padded_points(*_points(33), np.ones((1, 33)))[1].shape == (64,)
 
 
 def test_start_counts_up_to_a_power_of_two_share_one_compiled_solver_and_keep_each_result():
