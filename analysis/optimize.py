@@ -168,7 +168,7 @@ def multistart(
     No start is dropped for its objective at the start: on a wide grid the start whose basin holds the
     optimum can begin orders of magnitude off the data. Keeping only the 256 lowest of Hoffmann's 4,500
     missed the optimum on 2 of 24 simulated sweeps, with 4 to 7 times its objective (B or E at a bound,
-    a meaningless a); screening every start found it on all 24, and took no longer.
+    a meaningless a); screening every start found it on all 24, in about the same time.
     """
     if len(starts_SxP) > keep:
         theta, f, _ = minimize(
