@@ -17,6 +17,8 @@ from analysis.emergence import (
 )
 from analysis.load import AnalysisError
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 TRUE_LOG10_MID = {0: 7.4, 4: 7.0}  # exact_match midpoint in log10(params), per shot count
 SLOPE = 2.5  # per decade
 

@@ -15,6 +15,8 @@ from analysis.cli import main
 from analysis.load import AnalysisError, load_results
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 REFERENCE = ROOT.parent / "shared" / "reference-data" / "chinchilla_epoch_svg_extracted.csv"
 needs_reference = pytest.mark.skipif(
     not REFERENCE.exists(), reason=f"reference data not found at {REFERENCE} (it lives beside the repo)"

@@ -5,6 +5,8 @@ import pytest
 
 from analysis import fit as fits
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 TRIALS = 50
 
 

@@ -17,6 +17,8 @@ from analysis.report_tables import fit_table
 from analysis.sweep import Sweep
 from tests.test_isoflop_simulation import isoflop_grid
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 
 @pytest.fixture
 def isoflop_csv(tmp_path):

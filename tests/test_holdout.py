@@ -3,8 +3,11 @@ spread of the refitted law) then cannot cover what it predicts."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.holdout import predict_held_out
+
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
 
 TRUE = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}
 

@@ -14,6 +14,8 @@ import pytest
 
 from analysis import fit as fits
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 # Hoffmann et al. 2022's published L(N, D); N*(C) grows as C^a with a = beta / (alpha + beta).
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 TRUE_A = BETA / (ALPHA + BETA)

@@ -9,6 +9,8 @@ import pytest
 from analysis.ladder import holdout_largest, predict
 from analysis.load import AnalysisError
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 SIZES = np.logspace(7, 10, 8)
 CHANCE, N_EXAMPLES = 0.25, 1000
 

@@ -4,8 +4,11 @@ compiled program."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from analysis import laws, optimize
+
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
 
 
 def _points(n: int, seed: int = 0):

@@ -21,6 +21,8 @@ from analysis.report import write_report
 from analysis.sweep import analyse
 from tests.test_emergence import logistic
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 # Hoffmann et al. 2022's published L(N, D) = E + A/N^alpha + B/D^beta.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 BUDGETS = (1e17, 1e18, 1e19)  # FLOPs

@@ -18,6 +18,8 @@ from lmscale import results
 from lmscale.sweep import grid
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.fits  # optimised XLA: see tests/conftest.py
+
 LR_CPU = ROOT / "experiments" / "lr_cpu.yaml"
 SIZES = "sweep.sizes.params=[2.5e+4,1.0e+5,4.0e+5]"  # 1.2 decades: the lr optimum moves by a factor 2.3
 LR_OPT_EXPONENT = -0.3  # lr_opt = 0.1 N^-0.3: 4.3e-3 at the smallest size, 2.0e-3 at the largest
