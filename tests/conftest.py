@@ -71,11 +71,13 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _xla_optimisation(request):
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
     """XLA's backend optimisation on for tests marked `fits` (see OPTIMIZED above), off for the rest,
-    in this process; subprocesses inherit the session's setting."""
-    off = not OPTIMIZED and request.node.get_closest_marker("fits") is None
+    in this process; subprocesses inherit the session's setting. Set before any of the test's fixtures,
+    a module's first test setting up its module-scoped ones too, so a run and its resume always compile
+    alike."""
+    off = not OPTIMIZED and item.get_closest_marker("fits") is None
     if jax.config.read("jax_disable_most_optimizations") != off:
         jax.config.update("jax_disable_most_optimizations", off)
 
