@@ -90,6 +90,11 @@ def _bucket(n: int, least: int) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
+def _first_repeated(n: int, size: int) -> np.ndarray:
+    """Row indices 0..n-1, then row 0 until there are `size`: what both paddings copy."""
+    return np.concatenate([np.arange(n), np.zeros(size - n, int)])
+
+
 def padded_points(logx_NxK, logy_N, w_SxN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The points padded to a power of two (at least MIN_POINTS) with weight-0 copies of the first.
 
@@ -101,9 +106,8 @@ def padded_points(logx_NxK, logy_N, w_SxN) -> tuple[np.ndarray, np.ndarray, np.n
     """
     logx_NxK, logy_N, w_SxN = np.asarray(logx_NxK), np.asarray(logy_N), np.asarray(w_SxN)
     n = len(logy_N)
-    pad = _bucket(n, MIN_POINTS) - n
-    rows = np.concatenate([np.arange(n), np.zeros(pad, int)])
-    return logx_NxK[rows], logy_N[rows], np.pad(w_SxN, ((0, 0), (0, pad)))
+    rows = _first_repeated(n, _bucket(n, MIN_POINTS))
+    return logx_NxK[rows], logy_N[rows], np.pad(w_SxN, ((0, 0), (0, len(rows) - n)))
 
 
 def padded_starts(starts_SxP, w_SxN) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +117,7 @@ def padded_starts(starts_SxP, w_SxN) -> tuple[np.ndarray, np.ndarray]:
     on), and each count would compile the solver again. A copy runs in its own lane of the batch and
     changes no other lane's result."""
     n = len(starts_SxP)
-    size = _bucket(n, MIN_STARTS) if n <= 512 else -(-n // 512) * 512
-    rows = np.concatenate([np.arange(n), np.zeros(size - n, int)])
+    rows = _first_repeated(n, _bucket(n, MIN_STARTS) if n <= 512 else -(-n // 512) * 512)
     return np.asarray(starts_SxP)[rows], np.asarray(w_SxN)[rows]
 
 
