@@ -148,6 +148,18 @@ def run_python(code: str, devices: int = 8, timeout: int = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def tiny_model(seq_len: int, seed: int = 0, **variant):
+    """A 2-layer, 32-wide model's config and freshly initialised params, for the model and decoder tests.
+    Init is jitted: one compile, where an eager init compiles every op."""
+    from lmscale import config
+    from lmscale.model import Transformer
+
+    model = {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": seq_len, **variant}
+    cfg = config.from_dict({"model": model}).model
+    tokens = jax.numpy.zeros((1, 8), jax.numpy.int32)
+    return cfg, jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(seed), tokens)["params"]
+
+
 # For runs whose checkpoints are not the point: no save, so not even Orbax's import (seconds each).
 NO_SAVES = ["checkpoint.every_steps=1000000", "checkpoint.final=false"]
 

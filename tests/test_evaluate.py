@@ -11,26 +11,13 @@ from lmscale.data.tokenizer import Tokenizer
 from lmscale.fewshot import evaluate
 from lmscale.fewshot.decode import Decoder, Score
 from lmscale.model import Transformer
-from tests.conftest import run_cli, run_python
+from tests.conftest import run_cli, run_python, tiny_model
 
 SEQ_LEN = 160
 
 
 def _model(**variant):
-    cfg = config.from_dict(
-        {
-            "model": {
-                "n_layers": 2,
-                "d_model": 32,
-                "n_heads": 2,
-                "vocab_size": 320,
-                "seq_len": SEQ_LEN,
-                **variant,
-            }
-        }
-    )
-    init = jax.jit(Transformer(cfg.model).init)  # one compile; eager init compiles every op
-    return cfg.model, init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    return tiny_model(SEQ_LEN, **variant)
 
 
 @pytest.fixture(scope="module")

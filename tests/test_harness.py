@@ -12,6 +12,7 @@ from lmscale.data.tokenizer import Tokenizer
 from lmscale.fewshot.decode import Decoder
 from lmscale.fewshot.harness import LmscaleLM, windows
 from lmscale.model import Transformer
+from tests.conftest import tiny_model
 
 SEQ_LEN = 48
 EOS = Tokenizer.byte().eos_id
@@ -19,10 +20,7 @@ EOS = Tokenizer.byte().eos_id
 
 @pytest.fixture(scope="module")
 def lm():
-    cfg = config.from_dict(
-        {"model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": SEQ_LEN}}
-    ).model
-    params = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32))["params"]
+    cfg, params = tiny_model(SEQ_LEN, seed=3)
     forward = jax.jit(lambda t: Transformer(cfg).apply({"params": params}, t))
     return LmscaleLM(decoder=Decoder(cfg, params, batch_size=4), tokenizer=Tokenizer.byte()), forward
 

@@ -9,6 +9,7 @@ from lmscale import config, sharding
 from lmscale.data.pipeline import make_source
 from lmscale.model import Transformer, init_cache
 from lmscale.step_fns import build
+from tests.conftest import tiny_model
 
 VARIANTS = {  # every position encoding and both layer loops; the MLP rides along (it mixes no positions)
     "rope-scan": {},
@@ -18,12 +19,7 @@ VARIANTS = {  # every position encoding and both layer loops; the MLP rides alon
 
 
 def _model(**variant):
-    model = {"n_layers": 2, "d_model": 32, "n_heads": 2, "vocab_size": 320, "seq_len": 32, **variant}
-    cfg = config.from_dict({"model": model})
-    params = jax.jit(Transformer(cfg.model).init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))[
-        "params"
-    ]
-    return cfg.model, params
+    return tiny_model(32, **variant)
 
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
